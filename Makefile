@@ -1,0 +1,38 @@
+# dima: the two commands a user needs are `make demo` and `make test`.
+# Both set up whatever is missing first (idempotent, about a second once done).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DIMA := $(VENV)/bin/dima
+# DDS never leaves loopback; each entry point also sets these if unset.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export ROS_DOMAIN_ID ?= 42
+
+.PHONY: setup demo test test-all world checkpoint clean help
+
+help:
+	@echo "make demo      set up, then run the main job (world -> bag -> planner node -> metrics)"
+	@echo "make test      set up, then run the default test suite"
+	@echo "make test-all  also the slow tests"
+	@echo "make checkpoint  retrain the default checkpoint from the default world"
+
+setup:
+	@bash tools/setup.sh
+
+demo: setup
+	$(DIMA) demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+world: setup
+	$(DIMA) synth --config params/synth.yaml --out data/world
+
+checkpoint: world
+	$(DIMA) train --config params/train/tiny_cpu.yaml
+
+clean:
+	rm -rf data runs out

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# One-command, idempotent set-up of the dima development environment on a fresh
+# Debian 12 machine with Python 3.11:
+#   1. a venv at .venv with the pinned requirements (ROS 2 Kilted wheels, torch CPU, ...);
+#   2. the ROS wheels' CMake exports fixed to point at this interpreter's headers;
+#   3. dima_msgs (and tf2_msgs where the ROS environment lacks it) built with plain
+#      cmake into the venv prefix, so they import without sourcing anything;
+#   4. the dima_planner package installed editable (console entry points in .venv/bin).
+# Each step records a stamp (a hash of its inputs) and is skipped when nothing changed,
+# so a second run takes about a second.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="${DIMA_VENV:-$root/.venv}"
+stamps="$venv/.dima-stamps"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null 2>&1 || python=python3
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+stamp_ok() { [ -f "$stamps/$1" ] && [ "$(cat "$stamps/$1")" = "$2" ]; }
+stamp_set() { mkdir -p "$stamps"; echo "$2" >"$stamps/$1"; }
+
+# 1. venv + requirements ------------------------------------------------------------
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+    || { echo "dima needs Python 3.11 (the ROS 2 Kilted wheels are cp311); set PYTHON=" >&2; exit 1; }
+  say "creating $venv"
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+req_hash=$(hash_of "$root/tools/requirements.txt" "$root/tools/requirements-nodeps.txt")
+if ! stamp_ok requirements "$req_hash"; then
+  say "installing pinned requirements (first time: a few minutes)"
+  "$py" -m pip install -q --upgrade pip wheel setuptools
+  "$py" -m pip install -q -r "$root/tools/requirements.txt"
+  # Packages whose declared dependencies must not be installed (see the file's comments).
+  "$py" -m pip install -q --no-deps -r "$root/tools/requirements-nodeps.txt"
+  rm -f "$stamps/cmake-fix" "$stamps/dima_msgs" "$stamps/tf2_msgs"
+  stamp_set requirements "$req_hash"
+fi
+
+# 2. CMake exports of the ROS wheels --------------------------------------------------
+# The wheels were built under /opt/python/cp311-cp311; their exported CMake targets name
+# that interpreter's include dirs, which do not exist here.
+if ! stamp_ok cmake-fix "$req_hash"; then
+  say "pointing the ROS wheels' CMake exports at this interpreter"
+  "$py" "$root/tools/fix_ros_cmake_exports.py" "$venv"
+  stamp_set cmake-fix "$req_hash"
+fi
+
+# 3. interface packages ---------------------------------------------------------------
+build_interface() {  # name source_dir
+  local name=$1 src=$2 h
+  h=$(find "$src" -type f | sort | xargs cat | sha256sum | cut -c1-16)
+  stamp_ok "$name" "$h" && return 0
+  say "building $name (about 30 s)"
+  local build
+  build=$(mktemp -d)
+  (cd "$build" \
+    && PATH="$venv/bin:$PATH" cmake "$src" -DCMAKE_INSTALL_PREFIX="$venv" -DCMAKE_PREFIX_PATH="$venv" \
+        -DPython3_EXECUTABLE="$py" -DBUILD_TESTING=OFF >cmake.log 2>&1 \
+    && PATH="$venv/bin:$PATH" make -j"$(nproc)" install >make.log 2>&1) \
+    || { echo "building $name failed; log in $build" >&2; tail -30 "$build"/*.log >&2; exit 1; }
+  rm -rf "$build"
+  stamp_set "$name" "$h"
+}
+build_interface dima_msgs "$root/ros2_ws/src/dima_msgs"
+# tf2_msgs: only where the environment does not already provide it (never shadow a
+# distro's own). A stamp means the copy in the venv is ours and may be rebuilt.
+if [ -f "$stamps/tf2_msgs" ] || ! "$py" -c 'import tf2_msgs.msg' >/dev/null 2>&1; then
+  build_interface tf2_msgs "$root/tools/interfaces/tf2_msgs"
+fi
+
+# 4. the dima_planner package -------------------------------------------------------
+pkg_hash=$(hash_of "$root/ros2_ws/src/dima_planner/setup.py" "$root/ros2_ws/src/dima_planner/package.xml")
+if ! stamp_ok dima_planner "$pkg_hash" || [ ! -x "$venv/bin/dima" ]; then
+  say "installing dima_planner (editable)"
+  "$py" -m pip install -q --no-deps --no-build-isolation -e "$root/ros2_ws/src/dima_planner"
+  stamp_set dima_planner "$pkg_hash"
+fi
+say "environment ready: $venv"
