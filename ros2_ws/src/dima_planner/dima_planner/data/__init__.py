@@ -1,0 +1,1 @@
+"""nuScenes-format data pipeline producing `Sample` objects (see sample.py)."""

@@ -1,0 +1,1 @@
+"""Open-loop evaluation: VAD-exact metrics, baselines, plots and the `dima eval` CLI."""

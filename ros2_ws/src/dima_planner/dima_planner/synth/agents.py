@@ -1,0 +1,409 @@
+"""Ego routes, traffic and pedestrians, simulated jointly with an IDM car-following model.
+
+Every vehicle follows a precomputed path (lane centrelines joined by Bezier turns, with
+smooth lateral offsets for lane changes). Each step a vehicle looks along its path for
+the first agent body in its corridor (same-lane leaders, crossing traffic, pedestrians on
+crosswalks) and brakes for it; curvature limits its speed ahead of turns. The result is
+kinematically plausible: speeds <= ~13.5 m/s, bounded accelerations, heading = path tangent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .roads import HALF_W, LANE_W, LANES, PARK_W, SIDEWALK_W, STOP_DIST, XWALK_FAR, XWALK_NEAR, RoadNetwork
+
+DT = 0.1
+STEP = 0.5  # path resampling, metres
+
+CAR_COLORS = [(40, 60, 140), (160, 30, 30), (200, 200, 205), (30, 30, 32), (90, 100, 110),
+              (20, 110, 60), (200, 150, 30), (110, 40, 110)]
+TRUCK_COLORS = [(230, 230, 225), (200, 90, 20), (60, 90, 60)]
+PED_COLORS = [(230, 60, 40), (240, 140, 30), (200, 40, 140), (40, 180, 200)]
+BIKE_COLOR = (230, 210, 30)
+
+
+class Path:
+    """Polyline resampled every STEP metres with heading and curvature."""
+
+    def __init__(self, pts: np.ndarray):
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+        keep = np.concatenate([[True], seg > 1e-6])
+        pts = pts[keep]
+        s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+        self.length = float(s[-1])
+        self.s = np.arange(0.0, self.length + 1e-9, STEP)
+        self.xy = np.stack([np.interp(self.s, s, pts[:, 0]), np.interp(self.s, s, pts[:, 1])], 1)
+        d = np.gradient(self.xy, axis=0)
+        self.heading = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
+        self.curv = np.gradient(self.heading) / STEP
+
+    def at(self, s):
+        s = np.clip(s, 0.0, self.length)
+        x = np.interp(s, self.s, self.xy[:, 0])
+        y = np.interp(s, self.s, self.xy[:, 1])
+        return np.stack([x, y], -1), np.interp(s, self.s, self.heading)
+
+    def shifted(self, offset_fn) -> "Path":
+        """Shift laterally (left positive) by offset_fn(s)."""
+        left = np.stack([-np.sin(self.heading), np.cos(self.heading)], 1)
+        return Path(self.xy + left * offset_fn(self.s)[:, None])
+
+
+@dataclass
+class Agent:
+    kind: str  # "car" | "truck" | "bicycle" | "pedestrian"
+    size: np.ndarray  # width, length, height (nuScenes order)
+    color: tuple[int, int, int]
+    path: Path | None = None  # None: static at pose
+    pose: tuple[float, float, float] = (0.0, 0.0, 0.0)  # static x, y, yaw
+    s0: float = 0.0
+    v0: float = 0.0
+    vmax: float = 0.0
+    parked: bool = False
+    stop_s: float | None = None  # virtual stop line (red light) on its path
+    green_t: float = 0.0
+    crossing: tuple[float, np.ndarray] | None = None  # pedestrian: kerb s and crosswalk centre
+    # Filled by simulate(): (K, 2), (K,), (K,)
+    xy: np.ndarray = field(default=None, repr=False)
+    yaw: np.ndarray = field(default=None, repr=False)
+    speed: np.ndarray = field(default=None, repr=False)
+
+
+def _smoothstep(x):
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def turn_of(net: RoadNetwork, a: int, b: int, c: int) -> str:
+    u, w = net.direction(a, b), net.direction(b, c)
+    cross = u[0] * w[1] - u[1] * w[0]
+    if abs(cross) < 0.5:
+        return "straight" if np.dot(u, w) > 0 else "uturn"
+    return "left" if cross > 0 else "right"
+
+
+def route_path(net: RoadNetwork, seq: list[int], lane_in: int, bike: bool = False) -> Path:
+    """Path along node sequence seq, starting on edge seq[0]->seq[1] in lane lane_in.
+    Lane 0 is next to the centre line, lane LANES-1 next to the parking strip."""
+    pieces = []
+    lane = lane_in
+    extra = 1.0 if bike else 0.0
+    for i in range(len(seq) - 1):
+        a, b = seq[i], seq[i + 1]
+        u = net.direction(a, b)
+        right = np.array([u[1], -u[0]])
+        L = net.edge_length(a, b)
+        nxt = turn_of(net, a, b, seq[i + 2]) if i + 2 < len(seq) else "straight"
+        lane_out = 0 if nxt == "left" else (LANES - 1 if nxt == "right" else lane)
+        o_in, o_out = (lane + 0.5) * LANE_W + extra, (lane_out + 0.5) * LANE_W + extra
+        s = np.arange(STOP_DIST, L - STOP_DIST + 1e-9, 1.0)
+        off = o_in + (o_out - o_in) * _smoothstep((s - STOP_DIST - 5.0) / 20.0)
+        pieces.append(net.nodes[a] + u * s[:, None] + right * off[:, None])
+        if i + 2 < len(seq):  # connector through the junction at b
+            c = seq[i + 2]
+            w = net.direction(b, c)
+            right_w = np.array([w[1], -w[0]])
+            p0 = pieces[-1][-1]
+            p2 = net.nodes[b] + w * STOP_DIST + right_w * o_out
+            if nxt == "straight":
+                ctrl = (p0 + p2) / 2
+            else:  # intersection of the two lane lines
+                A = np.stack([u, -w], 1)
+                t = np.linalg.solve(A, p2 - p0)
+                ctrl = p0 + u * t[0]
+            tt = np.linspace(0, 1, 40)[1:-1, None]
+            pieces.append((1 - tt) ** 2 * p0 + 2 * (1 - tt) * tt * ctrl + tt ** 2 * p2)
+        lane = lane_out
+    return Path(np.vstack(pieces))
+
+
+def random_route(net, rng, a, b, min_len, first_turn=None, prefer=None, allowed_first=None):
+    """Node sequence from edge a->b; returns None if first_turn is impossible at b."""
+    seq, length = [a, b], net.edge_length(a, b)
+    while length < min_len:
+        p, q = seq[-2], seq[-1]
+        opts = [c for c in net.adj[q] if c != p]
+        turns = {c: turn_of(net, p, q, c) for c in opts}
+        if len(seq) == 2 and first_turn is not None:
+            opts = [c for c in opts if turns[c] == first_turn]
+        elif len(seq) == 2 and allowed_first is not None:
+            opts = [c for c in opts if turns[c] in allowed_first]
+        elif prefer is not None and any(turns[c] == prefer for c in opts) and rng.random() < 0.8:
+            opts = [c for c in opts if turns[c] == prefer]
+        if not opts:
+            return None
+        c = opts[int(rng.integers(len(opts)))]
+        seq.append(c)
+        length += net.edge_length(q, c)
+    return seq
+
+
+def _directed_edges(net):
+    return [(a, b) for a in net.adj for b in net.adj[a]]
+
+
+def make_scene_agents(net: RoadNetwork, cfg, scenario: str, rng: np.random.Generator) -> list[Agent]:
+    """Ego (index 0) for the scenario, then traffic, parked cars and pedestrians."""
+    T = cfg.scene_seconds
+    need = 14.0 * T + 120.0
+    edges = _directed_edges(net)
+    agents: list[Agent] = []
+    for _ in range(500):
+        a, b = edges[int(rng.integers(len(edges)))]
+        straight_len = net.edge_length(a, b) - 2 * STOP_DIST
+        if scenario in ("turn_left", "turn_right"):
+            turn = scenario.split("_")[1]
+            seq = random_route(net, rng, a, b, need, first_turn=turn)
+            lane = 0 if turn == "left" else LANES - 1
+        elif scenario == "overtake":
+            if straight_len < 72:
+                continue
+            seq = random_route(net, rng, a, b, need, allowed_first=("straight", "right"), prefer="straight")
+            lane = LANES - 1
+        else:
+            seq = random_route(net, rng, a, b, need, first_turn="straight", prefer="straight")
+            lane = int(rng.integers(LANES))
+        if seq is not None:
+            break
+    else:  # pragma: no cover - the grid always has every manoeuvre
+        raise RuntimeError(f"no route for scenario {scenario}")
+    path = route_path(net, seq, lane)
+    start = float(rng.uniform(0.0, 8.0))
+    ego = Agent("ego", np.array([1.85, 4.6, 1.7]), (0, 0, 0), path=path, s0=start,
+                v0=float(rng.uniform(6.0, 9.5)), vmax=float(rng.uniform(10.5, 13.5)))
+    agents.append(ego)
+    occupied = [ego.path.at(start)[0]]
+    if scenario == "overtake":
+        s_car = start + 44.0
+        ego.path = path.shifted(lambda s: LANE_W * (_smoothstep((s - s_car + 30) / 16) -
+                                                   _smoothstep((s - s_car - 10) / 16)))
+        xy, yaw = path.at(s_car)
+        agents.append(Agent("car", _vehicle_size("car", rng), _pick(CAR_COLORS, rng), pose=(*xy, yaw), parked=True))
+        occupied.append(xy)
+    if scenario == "stop_and_go":
+        lead = Agent("car", _vehicle_size("car", rng), _pick(CAR_COLORS, rng), path=path,
+                     s0=start + float(rng.uniform(18, 24)), v0=ego.v0, vmax=11.0)
+        # A red light at the first stop line holds the lead; the ego queues behind it.
+        lead.stop_s = net.edge_length(a, b) - 2 * STOP_DIST
+        lead.green_t = float(rng.uniform(7.5, 11.0))
+        agents.append(lead)
+        occupied.append(path.at(lead.s0)[0])
+    ego_xy0 = occupied[0]
+    near = [e for e in edges
+            if np.linalg.norm((net.nodes[e[0]] + net.nodes[e[1]]) / 2 - ego_xy0) < 140]
+    # Moving traffic.
+    tries = 0
+    n_traffic = sum(1 for ag in agents[1:] if not ag.parked)
+    while n_traffic < cfg.traffic_vehicles + (1 if scenario == "stop_and_go" else 0) and tries < 200:
+        tries += 1
+        a, b = near[int(rng.integers(len(near)))]
+        if scenario == "overtake" and (a, b) == (seq[0], seq[1]):
+            continue
+        r = rng.random()
+        kind = "truck" if r < cfg.truck_fraction else ("bicycle" if r < cfg.truck_fraction + cfg.bicycle_fraction else "car")
+        lane = LANES - 1 if kind == "bicycle" else int(rng.integers(LANES))
+        tseq = random_route(net, rng, a, b, 12.0 * T + 80)
+        if tseq is None:
+            continue
+        tpath = route_path(net, tseq, lane, bike=kind == "bicycle")
+        s0 = float(rng.uniform(0, max(1.0, net.edge_length(a, b) - 2 * STOP_DIST - 5)))
+        xy = tpath.at(s0)[0]
+        if min(np.linalg.norm(xy - o) for o in occupied) < 14.0:
+            continue
+        vmax = {"car": rng.uniform(9, 13), "truck": rng.uniform(8, 10.5), "bicycle": rng.uniform(4, 5.5)}[kind]
+        agents.append(Agent(kind, _vehicle_size(kind, rng), _color(kind, rng), path=tpath, s0=s0,
+                            v0=float(rng.uniform(0.5, 1.0) * vmax), vmax=float(vmax)))
+        occupied.append(xy)
+        n_traffic += 1
+    # Parked vehicles in parking strips.
+    n_parked, tries = 0, 0
+    while n_parked < cfg.parked_vehicles and tries < 200:
+        tries += 1
+        a, b = near[int(rng.integers(len(near)))]
+        u = net.direction(a, b)
+        right = np.array([u[1], -u[0]])
+        s = rng.uniform(STOP_DIST + 3, net.edge_length(a, b) - STOP_DIST - 3)
+        kind = "truck" if rng.random() < cfg.truck_fraction else "car"
+        size = _vehicle_size(kind, rng)
+        xy = net.nodes[a] + u * s + right * (HALF_W - PARK_W / 2 + (2.5 - size[0]) / 2 - 0.2)
+        if min(np.linalg.norm(xy - o) for o in occupied) < 7.0:
+            continue
+        agents.append(Agent(kind, size, _color(kind, rng), pose=(xy[0], xy[1], float(np.arctan2(u[1], u[0]))),
+                            parked=True))
+        occupied.append(xy)
+        n_parked += 1
+    # Pedestrians: walk along sidewalks; many cross at the crosswalks on the ego's route.
+    route_edges = [(seq[i], seq[i + 1]) for i in range(min(3, len(seq) - 1))]
+    for k in range(cfg.pedestrians):
+        a, b = route_edges[int(rng.integers(len(route_edges)))] if rng.random() < 0.6 else near[int(rng.integers(len(near)))]
+        agents.append(_pedestrian(net, rng, a, b, T))
+    return agents
+
+
+def _pick(colors, rng):
+    return colors[int(rng.integers(len(colors)))]
+
+
+def _color(kind, rng):
+    return {"car": CAR_COLORS, "truck": TRUCK_COLORS, "bicycle": [BIKE_COLOR]}[kind][int(rng.integers(
+        {"car": len(CAR_COLORS), "truck": len(TRUCK_COLORS), "bicycle": 1}[kind]))]
+
+
+def _vehicle_size(kind, rng) -> np.ndarray:
+    if kind == "truck":
+        return np.array([rng.uniform(2.4, 2.6), rng.uniform(6.5, 9.0), rng.uniform(2.8, 3.5)])
+    if kind == "bicycle":
+        return np.array([0.6, 1.75, 1.7])
+    return np.array([rng.uniform(1.8, 2.0), rng.uniform(4.2, 4.9), rng.uniform(1.45, 1.8)])
+
+
+def _pedestrian(net, rng, a, b, T) -> Agent:
+    u = net.direction(a, b)
+    left = np.array([-u[1], u[0]])
+    L = net.edge_length(a, b)
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    lat = side * (HALF_W + SIDEWALK_W / 2)
+    speed = float(rng.uniform(1.1, 1.6))
+    size = np.array([rng.uniform(0.55, 0.7), rng.uniform(0.6, 0.8), rng.uniform(1.6, 1.9)])
+    s_x = L - (XWALK_NEAR + XWALK_FAR) / 2  # crosswalk centre near b
+    mode = rng.random()
+    if mode < 0.5:  # cross the road at b's crosswalk, then walk back along the far sidewalk
+        t_cross = rng.uniform(1.0, 0.7 * T)
+        s_start = max(XWALK_FAR + 1, s_x - speed * t_cross)
+        pts = [net.nodes[a] + u * s_start + left * lat, net.nodes[a] + u * s_x + left * lat,
+               net.nodes[a] + u * s_x - left * lat, net.nodes[a] + u * (s_x - 40) - left * lat]
+        path = Path(np.array(pts))
+        kerb_s = s_x - s_start - HALF_W / 4  # wait here for approaching traffic
+        centre = net.nodes[a] + u * s_x
+        return Agent("pedestrian", size, _pick(PED_COLORS, rng), path=path, s0=0.0, v0=speed, vmax=speed,
+                     crossing=(float(max(0.0, kerb_s)), centre))
+    s_start = rng.uniform(XWALK_FAR + 1, L - XWALK_FAR - 1)
+    direction = 1.0 if rng.random() < 0.5 else -1.0
+    s_end = L - XWALK_FAR if direction > 0 else XWALK_FAR
+    end = net.nodes[a] + u * s_end + left * lat
+    startp = net.nodes[a] + u * s_start + left * lat
+    if abs(s_end - s_start) < 1.0 or mode > 0.9:  # standing
+        yaw = float(np.arctan2(u[1], u[0])) if direction > 0 else float(np.arctan2(-u[1], -u[0]))
+        return Agent("pedestrian", size, _pick(PED_COLORS, rng), pose=(*startp, yaw))
+    return Agent("pedestrian", size, _pick(PED_COLORS, rng), path=Path(np.array([startp, end])),
+                 v0=speed, vmax=speed)
+
+
+def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
+    """Integrate all agents; fills agent.xy/yaw/speed on the returned time grid."""
+    times = np.arange(0.0, seconds + 1.0 + 1e-9, DT)
+    K = len(times)
+    A = len(agents)
+    s = np.array([ag.s0 for ag in agents], float)
+    v = np.array([ag.v0 if ag.path is not None else 0.0 for ag in agents], float)
+    xy_hist = np.zeros((A, K, 2))
+    yaw_hist = np.zeros((A, K))
+    v_hist = np.zeros((A, K))
+    moving_veh = [i for i, ag in enumerate(agents) if ag.path is not None and ag.kind != "pedestrian"]
+    look = np.arange(0.0, 40.0, 1.0)
+    for k, t in enumerate(times):
+        xy = np.zeros((A, 2))
+        yaw = np.zeros(A)
+        for i, ag in enumerate(agents):
+            if ag.path is None:
+                xy[i], yaw[i] = ag.pose[:2], ag.pose[2]
+            else:
+                p, h = ag.path.at(s[i])
+                xy[i], yaw[i] = p, h
+        xy_hist[:, k], yaw_hist[:, k], v_hist[:, k] = xy, yaw, v
+        # Body circles of every agent: three along a vehicle, one for a pedestrian.
+        centres, radii, owner = [], [], []
+        for j, ag in enumerate(agents):
+            w, l = ag.size[0], ag.size[1]
+            if ag.kind == "pedestrian":
+                offs = [0.0]
+            else:
+                offs = [-(l - w) / 2, 0.0, (l - w) / 2]
+            d = np.array([np.cos(yaw[j]), np.sin(yaw[j])])
+            for o in offs:
+                centres.append(xy[j] + d * o)
+                radii.append(w / 2)
+                owner.append(j)
+        centres, radii, owner = np.array(centres), np.array(radii), np.array(owner)
+        gaps = np.full((A, A), np.inf)
+        for i in moving_veh:
+            ag = agents[i]
+            pts, hs = ag.path.at(s[i] + ag.size[1] / 2 + look)
+            d = np.linalg.norm(pts[:, None] - centres[None], axis=2)  # (L, C)
+            hit = (d < ag.size[0] / 2 + radii[None] + 0.4) & (owner[None] != i)
+            if hit.any():
+                first = np.where(hit.any(0), hit.argmax(0), 10 ** 6)
+                for c in np.nonzero(first < 10 ** 6)[0]:
+                    gaps[i, owner[c]] = min(gaps[i, owner[c]], look[first[c]])
+        acc = np.zeros(A)
+        for i in moving_veh:
+            ag = agents[i]
+            cand = [(gaps[i, j], j) for j in range(A) if np.isfinite(gaps[i, j])
+                    # Mutual blocking (both in each other's corridor): the lower index goes first.
+                    and not (np.isfinite(gaps[j, i]) and j > i and agents[j].kind != "pedestrian")]
+            gap, v_lead = np.inf, 0.0
+            if cand:
+                gap, j = min(cand)
+                v_lead = max(0.0, v[j] * np.cos(yaw[j] - yaw[i]))
+            if ag.stop_s is not None and t < ag.green_t and s[i] + ag.size[1] / 2 < ag.stop_s + 0.5:
+                g = ag.stop_s - s[i] - ag.size[1] / 2
+                if g < gap:
+                    gap, v_lead = max(g, 0.0), 0.0
+            # Speed allowed ahead by curvature, reachable with comfortable braking.
+            ss = s[i] + look
+            kap = np.abs(np.interp(np.clip(ss, 0, ag.path.length), ag.path.s, ag.path.curv))
+            vlim = np.minimum(ag.vmax, np.sqrt(2.2 / np.maximum(kap, 1e-4)))
+            v0 = max(0.5, float(np.min(np.sqrt(vlim ** 2 + 2 * 2.0 * look))))
+            a_max, b = (2.0, 2.5) if ag.kind != "truck" else (1.2, 2.0)
+            free = 1 - (v[i] / v0) ** 4
+            inter = 0.0
+            if np.isfinite(gap):
+                s_star = 2.5 + max(0.0, v[i] * 1.2 + v[i] * (v[i] - v_lead) / (2 * np.sqrt(a_max * b)))
+                inter = (s_star / max(gap, 0.1)) ** 2
+            acc[i] = np.clip(a_max * (free - inter), -7.0, a_max)
+            if s[i] >= ag.path.length - 1.0:
+                acc[i], v[i] = 0.0, 0.0
+        for i, ag in enumerate(agents):
+            if ag.path is None:
+                continue
+            if ag.kind == "pedestrian":
+                vi = ag.vmax
+                if ag.crossing is not None and abs(s[i] - ag.crossing[0]) < 0.3:
+                    # Wait at the kerb while a vehicle approaches the crosswalk.
+                    rel = xy[moving_veh] - ag.crossing[1]
+                    dist = np.linalg.norm(rel, axis=1)
+                    if np.any((dist < 30.0) & (v[moving_veh] > 1.5)):
+                        vi = 0.0
+                v[i] = vi if s[i] < ag.path.length else 0.0
+                s[i] += v[i] * DT
+            else:
+                v[i] = max(0.0, v[i] + acc[i] * DT)
+                s[i] += v[i] * DT
+    for i, ag in enumerate(agents):
+        ag.xy, ag.yaw, ag.speed = xy_hist[i], np.unwrap(yaw_hist[i]), v_hist[i]
+    return times
+
+
+def interp_state(ag: Agent, times: np.ndarray, t: float):
+    """(x, y, yaw, speed) at time t (seconds from scene start)."""
+    x = np.interp(t, times, ag.xy[:, 0])
+    y = np.interp(t, times, ag.xy[:, 1])
+    return float(x), float(y), float(np.interp(t, times, ag.yaw)), float(np.interp(t, times, ag.speed))
+
+
+def scene_tags(ego: Agent, times: np.ndarray, seconds: float, scenario: str) -> list[str]:
+    """Tags read off the ego's actual motion (plus the scripted scenario)."""
+    m = times <= seconds
+    tags = {scenario}
+    dyaw = np.diff(ego.yaw[m])
+    if np.sum(dyaw[dyaw > 0]) > np.radians(60):
+        tags.add("turn_left")
+    if -np.sum(dyaw[dyaw < 0]) > np.radians(60):
+        tags.add("turn_right")
+    sp = ego.speed[m]
+    stopped = np.nonzero(sp < 0.3)[0]
+    if len(stopped) and np.any(sp[stopped[0]:] > 3.0) and np.any(sp[:stopped[0] + 1] > 3.0):
+        tags.add("stop_and_go")
+    return sorted(tags)

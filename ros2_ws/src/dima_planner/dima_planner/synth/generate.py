@@ -1,0 +1,407 @@
+"""Generate a synthetic world in the nuScenes v1.0 layout (tables, JPEGs, .pcd.bin, maps)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pyquaternion import Quaternion
+from shapely.geometry import box as shapely_box
+from tqdm import tqdm
+
+from dima_planner.config import to_dict
+
+from . import agents as ag_mod
+from . import lidar
+from .config import GENERATOR_VERSION, SynthConfig
+from .nuscenes_writer import (ATTRIBUTES, CAMERA_CHANNELS, CAMERA_OFFSETS, KIND_CATEGORY, Tokens,
+                              calibrated_sensors, data_filename, static_tables, write_tables, yaw_quat)
+from .render import GroundBatch, RenderBox, Renderer, ground_batch
+from .roads import RoadNetwork, build_network, drivable_mask, map_vectors
+
+META_NAME = "dima_meta.json"
+OWNED = ("samples", "sweeps", "maps", META_NAME)  # what a regeneration may delete
+EPOCH_US = 1533151600000000  # 2018-08-01, like the nuScenes Boston logs
+KEYFRAME_S = 0.5
+PER_LOG = 4  # scenes per log
+DYNAMIC = ("instance", "ego_pose", "scene", "sample", "sample_data", "sample_annotation")
+_WORKER: dict = {}
+
+
+def _init_worker(cfg, root) -> None:
+    _WORKER["gen"] = _Generator(cfg, root, progress=False)
+
+
+def _worker_scene(i: int):
+    return _WORKER["gen"].scene_records(i)
+
+
+class GenerationError(RuntimeError):
+    """The dataroot cannot be (re)generated safely."""
+
+
+def load_rig() -> dict:
+    path = resources.files("dima_planner.data") / "nuscenes_rig_n015.json"
+    return json.loads(path.read_text())
+
+
+def _pose_matrix(translation, rotation_wxyz) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
+    T[:3, 3] = translation
+    return T
+
+
+def _rigid_inverse(T: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+def _ego_matrix(x, y, yaw) -> np.ndarray:
+    return _pose_matrix([x, y, 0.0], yaw_quat(yaw))
+
+
+def generate(cfg: SynthConfig, dataroot: str | Path, progress: bool = True, force: bool = False) -> Path:
+    """Write the world to dataroot; reuse it when it already holds this exact config."""
+    root = Path(dataroot)
+    meta_path = root / META_NAME
+    if meta_path.exists() and not force:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        if meta.get("config_hash") == cfg.config_hash():
+            from .validate import validate_dataroot
+            validate_dataroot(root, cfg.version)
+            return root
+    if root.exists() and any(root.iterdir()):
+        if not meta_path.exists():
+            raise GenerationError(
+                f"{root} is not empty and has no {META_NAME}: refusing to overwrite what may be real "
+                f"nuScenes data; choose an empty or new --out directory")
+        for name in (*OWNED, json.loads(meta_path.read_text()).get("version", cfg.version), cfg.version):
+            p = root / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    _Generator(cfg, root, progress, workers=max(1, min(cfg.workers, cfg.num_scenes))).run()
+    return root
+
+
+class _Generator:
+    def __init__(self, cfg: SynthConfig, root: Path, progress: bool, workers: int = 1):
+        self.cfg, self.root, self.progress, self.workers = cfg, root, progress, workers
+        self.tok = Tokens(cfg.seed)
+        self.rig = load_rig()
+        self.W, self.H = cfg.image_size
+        self.K = {}
+        for ch in CAMERA_CHANNELS:
+            K = np.array(self.rig[ch]["camera_intrinsic"], float)
+            K[0] *= self.W / 1600.0
+            K[1] *= self.H / 900.0
+            self.K[ch] = K
+        self.cam2ego = {ch: _pose_matrix(self.rig[ch]["translation"], self.rig[ch]["rotation"])
+                        for ch in (*CAMERA_CHANNELS, "LIDAR_TOP")}
+        self.renderers = {ch: Renderer(self.K[ch], self.W, self.H) for ch in CAMERA_CHANNELS}
+        self.beams, self.rings = lidar.beam_directions(cfg.lidar_beams, cfg.lidar_azimuth_step_deg)
+        self.tables: dict[str, list[dict]] = {k: [] for k in ("instance", "calibrated_sensor", "ego_pose", "log",
+                                                              "scene", "sample", "sample_data",
+                                                              "sample_annotation", "map")}
+        self.tables.update(static_tables(self.tok))
+        self.net = build_network(cfg.seed, cfg.grid_nodes)
+        self._prepare_drawables(self.net)
+        self.cat_token = {c["name"]: c["token"] for c in self.tables["category"]}
+        self.attr_token = {a["name"]: a["token"] for a in self.tables["attribute"]}
+
+    # ------------------------------------------------------------------ top level
+    def run(self) -> None:
+        cfg = self.cfg
+        net = self.net
+        self._write_maps(net)
+        n = cfg.num_scenes
+        scene_meta = []
+        splits = self._splits(n)
+        for log_idx in range((n + PER_LOG - 1) // PER_LOG):
+            self._add_log(log_idx)
+        bar = tqdm(total=n * self._frames_per_scene(), desc="dima synth", unit="img", disable=not self.progress)
+        results: dict[int, tuple[dict, list[str]]] = {}
+        if self.workers <= 1 or n == 1:
+            for i in range(n):
+                results[i] = self.scene_records(i, bar)
+        else:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(self.cfg, self.root)) as pool:
+                futs = {pool.submit(_worker_scene, i): i for i in range(n)}
+                for fut in as_completed(futs):
+                    results[futs[fut]] = fut.result()
+                    bar.update(self._frames_per_scene())
+        bar.close()
+        for i in range(n):  # merge in scene order: tables are identical for any worker count
+            recs, tags = results[i]
+            for name, rows in recs.items():
+                self.tables[name].extend(rows)
+            scenario = cfg.scenarios[i % len(cfg.scenarios)]
+            scene_meta.append({"name": f"scene-{i + 1:04d}", "token": self.tok("scene", i),
+                               "split": splits[i], "scenario": scenario, "tags": tags})
+        self.tables["map"][0]["log_tokens"] = [lg["token"] for lg in self.tables["log"]]
+        write_tables(self.root / cfg.version, self.tables)
+        meta = {"generator": "dima_planner.synth", "generator_version": GENERATOR_VERSION,
+                "config_hash": cfg.config_hash(), "config": to_dict(cfg), "version": cfg.version,
+                "seed": cfg.seed, "scale": cfg.scale, "image_size": [self.W, self.H],
+                "location": net.location, "map_vectors": f"maps/dima_vectors/{net.location}.json",
+                "scenes": scene_meta}
+        # Written last: its presence (with the hash) marks a complete world.
+        (self.root / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def scene_records(self, i: int, bar=None) -> tuple[dict, list[str]]:
+        """Generate scene i's files; return its new table rows and tags."""
+        saved = {k: self.tables[k] for k in DYNAMIC}
+        for k in DYNAMIC:
+            self.tables[k] = []
+        try:
+            tags = self._scene(i, i // PER_LOG, self.cfg.scenarios[i % len(self.cfg.scenarios)], bar)
+            return {k: self.tables[k] for k in DYNAMIC}, tags
+        finally:
+            for k in DYNAMIC:
+                self.tables[k] = saved[k]
+
+    def _frames_per_scene(self) -> int:
+        k = int(round(self.cfg.scene_seconds / KEYFRAME_S))
+        sw = int(round(self.cfg.camera_hz * KEYFRAME_S)) - 1 if self.cfg.camera_sweeps else 0
+        return len(CAMERA_CHANNELS) * (k + (k - 1) * sw)
+
+    def _splits(self, n: int) -> list[str]:
+        n_val = int(round(n * self.cfg.val_fraction))
+        if self.cfg.val_fraction > 0 and n >= 2:
+            n_val = max(1, min(n - 1, n_val))
+        order = np.random.default_rng([self.cfg.seed, 77]).permutation(n)
+        val = set(order[:n_val].tolist())
+        return ["val" if i in val else "train" for i in range(n)]
+
+    def _write_maps(self, net: RoadNetwork) -> None:
+        maps = self.root / "maps"
+        (maps / "dima_vectors").mkdir(parents=True, exist_ok=True)
+        map_token = self.tok("map", net.location)
+        Image.fromarray(drivable_mask(net)).save(maps / f"{map_token}.png", optimize=True)
+        (maps / "dima_vectors" / f"{net.location}.json").write_text(json.dumps(map_vectors(net)))
+        self.tables["map"].append({"token": map_token, "log_tokens": [], "category": "semantic_prior",
+                                   "filename": f"maps/{map_token}.png"})
+
+    def _prepare_drawables(self, net: RoadNetwork) -> None:
+        # Precomputed drawable ground: hole-free layers then markings, with their bounds.
+        self.layers = net.ground_layers
+        self.mark_polys = [m.polygon for m in net.markings]
+        self.mark_colors = [m.color for m in net.markings]
+        self.mark_centres = np.array([p.mean(0) for p in self.mark_polys])
+        self.buildings = [RenderBox(b.center[0], b.center[1], 0.0, 0.0, b.size[0], b.size[1], b.size[2], b.color)
+                          for b in net.buildings]
+        self.bld_centres = np.array([b.center for b in net.buildings]).reshape(-1, 2)
+
+    def _add_log(self, log_idx: int) -> None:
+        self.tables["log"].append(self._log_record(log_idx))
+        self.tables["calibrated_sensor"].extend(
+            calibrated_sensors(self.tok, self.tables["log"][-1]["token"], self.rig, self.K))
+
+    def _log_record(self, log_idx: int) -> dict:
+        date = f"2018-08-{1 + log_idx % 28:02d}"
+        logfile = f"dima-{date}-10-{log_idx % 60:02d}-00-0400"
+        token = self.tok("log", log_idx)
+        return {"token": token, "logfile": logfile, "vehicle": "dima-n015",
+                "date_captured": date, "location": self.net.location}
+
+    # ------------------------------------------------------------------ one scene
+    def _scene(self, i: int, log_idx: int, scenario: str, bar) -> list[str]:
+        cfg, tok = self.cfg, self.tok
+        rng = np.random.default_rng([cfg.seed, 7, i])
+        agents = ag_mod.make_scene_agents(self.net, cfg, scenario, rng)
+        times = ag_mod.simulate(agents, cfg.scene_seconds + 0.5)
+        ego, others = agents[0], agents[1:]
+        log = self._log_record(log_idx)
+        cs_tok = {ch: tok("calibrated_sensor", log["token"], ch) for ch in (*CAMERA_CHANNELS, "LIDAR_TOP")}
+        scene_tok = tok("scene", i)
+        t_us0 = EPOCH_US + i * 3_600_000_000 + int(rng.integers(0, 1_000_000))
+        n_kf = int(round(cfg.scene_seconds / KEYFRAME_S))
+        t0 = 0.1  # first lidar keyframe, seconds into the simulation (cameras fire just before)
+        kf_t = [t0 + KEYFRAME_S * k + float(rng.uniform(-0.0015, 0.0015)) for k in range(n_kf)]
+        us = lambda t: t_us0 + int(round(t * 1e6))  # noqa: E731
+        sample_toks = [tok("sample", i, k) for k in range(n_kf)]
+        for k in range(n_kf):
+            self.tables["sample"].append({
+                "token": sample_toks[k], "timestamp": us(kf_t[k]), "scene_token": scene_tok,
+                "prev": sample_toks[k - 1] if k > 0 else "", "next": sample_toks[k + 1] if k + 1 < n_kf else ""})
+        # ---- LIDAR_TOP keyframes + annotations
+        lidar_recs, ann_info = [], []
+        for k in range(n_kf):
+            t = kf_t[k]
+            ex, ey, eyaw, _ = ag_mod.interp_state(ego, times, t)
+            states = [ag_mod.interp_state(a, times, t) for a in others]
+            pts, hit, n_any, boxes_idx = self._lidar(ex, ey, eyaw, others, states, rng)
+            ts = us(t)
+            fname = data_filename("samples", log["logfile"], "LIDAR_TOP", ts, "pcd.bin")
+            (self.root / fname).parent.mkdir(parents=True, exist_ok=True)
+            pts.tofile(self.root / fname)
+            sd_tok = tok("sample_data", i, "LIDAR_TOP", k, 0)
+            lidar_recs.append(self._sample_data(sd_tok, sample_toks[k], ts, ex, ey, eyaw, cs_tok["LIDAR_TOP"],
+                                                fname, "pcd", True, 0, 0))
+            in_range, per_agent = set(), {}
+            for j, (a, st) in enumerate(zip(others, states)):
+                if np.hypot(st[0] - ex, st[1] - ey) <= cfg.annotation_range:
+                    in_range.add(j)
+                if j in boxes_idx:
+                    b = boxes_idx[j]
+                    per_agent[j] = (int(np.sum(hit == b)), int(n_any[b]))
+                else:
+                    per_agent[j] = (0, 0)
+            ann_info.append((in_range, per_agent, states))
+        self._chain(lidar_recs)
+        self._annotations(i, others, ann_info, sample_toks)
+        # ---- cameras: keyframes to samples/, sweeps (12 Hz) to sweeps/
+        n_sw = int(round(cfg.camera_hz * KEYFRAME_S)) - 1 if cfg.camera_sweeps else 0
+        cam_recs: dict[str, list[dict]] = {ch: [] for ch in CAMERA_CHANNELS}
+        for k in range(n_kf):
+            for j in range(n_sw + 1 if k + 1 < n_kf else 1):
+                key_frame = j == 0
+                base_t = kf_t[k] + j / cfg.camera_hz
+                gx, gy, _, _ = ag_mod.interp_state(ego, times, base_t)
+                ground = self._ground_window(gx, gy)
+                for ch in CAMERA_CHANNELS:
+                    t = base_t + CAMERA_OFFSETS[ch]
+                    ex, ey, eyaw, _ = ag_mod.interp_state(ego, times, t)
+                    boxes = self._render_boxes(others, times, t, gx, gy)
+                    world2cam = _rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
+                    img = self.renderers[ch].render(world2cam, ground, boxes)
+                    ts = us(t)
+                    fname = data_filename("samples" if key_frame else "sweeps", log["logfile"], ch, ts, "jpg")
+                    (self.root / fname).parent.mkdir(parents=True, exist_ok=True)
+                    img.save(self.root / fname, quality=cfg.jpeg_quality)
+                    # A sweep belongs to the next keyframe's sample, as in nuScenes.
+                    sample = sample_toks[k] if key_frame else sample_toks[k + 1]
+                    cam_recs[ch].append(self._sample_data(tok("sample_data", i, ch, k, j), sample, ts, ex, ey, eyaw,
+                                                          cs_tok[ch], fname, "jpg", key_frame, self.W, self.H))
+                    if bar is not None:
+                        bar.update(1)
+        for ch in CAMERA_CHANNELS:
+            self._chain(cam_recs[ch])
+        tags = ag_mod.scene_tags(ego, times, cfg.scene_seconds, scenario)
+        self.tables["scene"].append({
+            "token": scene_tok, "log_token": log["token"], "nbr_samples": n_kf, "name": f"scene-{i + 1:04d}",
+            "first_sample_token": sample_toks[0], "last_sample_token": sample_toks[-1],
+            "description": f"synthetic {scenario.replace('_', ' ')}; " + ", ".join(tags)})
+        return tags
+
+    def _sample_data(self, token, sample_token, ts, ex, ey, eyaw, cs, fname, fmt, key, w, h) -> dict:
+        pose_tok = self.tok("ego_pose", token)
+        self.tables["ego_pose"].append({"token": pose_tok, "timestamp": ts, "rotation": yaw_quat(eyaw),
+                                        "translation": [round(ex, 4), round(ey, 4), 0.0]})
+        rec = {"token": token, "sample_token": sample_token, "ego_pose_token": pose_tok,
+               "calibrated_sensor_token": cs, "timestamp": ts, "fileformat": fmt, "is_key_frame": key,
+               "height": h, "width": w, "filename": fname, "prev": "", "next": ""}
+        return rec
+
+    def _chain(self, recs: list[dict]) -> None:
+        recs.sort(key=lambda r: r["timestamp"])
+        for a, b in zip(recs, recs[1:]):
+            a["next"], b["prev"] = b["token"], a["token"]
+        self.tables["sample_data"].extend(recs)
+
+    def _lidar(self, ex, ey, eyaw, others, states, rng):
+        T_l2w = _ego_matrix(ex, ey, eyaw) @ self.cam2ego["LIDAR_TOP"]
+        rows, intens, idx = [], [], {}
+        for j, (a, st) in enumerate(zip(others, states)):
+            if np.hypot(st[0] - ex, st[1] - ey) < lidar.MAX_RANGE + 10:
+                idx[j] = len(rows)
+                rows.append([st[0], st[1], 0.0, a.size[1], a.size[0], a.size[2], st[2]])
+                intens.append(40.0 if a.kind != "pedestrian" else 25.0)
+        near_b = np.nonzero(np.hypot(*(self.bld_centres - [ex, ey]).T) < lidar.MAX_RANGE + 30)[0]
+        for b in near_b:
+            bl = self.buildings[b]
+            rows.append([bl.x, bl.y, 0.0, bl.length, bl.width, bl.height, 0.0])
+            intens.append(15.0)
+        boxes = np.array(rows, float).reshape(-1, 7)
+        pts, hit, n_any = lidar.cast(T_l2w[:3, 3], T_l2w[:3, :3], self.beams, self.rings, boxes,
+                                     np.array(intens, float), rng)
+        return pts, hit, n_any, idx
+
+    def _annotations(self, i, others, ann_info, sample_toks) -> None:
+        tok, n_kf = self.tok, len(sample_toks)
+        for j, a in enumerate(others):
+            ks = [k for k in range(n_kf) if j in ann_info[k][0]]
+            if not ks:
+                continue
+            span = list(range(ks[0], ks[-1] + 1))  # contiguous track, as nuScenes instances are
+            inst_tok = tok("instance", i, j)
+            ann_toks = [tok("sample_annotation", i, j, k) for k in span]
+            for n, k in enumerate(span):
+                x, y, yaw, speed = ann_info[k][2][j]
+                n_first, n_any = ann_info[k][1][j]
+                self.tables["sample_annotation"].append({
+                    "token": ann_toks[n], "sample_token": sample_toks[k], "instance_token": inst_tok,
+                    "visibility_token": lidar.visibility_level(n_first, n_any),
+                    "attribute_tokens": [self.attr_token[self._attribute(a, speed)]],
+                    "translation": [round(x, 4), round(y, 4), round(float(a.size[2]) / 2, 4)],
+                    "size": [round(float(s), 3) for s in a.size],  # w, l, h
+                    "rotation": yaw_quat(yaw), "prev": ann_toks[n - 1] if n > 0 else "",
+                    "next": ann_toks[n + 1] if n + 1 < len(span) else "",
+                    "num_lidar_pts": n_first, "num_radar_pts": 0})
+            self.tables["instance"].append({
+                "token": inst_tok, "category_token": self.cat_token[KIND_CATEGORY[a.kind]],
+                "nbr_annotations": len(span), "first_annotation_token": ann_toks[0],
+                "last_annotation_token": ann_toks[-1]})
+
+    @staticmethod
+    def _attribute(a, speed) -> str:
+        if a.kind == "pedestrian":
+            return "pedestrian.moving" if speed > 0.3 else "pedestrian.standing"
+        if a.kind == "bicycle":
+            return "cycle.with_rider"
+        if a.parked:
+            return "vehicle.parked"
+        return "vehicle.moving" if speed > 0.3 else "vehicle.stopped"
+
+    # ------------------------------------------------------------------ rendering inputs
+    def _ground_window(self, x, y) -> GroundBatch:
+        r = self.cfg.render_distance
+        win = shapely_box(x - r, y - r, x + r, y + r)
+        polys, colors = [], []
+        for poly, color in self.layers:
+            inter = poly.intersection(win)
+            for g in getattr(inter, "geoms", [inter]):
+                if g.geom_type == "Polygon" and not g.is_empty:
+                    polys.append(np.asarray(g.exterior.coords)[:-1, :2])
+                    colors.append(color)
+        sel = np.nonzero(np.max(np.abs(self.mark_centres - [x, y]), 1) < r)[0]
+        polys.extend(self.mark_polys[k] for k in sel)
+        colors.extend(self.mark_colors[k] for k in sel)
+        return ground_batch(polys, colors)
+
+    def _render_boxes(self, others, times, t, gx, gy) -> list[RenderBox]:
+        r = self.cfg.render_distance
+        out = [self.buildings[b] for b in np.nonzero(np.max(np.abs(self.bld_centres - [gx, gy]), 1) < r + 20)[0]]
+        for g, a in enumerate(others):
+            x, y, yaw, _ = ag_mod.interp_state(a, times, t)
+            if max(abs(x - gx), abs(y - gy)) > r:
+                continue
+            w, l, h = a.size
+            if a.kind == "car":
+                out.append(RenderBox(x, y, 0.0, yaw, l, w, 0.55 * h, a.color, g))
+                out.append(RenderBox(x - 0.08 * l * np.cos(yaw), y - 0.08 * l * np.sin(yaw), 0.55 * h, yaw,
+                                     0.55 * l, 0.9 * w, 0.45 * h, (60, 70, 85), g))
+            elif a.kind == "truck":
+                cab = 0.22 * l
+                cx, cy = x + (l - cab) / 2 * np.cos(yaw), y + (l - cab) / 2 * np.sin(yaw)
+                out.append(RenderBox(cx, cy, 0.0, yaw, cab, w, 0.8 * h, a.color, g))
+                bx, by = x - cab / 2 * np.cos(yaw), y - cab / 2 * np.sin(yaw)
+                out.append(RenderBox(bx, by, 0.0, yaw, l - cab - 0.2, w, h, (215, 215, 210), g))
+            else:
+                out.append(RenderBox(x, y, 0.0, yaw, l, w, h, a.color, g))
+        return out
