@@ -1,0 +1,49 @@
+"""DiMA planner + MLLM reasoning node (Dual deployment: the MLLM reads /dima/scene_tokens).
+
+    ros2 launch dima_planner planner_mllm.launch.py checkpoint:=/ckpt/dima_tiny device:=cuda
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    share = FindPackageShare("dima_planner")
+    params = PathJoinSubstitution([share, "params", "ros", "planner.yaml"])
+    use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    return LaunchDescription([
+        DeclareLaunchArgument("params_file", default_value=params),
+        DeclareLaunchArgument("overlay_params_file", default_value=params),
+        DeclareLaunchArgument("mllm_params_file",
+                              default_value=PathJoinSubstitution([share, "params", "ros", "mllm.yaml"])),
+        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
+        DeclareLaunchArgument("device", default_value="cpu"),
+        DeclareLaunchArgument("use_sim_time", default_value="false"),
+        DeclareLaunchArgument("autostart", default_value="true"),
+        DeclareLaunchArgument("log_level", default_value="info"),
+        DeclareLaunchArgument("discovery_range", default_value="LOCALHOST"),
+        DeclareLaunchArgument("domain_id", default_value=EnvironmentVariable("ROS_DOMAIN_ID", default_value="42")),
+        SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
+        SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id")),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
+                               PathJoinSubstitution([share, "params", "fastdds_shm.xml"])),
+        LifecycleNode(
+            package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
+            output="screen",
+            parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"), {
+                "checkpoint": LaunchConfiguration("checkpoint"),
+                "device": LaunchConfiguration("device"),
+                "use_sim_time": use_sim_time,
+                "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
+            }],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+        ),
+        Node(
+            package="dima_planner", executable="dima_mllm_node", name="dima_mllm", output="screen",
+            parameters=[LaunchConfiguration("mllm_params_file"), {"use_sim_time": use_sim_time}],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+        ),
+    ])

@@ -1,0 +1,286 @@
+"""`dima demo`: the main job, end to end through real ROS 2 processes.
+
+1. generate the embedded nuScenes-format world (or reuse it);
+2. convert each validation scene to a rosbag2 (MCAP, JPEG cameras at 12 Hz, GT topics);
+3. start `dima_planner_node` as its own process with the default checkpoint;
+4. replay the bags into it with original timing and `/clock`, recording what it publishes;
+5. score the node's plans (VAD convention) next to the constant-velocity and ego-status
+   MLP baselines on the same keyframes, print the table and write PNG figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .config import load_yaml, parse_overrides
+
+REPO = Path(__file__).resolve().parents[4]
+
+
+@dataclass
+class DemoConfig:
+    synth_config: str = "params/synth.yaml"
+    world: str = "data/world"
+    checkpoint: str = "checkpoints/dima_tiny"
+    out: str = "out/demo"
+    split: str = "val"
+    max_scenes: int = 3  # validation scenes replayed through the node
+    rate: float = 1.0  # playback speed
+    node_params: list[str] = field(default_factory=lambda: [
+        "params/ros/planner.yaml", "params/ros/replay.yaml", "params/ros/demo.yaml"])
+    node_ready_timeout: float = 180.0
+    domain_id: int = 61
+    num_plots: int = 4
+    mlp_config: str = "params/eval_mlp.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="params/demo.yaml", help="DemoConfig YAML")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+
+
+def _path(p: str) -> Path:
+    """Config paths are relative to the repository (the demo runs from anywhere)."""
+    q = Path(p)
+    return q if q.is_absolute() else REPO / q
+
+
+class PlannerProcess:
+    """`dima_planner_node` in its own process, logging to a file."""
+
+    def __init__(self, cfg: DemoConfig, log: Path, env: dict[str, str]):
+        exe = Path(sys.executable).with_name("dima_planner_node")
+        cmd = [str(exe), "--ros-args"]
+        for p in cfg.node_params:
+            cmd += ["--params-file", str(_path(p))]
+        cmd += ["-p", f"checkpoint:={_path(cfg.checkpoint)}"]
+        self.log = log
+        self._log_file = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+def _wait_ready(node, proc: PlannerProcess, timeout: float) -> None:
+    """Until the node reports its model loaded and active on /diagnostics."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    ready = threading.Event()
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if st.name.endswith(": model") and st.level == DiagnosticStatus.OK and "active" in st.message:
+                ready.set()
+
+    sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    deadline = time.monotonic() + timeout
+    while not ready.is_set():
+        if not proc.alive():
+            raise RuntimeError(f"the planner node exited during start-up; see {proc.log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the planner node did not become active within {timeout:.0f} s; see {proc.log}")
+        rclpy.spin_once(node, timeout_sec=0.2)
+    node.destroy_subscription(sub)
+
+
+def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) -> dict:
+    """Replay the scene bags into the running node and record its outputs into `run_bag`."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from .ros import bag_io
+    from .ros.bag_play import BagPlayer
+    from .ros.bag_record import TopicRecorder
+
+    rclpy.init()
+    node = rclpy.create_node("dima_demo")
+    try:
+        proc = PlannerProcess(cfg, _path(cfg.out) / "planner_node.log", dict(os.environ))
+        try:
+            with console.status("starting dima_planner_node (loading and warming up the model)"):
+                _wait_ready(node, proc, cfg.node_ready_timeout)
+            recorder = TopicRecorder(node, run_bag, {
+                bag_io.TRAJECTORY_TOPIC: "dima_msgs/msg/PlannedTrajectory",
+                bag_io.PATH_TOPIC: "nav_msgs/msg/Path",
+            })
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            spinner = threading.Thread(target=executor.spin, daemon=True)
+            spinner.start()
+            played: dict[str, int] = {}
+            for bag in bags:
+                player = BagPlayer(node, bag, rate=cfg.rate, clock_hz=100.0)
+                player.wait_for_subscribers(10.0)
+                console.print(f"  replaying [bold]{bag.name}[/] ({player.reader.duration * 1e-9:.1f} s of data)")
+                stats = player.play()
+                player.drain(5.0)
+                player.close()
+                for k, v in stats.published.items():
+                    played[k] = played.get(k, 0) + v
+                time.sleep(1.0)  # the node's last plans are still on the wire
+            executor.shutdown()
+            spinner.join(timeout=5)
+            recorded = recorder.close()
+        finally:
+            code = proc.stop()
+        if code not in (0, -signal.SIGINT, None):
+            console.print(f"[yellow]planner node exited with code {code}; log: {proc.log}[/]")
+        return {"played": played, "recorded": recorded}
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _ego_mlp(cfg: DemoConfig, world: Path, data_cfg: dict, out: Path, console: Console):
+    """The ego-status MLP baseline, fitted on the train split once per world and cached."""
+    from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
+    from .eval.baselines import EgoMLP, EgoMLPConfig, train_ego_mlp
+
+    mlp_cfg = load_yaml(EgoMLPConfig, _path(cfg.mlp_config))
+    weights, stamp = out / "ego_mlp.safetensors", out / "ego_mlp.world"
+    key = (world / "dima_meta.json").read_text() + repr(mlp_cfg)
+    if weights.exists() and stamp.exists() and stamp.read_text() == key:
+        return EgoMLP.load(weights)
+    console.print("  fitting the ego-status MLP baseline on the train split")
+    mlp = train_ego_mlp(NuScenesPlanningDataset(DatasetConfig(split="train", **data_cfg)), mlp_cfg)
+    mlp.save(weights)
+    stamp.write_text(key)
+    return mlp
+
+
+def run(args: argparse.Namespace) -> int:
+    from .ros.env import apply_ros_env_defaults
+
+    console = Console(width=max(Console().width, 100))
+    cfg = load_yaml(DemoConfig, _path(args.config), parse_overrides(args.set))
+    apply_ros_env_defaults(cfg.domain_id)  # loopback-only DDS, own domain, before any rclpy
+    out = _path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    # 1. The world.
+    from .synth import SynthConfig, generate
+
+    console.rule("[bold]1. embedded nuScenes-format world")
+    world = generate(load_yaml(SynthConfig, _path(cfg.synth_config)), _path(cfg.world), progress=True)
+    console.print(f"  dataroot {world}")
+
+    # 2. Bags of the validation scenes, one per scene (scenes lie hours apart in time).
+    from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
+    from .ros.bag_convert import convert, load_nuscenes, select_scenes
+
+    console.rule("[bold]2. validation scenes -> rosbag2 (MCAP)")
+    nusc = load_nuscenes(world, None)
+    scenes = [s["name"] for s in select_scenes(nusc, world, nusc.version, None, cfg.split)][: cfg.max_scenes]
+    bags = []
+    for name in scenes:
+        bag = out / "bags" / name
+        stamp = bag / ".world"
+        meta = (world / "dima_meta.json").read_text()
+        if not (stamp.exists() and stamp.read_text() == meta):
+            convert(world, bag, scenes=[name], compressed=True, overwrite=True, progress=True)
+            stamp.write_text(meta)
+        bags.append(bag)
+    console.print(f"  {len(bags)} bag(s) under {out / 'bags'}: {', '.join(scenes)}")
+
+    # 3-4. The planner node in its own process, fed by the bags.
+    console.rule("[bold]3. dima_planner_node <- bag replay (real DDS, loopback)")
+    run_bag = out / "node_outputs"
+    if run_bag.exists():
+        import shutil
+
+        shutil.rmtree(run_bag)
+    counts = _replay(cfg, bags, run_bag, console)
+    console.print(f"  recorded {counts['recorded']} from the node")
+
+    # 5. Scores on the same keyframes.
+    console.rule("[bold]4. open-loop planning metrics (VAD convention)")
+    from .eval.baselines import ConstantVelocity
+    from .eval.evaluate import evaluate
+    from .eval.plots import plot_bev, plot_method_bars
+    from .ros import bag_eval
+    from .ros.frames import base_link_to_lidar_xy
+
+    gts, preds = bag_eval.read_bags([*bags, run_bag], bag_eval.bag_io.TRAJECTORY_TOPIC)
+    pairs = bag_eval.match(gts, preds, int(1e6))
+    node_plans = {g.token: base_link_to_lidar_xy(p[:6], g.lidar2ego) for g, p in pairs if len(p) >= 6}
+    if not node_plans:
+        console.print(f"[red]the node published no plan matching a keyframe; see {out / 'planner_node.log'}[/]")
+        return 1
+    data_cfg = dict(dataroot=str(world), version=nusc.version, load_images=False)
+    val = NuScenesPlanningDataset(DatasetConfig(split=cfg.split, **data_cfg))
+    index = [i for i, t in enumerate(val.tokens) if t in node_plans]
+    from torch.utils.data import Subset
+
+    subset = Subset(val, index)
+    mlp = _ego_mlp(cfg, world, data_cfg, out, console)
+    methods = {
+        "DiMA (node)": lambda b: np.stack([node_plans[t] for t in b["token"]]),
+        "const. velocity": ConstantVelocity().predict,
+        "ego-status MLP": mlp.predict,
+    }
+    results = {name: evaluate(fn, subset, ("vad", "uniad"), keep_predictions=True) for name, fn in methods.items()}
+    bag_check = bag_eval.evaluate([*bags, run_bag])
+
+    table = Table(title=f"nuScenes open-loop planning, VAD convention ({len(index)} keyframes of "
+                        f"{len(gts)} planned by the node, {len(scenes)} val scenes)")
+    for col in ("method", "L2 1s", "L2 2s", "L2 3s", "L2 avg (m)", "col 1s", "col 2s", "col 3s", "col avg (%)"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for name, res in results.items():
+        r = res["vad"]
+        table.add_row(name, *[f"{r[k]:.3f}" for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg")],
+                      *[f"{100 * r[k]:.2f}" for k in ("col_1s", "col_2s", "col_3s", "col_avg")])
+    console.print(table)
+    console.print(f"  cross-check, `dima bag eval` on the recorded bag alone: L2 avg {bag_check['l2_avg']:.3f} m, "
+                  f"col avg {100 * bag_check['col_avg']:.2f} % over {bag_check['matched']} keyframes")
+
+    preds_by_method = {name: res.pop("predictions") for name, res in results.items()}
+    (out / "metrics.json").write_text(json.dumps(
+        {"methods": results, "bag_eval": bag_check, "scenes": scenes, "keyframes": len(gts),
+         "planned_keyframes": len(index), "replay": counts}, indent=2, default=float))
+    plot_method_bars(results, out / "bars_vad.png", "vad")
+    shown = 0
+    for i in index:
+        s = val[i]
+        if s.valid and shown < cfg.num_plots:
+            plot_bev(s, {n: np.asarray(p[s.token]) for n, p in preds_by_method.items()}, out / f"bev_{shown}.png")
+            shown += 1
+    console.print(f"  wrote {out / 'metrics.json'}, {out / 'bars_vad.png'} and {shown} BEV figure(s) "
+                  f"in {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dima demo", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

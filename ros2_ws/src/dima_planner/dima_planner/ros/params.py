@@ -1,0 +1,175 @@
+"""The planner node's parameter table: names, defaults, types, ranges and validation.
+
+A plain module (no rclpy) so that tests and tools can check params YAML files against
+exactly what the node declares without starting ROS. The node turns each `ParamSpec`
+into a `ParameterDescriptor` and runs `validate()` in its set-parameters callback.
+
+Parameters marked `on_configure` are read when the node is configured (topics, QoS,
+model); changing them on a running node takes effect at the next cleanup + configure.
+The others are read every planning cycle.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..data.sample import CAMERAS
+
+NODE_NAME = "dima_planner"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    kind: str  # "bool" | "int" | "float" | "str"
+    low: float | None = None  # inclusive range for int/float
+    high: float | None = None
+    choices: tuple[str, ...] | None = None  # allowed values for str
+    pattern: str | None = None  # full-match regex for str
+    on_configure: bool = False
+
+    def check(self, value: Any) -> str | None:
+        """The reason `value` is not acceptable, or None."""
+        # Strict like rclpy: an integer is not accepted for a double parameter (write 1.0).
+        types = {"bool": (bool,), "int": (int,), "float": (float,), "str": (str,)}[self.kind]
+        if isinstance(value, bool) and self.kind != "bool" or not isinstance(value, types):
+            return f"{self.name} must be a {self.kind}, got {type(value).__name__} {value!r}"
+        if self.kind in ("int", "float"):
+            if self.low is not None and value < self.low or self.high is not None and value > self.high:
+                return f"{self.name}={value!r} is outside [{self.low}, {self.high}]"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name}={value!r} is not one of {list(self.choices)}"
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return f"{self.name}={value!r} does not match {self.pattern}"
+        return None
+
+
+# nuScenes-bag topic names (bag_io: what `dima bag convert` writes), VAD camera order.
+DEFAULT_CAMERA_TOPICS = {cam: f"/{cam.lower()}/image_raw" for cam in CAMERAS}
+DEFAULT_INFO_TOPICS = {cam: f"/{cam.lower()}/camera_info" for cam in CAMERAS}
+
+_TOPIC = r"~?/?[A-Za-z_][A-Za-z0-9_/{}~]*"
+
+
+def _camera_specs() -> list[ParamSpec]:
+    specs = []
+    for cam in CAMERAS:
+        p = f"cameras.{cam}."
+        specs += [
+            ParamSpec(p + "topic", DEFAULT_CAMERA_TOPICS[cam], f"{cam} image topic", "str",
+                      pattern=_TOPIC, on_configure=True),
+            ParamSpec(p + "transport", "raw",
+                      f"{cam}: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage, JPEG/PNG)",
+                      "str", choices=("raw", "compressed"), on_configure=True),
+            ParamSpec(p + "info_topic", DEFAULT_INFO_TOPICS[cam], f"{cam} sensor_msgs/CameraInfo topic", "str",
+                      pattern=_TOPIC, on_configure=True),
+            ParamSpec(p + "frame_id", "",
+                      f"{cam} optical frame for /tf_static look-up; empty = the image header's frame_id",
+                      "str"),
+        ]
+    return specs
+
+
+_SPECS: list[ParamSpec] = [
+    ParamSpec("autostart", True, "configure and activate on start-up (unmanaged use); false = wait for a "
+              "lifecycle manager", "bool", on_configure=True),
+    ParamSpec("checkpoint", "checkpoints/dima_tiny", "planner checkpoint directory (relative to the working "
+              "directory or absolute)", "str", on_configure=True),
+    ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str",
+              pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),
+    ParamSpec("num_threads", 0, "torch CPU threads for the model (0 = torch's default)", "int", 0, 256,
+              on_configure=True),
+    ParamSpec("warmup", True, "run one forward pass on black images during configure", "bool", on_configure=True),
+    ParamSpec("warmup_width", 1600, "image width of the warm-up pass", "int", 16, 8192, on_configure=True),
+    ParamSpec("warmup_height", 900, "image height of the warm-up pass", "int", 16, 8192, on_configure=True),
+    ParamSpec("base_frame", "base_link", "vehicle frame of /dima/path and /dima/trajectory", "str",
+              pattern=r"[A-Za-z_][\w/]*"),
+    ParamSpec("map_frame", "map", "frame of /dima/path_map when the odometry header has no frame_id", "str",
+              pattern=r"[A-Za-z_][\w/]*"),
+    ParamSpec("lidar_frame", "lidar_top", "the model's reference frame (x right, y forward) in /tf_static; "
+              "empty = the rig_file LIDAR_TOP pose (a virtual LiDAR, e.g. on Autoware/CARLA)",
+              "str", pattern=r"([A-Za-z_][\w/]*)?"),
+    ParamSpec("extrinsics_source", "tf_static",
+              "'tf_static': base_frame -> camera optical frames and lidar_frame from /tf_static; "
+              "'rig': from rig_file", "str", choices=("tf_static", "rig")),
+    ParamSpec("intrinsics_source", "camera_info",
+              "'camera_info': from each camera's CameraInfo; 'rig': rig_file intrinsics scaled to the image",
+              "str", choices=("camera_info", "rig")),
+    ParamSpec("rig_file", "", "camera rig JSON (nuscenes_rig_n015.json format); empty = the packaged "
+              "nuScenes rig", "str", on_configure=True),
+    ParamSpec("odom_topic", "/odom", "nav_msgs/Odometry of base_frame", "str", pattern=_TOPIC, on_configure=True),
+    ParamSpec("command_topic", "/dima/command", "dima_msgs/DrivingCommand", "str", pattern=_TOPIC,
+              on_configure=True),
+    ParamSpec("default_command", 2, "command used until one is received (0 right, 1 left, 2 straight)", "int",
+              0, 2),
+    ParamSpec("max_command_age", 0.0, "a command older than this (s) falls back to default_command; "
+              "0 = commands never expire", "float", 0.0, 3600.0),
+    ParamSpec("sensor_qos", "best_effort", "camera/odometry QoS: best_effort (live) or reliable (bag replay)",
+              "str", choices=("best_effort", "reliable"), on_configure=True),
+    ParamSpec("sensor_qos_depth", 1, "camera/odometry QoS history depth", "int", 1, 100, on_configure=True),
+    ParamSpec("sync_tolerance", 0.1, "max |camera stamp - front camera stamp| (s) for one frame set", "float",
+              0.0, 1.0),
+    ParamSpec("sync_wait", 0.05, "wall time (s) to wait after the front image for the other cameras", "float",
+              0.0, 1.0),
+    ParamSpec("max_input_age", 0.5, "front camera stamp may lag the node clock by at most this (s)", "float",
+              0.001, 60.0),
+    ParamSpec("max_odom_age", 0.25, "odometry must bracket or lie within this (s) of the front camera stamp",
+              "float", 0.001, 10.0),
+    ParamSpec("missing_camera_policy", "mask", "a side camera without an image within sync_tolerance: "
+              "'mask' = black image; 'reuse_last' = its last image if younger than max_reuse_age, else mask",
+              "str", choices=("mask", "reuse_last")),
+    ParamSpec("max_reuse_age", 0.5, "reuse_last: oldest reusable side image (s) relative to the front stamp",
+              "float", 0.0, 10.0),
+    ParamSpec("time_jump_reset", 1.0, "a front stamp this far (s) before the last one is a clock reset/bag "
+              "loop: temporal state is reset; smaller backward steps are dropped as out of order", "float",
+              0.0, 3600.0),
+    ParamSpec("max_scene_gap", 2.0, "a gap (s) between planned frames above this starts a new scene "
+              "(no temporal BEV)", "float", 0.0, 3600.0),
+    ParamSpec("min_plan_period", 0.0, "plan at most once per this many seconds of input time (0 = every "
+              "front image the worker can take)", "float", 0.0, 60.0),
+    ParamSpec("use_ego_status", False, "pass odometry-derived ego status to the planner ('+' models)", "bool"),
+    ParamSpec("publish_markers", True, "publish /dima/markers (only when subscribed)", "bool"),
+    ParamSpec("marker_score_threshold", 0.3, "agents / map elements drawn in /dima/markers need this "
+              "class probability", "float", 0.0, 1.0),
+    ParamSpec("decode_threads", 6, "threads decoding/validating images off the executor", "int", 1, 32,
+              on_configure=True),
+    ParamSpec("diagnostics_period", 1.0, "period (s) of /diagnostics", "float", 0.05, 60.0, on_configure=True),
+    ParamSpec("front_timeout", 1.0, "no front image for this long (s) while active is reported as an error",
+              "float", 0.01, 60.0),
+] + _camera_specs()
+
+PARAMS: dict[str, ParamSpec] = {s.name: s for s in _SPECS}
+# Declared by rclpy itself for every node; allowed in params files.
+BUILTIN_PARAMS = frozenset({"use_sim_time", "start_type_description_service"})
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Reason why parameter `name` cannot take `value`, or None if it can."""
+    spec = PARAMS.get(name)
+    if spec is None:
+        return None if name in BUILTIN_PARAMS else f"unknown parameter {name!r}"
+    return spec.check(value)
+
+
+def flatten_ros_params(doc: dict, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The node's flat {dotted.name: value} from a ROS params YAML document
+    (`node_name: ros__parameters: {...}`, also under `/**` or a namespace path)."""
+    out: dict[str, Any] = {}
+    for key, section in (doc or {}).items():
+        target = key.rstrip("/").split("/")[-1]
+        if target not in (node_name, "**") or not isinstance(section, dict):
+            continue
+        params = section.get("ros__parameters", {})
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}{k}.", v)
+            else:
+                out[prefix[:-1]] = value
+
+        walk("", params)
+    return out

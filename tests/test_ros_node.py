@@ -1,0 +1,387 @@
+"""The planner node in its own process, driven over real DDS from this process.
+
+One node process (autostart) gets good and bad inputs in turn and must plan, skip with a
+reason in /diagnostics, and plan again; a second one (managed, sim time) is driven through
+the lifecycle services and replayed /clock, including a bag-loop time jump.
+The model is the real default checkpoint when it exists, else a freshly initialised
+checkpoint of the same architecture written by checkpoint.save_checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CKPT = REPO / "checkpoints" / "dima_tiny"
+PARAMS = REPO / "params" / "ros" / "planner.yaml"
+H, W = 96, 160  # small synthetic images keep DDS traffic light on a 2-core machine
+
+apply_ros_env_defaults(domain_id=pid_domain_id(3))
+
+import rclpy  # noqa: E402  (after the environment is set)
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import TransformStamped  # noqa: E402
+from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from nav_msgs.msg import Odometry, Path as PathMsg  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
+
+from dima_msgs.msg import DrivingCommand, PlannedTrajectory  # noqa: E402
+from dima_planner.data.sample import CAMERAS  # noqa: E402
+from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, scale_intrinsics, stamp_to_ns  # noqa: E402
+from dima_planner.ros.extrinsics import RIG_SIZE, load_rig  # noqa: E402
+from dima_planner.ros.frames import matrix_to_quat_xyzw  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    if (DEFAULT_CKPT / "model.safetensors").is_file():
+        return DEFAULT_CKPT
+    import torch
+
+    from dima_planner.checkpoint import save_checkpoint
+    from dima_planner.model.config import tiny_cpu
+    from dima_planner.model.planner import VisionPlanner
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "dima_tiny", VisionPlanner(tiny_cpu()))
+
+
+def start_node(domain_id: int, *ros_args: str) -> subprocess.Popen:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args", "--params-file", str(PARAMS),
+           "-p", "num_threads:=1", "-p", "warmup_width:=160", "-p", "warmup_height:=96",
+           "-p", "diagnostics_period:=0.2", "-p", "sensor_qos:=reliable", "-p", "sensor_qos_depth:=5",
+           "-p", "sync_wait:=0.3", *ros_args]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_node(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(2)  # SIGINT: the node's normal shutdown path
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+class Driver:
+    """Test-side node: publishes a synthetic six-camera rig, odometry, commands, /tf_static,
+    /clock; records /dima/path, /dima/trajectory, /diagnostics."""
+
+    def __init__(self, domain_id: int):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("dima_test_driver", context=self.context)
+        rel = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        self.img_pub = {c: self.node.create_publisher(Image, f"/{c.lower()}/image_raw", rel) for c in CAMERAS}
+        self.info_pub = {c: self.node.create_publisher(CameraInfo, f"/{c.lower()}/camera_info", rel) for c in CAMERAS}
+        self.odom_pub = self.node.create_publisher(Odometry, "/odom", rel)
+        self.cmd_pub = self.node.create_publisher(DrivingCommand, "/dima/command", rel)
+        self.clock_pub = self.node.create_publisher(Clock, "/clock", rel)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.tf_pub = self.node.create_publisher(TFMessage, "/tf_static", latched)
+        self.paths: list[PathMsg] = []
+        self.trajs: list[PlannedTrajectory] = []
+        self.diags: list[DiagnosticArray] = []
+        self.lock = threading.RLock()
+        self.node.create_subscription(PathMsg, "/dima/path", lambda m: self._add(self.paths, m), rel)
+        self.node.create_subscription(PlannedTrajectory, "/dima/trajectory", lambda m: self._add(self.trajs, m), rel)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add(self.diags, m), rel)
+        self.rig = load_rig()
+        rng = np.random.default_rng(0)
+        self.images = {c: rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for c in CAMERAS}
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _add(self, store: list, msg) -> None:
+        with self.lock:
+            store.append(msg)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def publish_tf_static(self) -> None:
+        msg = TFMessage()
+        frames = {"lidar_top": self.rig.lidar2ego, **{f"{c.lower()}_optical": self.rig.cam2ego[c] for c in CAMERAS}}
+        for child, m in frames.items():
+            t = TransformStamped(header=Header(frame_id="base_link"), child_frame_id=child)
+            t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, m[:3, 3])
+            x, y, z, w = matrix_to_quat_xyzw(m)
+            t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = x, y, z, w
+            msg.transforms.append(t)
+        self.tf_pub.publish(msg)
+
+    def send_frame(self, stamp_ns: int, *, skip: tuple[str, ...] = (), front: Image | None = None,
+                   odom_nan: bool = False, command: int | None = None, speed: float = 5.0) -> None:
+        """One camera sweep anchored at stamp_ns: odometry first, then the cameras ~10 ms apart."""
+        odom = Odometry(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id="map"), child_frame_id="base_link")
+        x = speed * stamp_ns / 1e9
+        odom.pose.pose.position.x = float("nan") if odom_nan else x % 1000.0
+        odom.pose.pose.orientation.w = 1.0
+        odom.twist.twist.linear.x = speed
+        self.odom_pub.publish(odom)
+        if command is not None:
+            self.cmd_pub.publish(DrivingCommand(header=Header(stamp=ns_to_stamp(stamp_ns)), command=command))
+        for i, cam in enumerate(CAMERAS):
+            if cam in skip:
+                continue
+            s = ns_to_stamp(stamp_ns + i * 10_000_000)
+            frame = f"{cam.lower()}_optical"
+            k = scale_intrinsics(self.rig.intrinsics[cam], RIG_SIZE, (W, H))
+            self.info_pub[cam].publish(CameraInfo(header=Header(stamp=s, frame_id=frame), height=H, width=W,
+                                                  k=k.ravel().tolist(), distortion_model="plumb_bob"))
+            msg = front if (cam == CAMERAS[0] and front is not None) else rgb_to_image(self.images[cam], s, frame, "bgr8")
+            if cam == CAMERAS[0] and front is not None:
+                msg.header.stamp = s
+            self.img_pub[cam].publish(msg)
+
+    def wait(self, predicate, timeout: float, poll: float = 0.05):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                r = predicate()
+            if r:
+                return r
+            time.sleep(poll)
+        return None
+
+    def paths_at(self, stamp_ns: int) -> list[PathMsg]:
+        with self.lock:
+            return [p for p in self.paths if stamp_to_ns(p.header.stamp) == stamp_ns]
+
+    def diag_values(self, name_part: str) -> tuple[dict[str, str], str, int] | None:
+        """Latest status whose name contains name_part: (values, message, level)."""
+        for arr in reversed(self.diags):
+            for s in arr.status:
+                if name_part in s.name:
+                    return {kv.key: kv.value for kv in s.values}, s.message, s.level[0] if isinstance(s.level, bytes) else s.level
+        return None
+
+    def counter(self, key: str) -> int:
+        with self.lock:
+            d = self.diag_values("planning")
+        return int(d[0].get(key, 0)) if d else 0
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def expect_plan(drv: Driver, stamp_ns: int, timeout: float = 20.0) -> PathMsg:
+    got = drv.wait(lambda: drv.paths_at(stamp_ns), timeout)
+    assert got, f"no /dima/path for stamp {stamp_ns}"
+    return got[0]
+
+
+def expect_rejection(drv: Driver, proc, stamp_ns: int, key: str, text: str, before: int, timeout: float = 10.0) -> str:
+    ok = drv.wait(lambda: int((drv.diag_values("planning") or ({},))[0].get(key, 0)) > before, timeout)
+    assert ok, f"/diagnostics never counted {key}; last: {drv.diag_values('planning')}"
+    values, message, _ = drv.diag_values("planning")
+    assert text in values["last_rejection"], values["last_rejection"]
+    time.sleep(0.3)
+    assert not drv.paths_at(stamp_ns), f"a path was published for the rejected stamp ({key})"
+    assert proc.poll() is None, "node died on bad input"
+    return values["last_rejection"]
+
+
+def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
+    domain = pid_domain_id(11)
+    proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "front_timeout:=0.5", "-p", "max_input_age:=1.0")
+    drv = Driver(domain)
+    try:
+        drv.publish_tf_static()
+        # Wait for the node: the model status says loaded (active).
+        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
+        assert ok, f"node never became active; output:\n{stop_node(proc)}"
+
+        # 1. good inputs -> a plan stamped with the front camera stamp, in base_link
+        t = now_ns()
+        for _ in range(20):  # discovery of the test publishers by the node may take a moment
+            drv.send_frame(t, command=DrivingCommand.TURN_LEFT)
+            if drv.wait(lambda: drv.paths_at(t), 1.0):
+                break
+            t = now_ns()
+        path = expect_plan(drv, t)
+        assert path.header.frame_id == "base_link" and len(path.poses) == 6
+        traj = drv.wait(lambda: [m for m in drv.trajs if stamp_to_ns(m.header.stamp) == t], 5)[0]
+        assert len(traj.poses) == 6 and traj.header.frame_id == "base_link"
+        assert traj.command == DrivingCommand.TURN_LEFT
+        assert [d.sec + d.nanosec / 1e9 for d in traj.time_from_start] == pytest.approx([0.5, 1, 1.5, 2, 2.5, 3])
+        assert traj.model_latency > 0 and traj.planner_latency >= traj.model_latency
+        assert traj.model_id.startswith("dima_tiny")
+        for p_path, p_traj in zip(path.poses, traj.poses):
+            assert p_path.pose.position.x == pytest.approx(p_traj.position.x)
+            assert all(math.isfinite(v) for v in (p_traj.position.x, p_traj.position.y, p_traj.orientation.w))
+
+        # 2. wrong encoding on the front camera
+        before = drv.counter("rejected.bad_encoding")
+        t = now_ns()
+        bad = rgb_to_image(drv.images[CAMERAS[0]], Time(), "cam_front_optical")
+        bad.encoding = "yuv422"
+        drv.send_frame(t, front=bad)
+        expect_rejection(drv, proc, t, "rejected.bad_encoding", "yuv422", before)
+
+        # 3. truncated data (step says 160*3 bytes a row, one row missing)
+        before = drv.counter("rejected.bad_size")
+        t = now_ns()
+        bad = rgb_to_image(drv.images[CAMERAS[0]], Time(), "cam_front_optical")
+        bad.data = bytes(bad.data)[: -bad.step]
+        drv.send_frame(t, front=bad)
+        expect_rejection(drv, proc, t, "rejected.bad_size", "truncated", before)
+
+        # 4. stale stamp (3 s behind the node clock)
+        before = drv.counter("rejected.stale_input")
+        t = now_ns() - 3_000_000_000
+        drv.send_frame(t)
+        expect_rejection(drv, proc, t, "rejected.stale_input", "behind the node clock", before)
+
+        # 5. a good frame, then one stamped before it: out of order
+        t_good = now_ns()
+        drv.send_frame(t_good)
+        expect_plan(drv, t_good)
+        before = drv.counter("rejected.out_of_order")
+        t = t_good - 100_000_000
+        drv.send_frame(t)
+        expect_rejection(drv, proc, t, "rejected.out_of_order", "older than the last planned", before)
+
+        # 6. NaN odometry
+        before = drv.counter("rejected.bad_odometry")
+        t = now_ns()
+        drv.send_frame(t, odom_nan=True)
+        expect_rejection(drv, proc, t, "rejected.bad_odometry", "non-finite", before)
+
+        # 7. no front camera: side cameras keep coming, no plan, /diagnostics says why
+        n_paths = len(drv.paths)
+        for _ in range(8):
+            drv.send_frame(now_ns(), skip=(CAMERAS[0],))
+            time.sleep(0.12)
+        inputs = drv.wait(lambda: (d := drv.diag_values("inputs")) and "no front camera" in d[1] and d, 5)
+        assert inputs, f"/diagnostics did not report the missing front camera: {drv.diag_values('inputs')}"
+        assert inputs[2] == 2  # ERROR
+        assert len(drv.paths) == n_paths
+        assert proc.poll() is None
+
+        # 8. a missing side camera is masked (default policy): still a plan, reported as degraded
+        time.sleep(0.3)  # the CAM_BACK images of step 7 must be out of the sync tolerance
+        t = now_ns()
+        drv.send_frame(t, skip=("CAM_BACK",))
+        expect_plan(drv, t)
+        assert drv.wait(lambda: int((drv.diag_values("planning") or ({},))[0].get("degraded.masked.CAM_BACK", 0)) >= 1, 5)
+
+        # 9. good inputs again -> planning again
+        t = now_ns()
+        drv.send_frame(t)
+        expect_plan(drv, t)
+        assert proc.poll() is None
+    finally:
+        drv.close()
+        out = stop_node(proc)
+    assert proc.returncode == 0, out
+
+
+def _call(drv: Driver, client, request, timeout: float = 30.0):
+    assert client.wait_for_service(timeout_sec=20.0), f"service {client.srv_name} not available"
+    fut = client.call_async(request)
+    deadline = time.monotonic() + timeout
+    while not fut.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fut.done(), f"{client.srv_name} did not answer"
+    return fut.result()
+
+
+def test_lifecycle_and_sim_time(checkpoint, tmp_path):
+    domain = pid_domain_id(23)
+    proc = start_node(domain, "-p", "autostart:=false", "-p", f"checkpoint:={tmp_path / 'missing'}",
+                      "-p", "use_sim_time:=true", "-p", "extrinsics_source:=rig")
+    drv = Driver(domain)
+    try:
+        change = drv.node.create_client(ChangeState, "/dima_planner/change_state")
+        get = drv.node.create_client(GetState, "/dima_planner/get_state")
+        setp = drv.node.create_client(SetParameters, "/dima_planner/set_parameters")
+
+        # configure with a missing checkpoint: FAILURE, node alive and unconfigured, reason in /diagnostics
+        res = _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+        assert res.success is False
+        assert _call(drv, get, GetState.Request()).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+        model = drv.wait(lambda: (d := drv.diag_values("model")) and "does not exist" in d[1] and d, 10)
+        assert model and model[2] == 2, drv.diag_values("model")
+        assert proc.poll() is None
+
+        # invalid parameter values are rejected with a reason
+        def param(name, **value):
+            return Parameter(name=name, value=ParameterValue(**value))
+
+        bad = _call(drv, setp, SetParameters.Request(parameters=[
+            param("missing_camera_policy", type=ParameterType.PARAMETER_STRING, string_value="guess")]))
+        assert not bad.results[0].successful and "guess" in bad.results[0].reason
+        bad = _call(drv, setp, SetParameters.Request(parameters=[
+            param("sync_tolerance", type=ParameterType.PARAMETER_DOUBLE, double_value=5.0)]))
+        assert not bad.results[0].successful
+
+        # point at the real checkpoint, configure + activate
+        ok = _call(drv, setp, SetParameters.Request(parameters=[
+            param("checkpoint", type=ParameterType.PARAMETER_STRING, string_value=str(checkpoint))]))
+        assert ok.results[0].successful
+        assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))).success
+        assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))).success
+        assert _call(drv, get, GetState.Request()).current_state.id == State.PRIMARY_STATE_ACTIVE
+
+        # sim time: stamps 1000 s after the epoch are fresh once /clock says so
+        sim = 1000 * 10**9
+        t = sim
+        for _ in range(20):
+            drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
+            drv.send_frame(t)
+            if drv.wait(lambda: drv.paths_at(t), 1.0):
+                break
+            t += 100_000_000
+        expect_plan(drv, t)
+
+        # bag loop: /clock and stamps jump back 900 s -> reported, temporal state reset, then planning again
+        before = drv.counter("rejected.time_jump")
+        t = sim - 900 * 10**9 + 10**9
+        drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
+        time.sleep(0.1)
+        drv.send_frame(t)
+        expect_rejection(drv, proc, t, "rejected.time_jump", "jumped back", before)
+        t += 100_000_000
+        drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
+        time.sleep(0.1)
+        drv.send_frame(t)
+        expect_plan(drv, t)
+
+        # deactivate + cleanup: back to unconfigured, model released
+        assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
+        assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CLEANUP))).success
+        assert _call(drv, get, GetState.Request()).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+        assert proc.poll() is None
+    finally:
+        drv.close()
+        out = stop_node(proc)
+    assert proc.returncode == 0, out
