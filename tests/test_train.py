@@ -98,3 +98,23 @@ def test_ddp_two_cpu_processes_stay_in_sync(world, tmp_path):
     mp.spawn(_ddp_worker, args=(str(world), str(out), port), nprocs=2, join=True)
     assert (out / "rank0.sha").read_text() == (out / "rank1.sha").read_text()
     assert (out / "last" / "model.safetensors").is_file()  # only rank 0 writes checkpoints
+
+
+def test_planner_predict_streams_like_validation(world):
+    """`dima eval` batches in dataset order: Planner.predict carries the BEV like train.evaluate."""
+    import numpy as np
+
+    from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset, collate
+    from dima_planner.inference import Planner
+    from dima_planner.model import VisionPlanner, preset
+    from dima_planner.train import predict_sequential
+
+    torch.manual_seed(0)
+    model = VisionPlanner(preset("tiny_cpu")).eval()
+    ds = NuScenesPlanningDataset(DatasetConfig(dataroot=str(world), version="v1.0-dima", split="val",
+                                               image_size=list(model.cfg.image_size)))
+    want = predict_sequential(model, ds, torch.device("cpu"))
+    planner = Planner(model)
+    got = np.concatenate([planner.predict(collate([ds[j] for j in range(i, min(i + 3, len(ds)))]))
+                          for i in range(0, len(ds), 3)])
+    np.testing.assert_allclose(got, want, atol=1e-4)

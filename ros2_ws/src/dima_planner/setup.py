@@ -29,6 +29,8 @@ setup(
         ("share/" + package_name + "/params", _rel("params/*.yaml") + _rel("params/*.xml")),
         ("share/" + package_name + "/params/ros", _rel("params/ros/*.yaml")),
         ("share/" + package_name + "/params/train", _rel("params/train/*.yaml")),
+        # The default checkpoint, so that `ros2 launch` works on an installed workspace.
+        ("share/" + package_name + "/checkpoints/dima_tiny", _rel("checkpoints/dima_tiny/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

@@ -27,6 +27,7 @@ from rich.table import Table
 from .config import load_yaml, parse_overrides
 
 REPO = Path(__file__).resolve().parents[4]
+REASONING_TOPIC = "/dima/reasoning"
 
 
 @dataclass
@@ -38,10 +39,18 @@ class DemoConfig:
     split: str = "val"
     max_scenes: int = 3  # validation scenes replayed through the node
     rate: float = 1.0  # playback speed
+    # Keyframes only (2 Hz cameras): every replayed front image has ground truth. On a
+    # 2-core CPU the node plans at ~4 Hz, so at 12 Hz it would skip most keyframes;
+    # BENCHMARKS.md measures the 12 Hz load. Set false on a GPU machine.
+    keyframes_only: bool = True
     node_params: list[str] = field(default_factory=lambda: [
         "params/ros/planner.yaml", "params/ros/replay.yaml", "params/ros/demo.yaml"])
     node_ready_timeout: float = 180.0
     domain_id: int = 61
+    with_mllm: bool = True  # start dima_mllm_node beside the planner and print its reasoning
+    mllm_params: list[str] = field(default_factory=lambda: ["params/ros/mllm.yaml"])
+    mllm_checkpoint: str = ""  # MLLM branch (Q-Formers, LoRA, heads); "" = the untrained branch
+    num_reasoning: int = 3
     num_plots: int = 4
     mlp_config: str = "params/eval_mlp.yaml"
 
@@ -57,18 +66,19 @@ def _path(p: str) -> Path:
     return q if q.is_absolute() else REPO / q
 
 
-class PlannerProcess:
-    """`dima_planner_node` in its own process, logging to a file."""
+class NodeProcess:
+    """A ROS 2 node's console entry point in its own process, logging to a file."""
 
-    def __init__(self, cfg: DemoConfig, log: Path, env: dict[str, str]):
-        exe = Path(sys.executable).with_name("dima_planner_node")
-        cmd = [str(exe), "--ros-args"]
-        for p in cfg.node_params:
+    def __init__(self, executable: str, params: list[str], overrides: dict[str, str], log: Path):
+        cmd = [str(Path(sys.executable).with_name(executable)), "--ros-args"]
+        for p in params:
             cmd += ["--params-file", str(_path(p))]
-        cmd += ["-p", f"checkpoint:={_path(cfg.checkpoint)}"]
+        for k, v in overrides.items():
+            cmd += ["-p", f"{k}:={v}"]
+        self.name = executable
         self.log = log
         self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
                                      start_new_session=True)
 
     def alive(self) -> bool:
@@ -86,31 +96,39 @@ class PlannerProcess:
         return self.proc.returncode
 
 
-def _wait_ready(node, proc: PlannerProcess, timeout: float) -> None:
-    """Until the node reports its model loaded and active on /diagnostics."""
+def _wait_ready(node, procs: dict[str, NodeProcess], timeout: float) -> None:
+    """Until every node (by ROS name) reports its model loaded on /diagnostics.
+
+    The planner says "loaded (active)" once configured and activated; the MLLM node says
+    "loaded <model id>" once its LLM is in memory.
+    """
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
-    ready = threading.Event()
+    waiting = set(procs)
 
     def on_diag(msg: DiagnosticArray) -> None:
         for st in msg.status:
-            if st.name.endswith(": model") and st.level == DiagnosticStatus.OK and "active" in st.message:
-                ready.set()
+            name, _, part = st.name.partition(": ")
+            if part == "model" and st.level == DiagnosticStatus.OK and st.message.startswith("loaded") \
+                    and (name != "dima_planner" or "active" in st.message):
+                waiting.discard(name)
 
     sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     deadline = time.monotonic() + timeout
-    while not ready.is_set():
-        if not proc.alive():
-            raise RuntimeError(f"the planner node exited during start-up; see {proc.log}")
+    while waiting:
+        for name in waiting:
+            if not procs[name].alive():
+                raise RuntimeError(f"{procs[name].name} exited during start-up; see {procs[name].log}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the planner node did not become active within {timeout:.0f} s; see {proc.log}")
+            raise RuntimeError(f"{', '.join(sorted(waiting))} not ready within {timeout:.0f} s; "
+                               f"see the logs in {_path('out')}")
         rclpy.spin_once(node, timeout_sec=0.2)
     node.destroy_subscription(sub)
 
 
 def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) -> dict:
-    """Replay the scene bags into the running node and record its outputs into `run_bag`."""
+    """Replay the scene bags into the running nodes and record their outputs into `run_bag`."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -118,43 +136,65 @@ def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) 
     from .ros.bag_play import BagPlayer
     from .ros.bag_record import TopicRecorder
 
+    out = _path(cfg.out)
     rclpy.init()
     node = rclpy.create_node("dima_demo")
+    procs: dict[str, NodeProcess] = {}
     try:
-        proc = PlannerProcess(cfg, _path(cfg.out) / "planner_node.log", dict(os.environ))
-        try:
-            with console.status("starting dima_planner_node (loading and warming up the model)"):
-                _wait_ready(node, proc, cfg.node_ready_timeout)
-            recorder = TopicRecorder(node, run_bag, {
-                bag_io.TRAJECTORY_TOPIC: "dima_msgs/msg/PlannedTrajectory",
-                bag_io.PATH_TOPIC: "nav_msgs/msg/Path",
-            })
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            spinner = threading.Thread(target=executor.spin, daemon=True)
-            spinner.start()
-            played: dict[str, int] = {}
-            for bag in bags:
-                player = BagPlayer(node, bag, rate=cfg.rate, clock_hz=100.0)
-                player.wait_for_subscribers(10.0)
-                console.print(f"  replaying [bold]{bag.name}[/] ({player.reader.duration * 1e-9:.1f} s of data)")
-                stats = player.play()
-                player.drain(5.0)
-                player.close()
-                for k, v in stats.published.items():
-                    played[k] = played.get(k, 0) + v
-                time.sleep(1.0)  # the node's last plans are still on the wire
-            executor.shutdown()
-            spinner.join(timeout=5)
-            recorded = recorder.close()
-        finally:
-            code = proc.stop()
-        if code not in (0, -signal.SIGINT, None):
-            console.print(f"[yellow]planner node exited with code {code}; log: {proc.log}[/]")
+        procs["dima_planner"] = NodeProcess("dima_planner_node", cfg.node_params,
+                                            {"checkpoint": _path(cfg.checkpoint)}, out / "planner_node.log")
+        if cfg.with_mllm:
+            overrides = {"checkpoint": _path(cfg.mllm_checkpoint)} if cfg.mllm_checkpoint else {}
+            procs["dima_mllm"] = NodeProcess("dima_mllm_node", cfg.mllm_params, overrides, out / "mllm_node.log")
+        with console.status(f"starting {', '.join(p.name for p in procs.values())} (loading the models)"):
+            _wait_ready(node, procs, cfg.node_ready_timeout)
+        topics = {bag_io.TRAJECTORY_TOPIC: "dima_msgs/msg/PlannedTrajectory", bag_io.PATH_TOPIC: "nav_msgs/msg/Path"}
+        if cfg.with_mllm:
+            topics[REASONING_TOPIC] = "dima_msgs/msg/Reasoning"
+        recorder = TopicRecorder(node, run_bag, topics)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        played: dict[str, int] = {}
+        for bag in bags:
+            player = BagPlayer(node, bag, rate=cfg.rate, clock_hz=100.0)
+            player.wait_for_subscribers(10.0)
+            console.print(f"  replaying [bold]{bag.name}[/] ({player.reader.duration * 1e-9:.1f} s of data)")
+            stats = player.play()
+            player.drain(5.0)
+            player.close()
+            for k, v in stats.published.items():
+                played[k] = played.get(k, 0) + v
+            time.sleep(1.0)  # the node's last plans are still on the wire
+        executor.shutdown()
+        spinner.join(timeout=5)
+        recorded = recorder.close()
         return {"played": played, "recorded": recorded}
     finally:
+        for p in procs.values():
+            code = p.stop()
+            if code not in (0, -signal.SIGINT, None):
+                console.print(f"[yellow]{p.name} exited with code {code}; log: {p.log}[/]")
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def _reasoning(run_bag: Path, limit: int) -> list[dict]:
+    """The MLLM node's reasoning messages recorded in `run_bag`."""
+    from rosbags.rosbag2 import Reader
+
+    from .ros import bag_io
+
+    store = bag_io.make_typestore()
+    out = []
+    with Reader(run_bag) as reader:
+        conns = [c for c in reader.connections if c.topic == REASONING_TOPIC]
+        for c, _t, raw in reader.messages(connections=conns):
+            m = store.deserialize_cdr(raw, c.msgtype)
+            out.append({"input_stamp": m.input_stamp.sec + m.input_stamp.nanosec * 1e-9,
+                        "latency": float(m.latency), "text": m.text, "model_id": m.model_id})
+    return out[:limit] if limit else out
 
 
 def _ego_mlp(cfg: DemoConfig, world: Path, data_cfg: dict, out: Path, console: Console):
@@ -203,20 +243,26 @@ def run(args: argparse.Namespace) -> int:
         bag = out / "bags" / name
         stamp = bag / ".world"
         meta = (world / "dima_meta.json").read_text()
-        if not (stamp.exists() and stamp.read_text() == meta):
-            convert(world, bag, scenes=[name], compressed=True, overwrite=True, progress=True)
-            stamp.write_text(meta)
+        if not (stamp.exists() and stamp.read_text() == meta + repr(cfg.keyframes_only)):
+            convert(world, bag, scenes=[name], compressed=True, keyframes_only=cfg.keyframes_only,
+                    overwrite=True, progress=True)
+            stamp.write_text(meta + repr(cfg.keyframes_only))
         bags.append(bag)
     console.print(f"  {len(bags)} bag(s) under {out / 'bags'}: {', '.join(scenes)}")
 
     # 3-4. The planner node in its own process, fed by the bags.
-    console.rule("[bold]3. dima_planner_node <- bag replay (real DDS, loopback)")
+    console.rule("[bold]3. dima_planner_node" + (" + dima_mllm_node" if cfg.with_mllm else "")
+                 + " <- bag replay (real DDS, loopback)")
     run_bag = out / "node_outputs"
     if run_bag.exists():
         import shutil
 
         shutil.rmtree(run_bag)
-    counts = _replay(cfg, bags, run_bag, console)
+    try:
+        counts = _replay(cfg, bags, run_bag, console)
+    except RuntimeError as e:  # a node failed to start: its log says why
+        console.print(f"[red]dima demo: {e}[/]")
+        return 1
     console.print(f"  recorded {counts['recorded']} from the node")
 
     # 5. Scores on the same keyframes.
@@ -260,10 +306,19 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"  cross-check, `dima bag eval` on the recorded bag alone: L2 avg {bag_check['l2_avg']:.3f} m, "
                   f"col avg {100 * bag_check['col_avg']:.2f} % over {bag_check['matched']} keyframes")
 
+    reasoning = _reasoning(run_bag, 0) if cfg.with_mllm else []
+    if cfg.with_mllm:
+        console.rule("[bold]5. dima_mllm_node reasoning (/dima/reasoning)")
+        if not reasoning:
+            console.print(f"[yellow]  no reasoning was published; see {out / 'mllm_node.log'}[/]")
+        for r in reasoning[: cfg.num_reasoning]:
+            console.print(f"  [dim]input stamp {r['input_stamp']:.3f} s, latency {r['latency']:.2f} s, "
+                          f"{r['model_id']}[/]\n  {r['text'].strip()}")
+
     preds_by_method = {name: res.pop("predictions") for name, res in results.items()}
     (out / "metrics.json").write_text(json.dumps(
         {"methods": results, "bag_eval": bag_check, "scenes": scenes, "keyframes": len(gts),
-         "planned_keyframes": len(index), "replay": counts}, indent=2, default=float))
+         "planned_keyframes": len(index), "replay": counts, "reasoning": reasoning}, indent=2, default=float))
     plot_method_bars(results, out / "bars_vad.png", "vad")
     shown = 0
     for i in index:

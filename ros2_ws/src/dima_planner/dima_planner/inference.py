@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .data.sample import AGENT_CLASSES, CAMERAS, MAP_CLASSES
+from .data.sample import AGENT_CLASSES, CAMERAS, MAP_CLASSES, STEP_SECONDS
 from .model.planner import VisionPlanner
 
 
@@ -65,6 +65,44 @@ def lidar2img_from(intrinsics: np.ndarray, cam2lidar: np.ndarray) -> np.ndarray:
     return k4 @ np.linalg.inv(cam2lidar)
 
 
+@dataclass
+class _BevMemory:
+    stamp_ns: int
+    lidar2world: np.ndarray  # (4, 4)
+    bev: torch.Tensor
+
+
+class TemporalMemory:
+    """The BEVs of recent frames, so that the temporal input matches training.
+
+    The model learns temporal self-attention from keyframe pairs 0.5 s apart (nuScenes
+    keyframes at 2 Hz): how far the scene moved in the warped previous BEV is how it reads
+    motion. A node planning at 12 Hz must therefore not feed the BEV of the frame 83 ms
+    ago; it feeds the remembered BEV closest to `interval` before the current stamp,
+    aligned with the ego motion between the two (odometry poses).
+    """
+
+    def __init__(self, interval_s: float = STEP_SECONDS, tolerance_s: float = 0.25, horizon_s: float = 1.5):
+        self.interval_ns = int(interval_s * 1e9)
+        self.tolerance_ns = int(tolerance_s * 1e9)
+        self.horizon_ns = int(horizon_s * 1e9)
+        self._items: list[_BevMemory] = []
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def select(self, stamp_ns: int, lidar2world: np.ndarray) -> tuple[torch.Tensor, np.ndarray] | None:
+        """(previous BEV, prev2cur) of the frame nearest `interval` ago, or None."""
+        best = min(self._items, key=lambda m: abs(stamp_ns - m.stamp_ns - self.interval_ns), default=None)
+        if best is None or abs(stamp_ns - best.stamp_ns - self.interval_ns) > self.tolerance_ns:
+            return None
+        return best.bev, np.linalg.inv(lidar2world) @ best.lidar2world
+
+    def add(self, stamp_ns: int, lidar2world: np.ndarray, bev: torch.Tensor) -> None:
+        self._items = [m for m in self._items if 0 < stamp_ns - m.stamp_ns <= self.horizon_ns]
+        self._items.append(_BevMemory(stamp_ns, np.asarray(lidar2world, np.float64), bev))
+
+
 class Planner:
     def __init__(self, model: VisionPlanner, device: str | torch.device = "cpu", num_threads: int | None = None):
         if num_threads is not None:
@@ -72,12 +110,14 @@ class Planner:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
-        self._prev_bev: torch.Tensor | None = None  # plan()'s temporal state
+        self._prev_bev: torch.Tensor | None = None  # plan()'s temporal state without poses
+        self.memory = TemporalMemory()  # plan()'s temporal state with stamps and poses
         self._stream: tuple[str, int, torch.Tensor] | None = None  # predict()'s (scene, stamp, bev)
 
     def reset(self) -> None:
         """Forget the temporal BEV of plan() and predict() (next frame = scene start)."""
         self._prev_bev = None
+        self.memory.clear()
         self._stream = None
 
     # ---- batched (dima eval) ------------------------------------------------------------
@@ -149,17 +189,34 @@ class Planner:
     @torch.no_grad()
     def plan(self, images: list[np.ndarray], intrinsics: np.ndarray, cam2lidar: np.ndarray, command: int,
              ego_status: np.ndarray | None = None, prev2cur: np.ndarray | None = None,
-             scene_start: bool = False, extra_ego_feat: np.ndarray | None = None) -> PlanResult:
-        """Plan one frame. `prev2cur` (4, 4) maps the previous call's LiDAR frame into this
-        one; without it (or at a scene start) the temporal BEV is not used."""
+             scene_start: bool = False, extra_ego_feat: np.ndarray | None = None,
+             stamp_ns: int | None = None, lidar2world: np.ndarray | None = None) -> PlanResult:
+        """Plan one frame.
+
+        Temporal input, preferred: `stamp_ns` and `lidar2world` (4, 4, from odometry) of
+        every frame; the BEV remembered closest to 0.5 s earlier is used, as in training
+        (TemporalMemory). Otherwise `prev2cur` (4, 4) maps the previous call's LiDAR frame
+        into this one, which matches training only when calls are 0.5 s apart. Without
+        either, or at a scene start, the temporal BEV is not used.
+        """
         if int(command) not in (0, 1, 2):
             raise ValueError(f"command must be 0 (right), 1 (left) or 2 (straight), got {command}")
         if self.cfg.use_ego_status and ego_status is None:
             raise ValueError("this checkpoint was trained with ego status; plan() needs ego_status")
+        if (stamp_ns is None) != (lidar2world is None):
+            raise ValueError("plan() needs both stamp_ns and lidar2world, or neither")
+        if lidar2world is not None:
+            lidar2world = np.asarray(lidar2world, dtype=np.float64)
+            if lidar2world.shape != (4, 4) or not np.isfinite(lidar2world).all():
+                raise ValueError(f"lidar2world must be a finite 4x4 matrix, got shape {lidar2world.shape}")
         x, l2i = self.preprocess(images, intrinsics, cam2lidar)
         if scene_start:
             self.reset()
-        use_prev = self._prev_bev is not None and prev2cur is not None
+        prev_bev = self._prev_bev
+        if stamp_ns is not None:
+            picked = self.memory.select(int(stamp_ns), lidar2world)
+            prev_bev, prev2cur = picked if picked is not None else (None, None)
+        use_prev = prev_bev is not None and prev2cur is not None
         p2c = None
         if use_prev:
             p2c = np.asarray(prev2cur, dtype=np.float32)
@@ -171,11 +228,13 @@ class Planner:
             status = torch.as_tensor(np.asarray(ego_status, np.float32))[None].to(self.device)
         extra = None if extra_ego_feat is None else torch.as_tensor(np.asarray(extra_ego_feat, np.float32))[None].to(self.device)
         t0 = time.perf_counter()
-        enc = self.model.encode(x, l2i, self._prev_bev if use_prev else None, p2c,
+        enc = self.model.encode(x, l2i, prev_bev if use_prev else None, p2c,
                                 torch.tensor([use_prev], device=self.device), status)
         out = self.model.plan(enc, torch.tensor([int(command)], device=self.device), extra)
         latency = (time.perf_counter() - t0) * 1e3
         self._prev_bev = enc.beam.bev
+        if stamp_ns is not None:
+            self.memory.add(int(stamp_ns), lidar2world, enc.beam.bev)
         return self._result(enc, out, int(command), latency, use_prev)
 
     @staticmethod
@@ -198,7 +257,88 @@ class Planner:
             latency_ms=latency, used_prev_bev=used_prev)
 
 
-def load_planner(checkpoint_dir: str | Path, device: str = "cpu", num_threads: int | None = None) -> Planner:
-    """Planner from a checkpoint directory (CheckpointError with one sentence if unusable)."""
+def load_planner(checkpoint_dir: str | Path, device: str = "cpu", num_threads: int | None = None,
+                 dual: bool = False, mllm_checkpoint: str | Path | None = None,
+                 llm_path: str | None = None) -> Planner:
+    """Planner from a checkpoint directory (CheckpointError with one sentence if unusable).
+
+    dual=True: DiMA's Dual inference (DualModel below) with the MLLM branch of
+    `mllm_checkpoint` (default: the same directory, as stage-2 training writes it);
+    `llm_path` overrides the LLM folder named in its mllm.yaml."""
     model, _ = load_checkpoint(checkpoint_dir, device)
+    if dual:
+        branch = load_mllm_branch(mllm_checkpoint or checkpoint_dir, device, llm_path)
+        return Planner(DualModel(model, branch), device, num_threads)
     return Planner(model, device, num_threads)
+
+
+# ---- Dual inference (DiMA) ---------------------------------------------------------------------
+def load_mllm_branch(directory: str | Path, device: str | torch.device = "cpu", llm_path: str | None = None):
+    """MLLMBranch from an MLLM checkpoint (ros.reasoning.save_mllm_checkpoint format:
+    mllm.yaml + mllm.safetensors; the LLM is loaded from its own folder)."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, load_yaml
+    from .model.mllm import LLMNotFoundError, MLLMBranch, MLLMConfig
+    from .ros.reasoning import MLLM_CONFIG, MLLM_WEIGHTS
+
+    directory = Path(directory)
+    for name in (MLLM_CONFIG, MLLM_WEIGHTS):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"Dual inference needs an MLLM checkpoint, but {directory} has no {name} "
+                                  "(train stage 2, or pass the MLLM checkpoint directory)")
+    try:
+        cfg = load_yaml(MLLMConfig, directory / MLLM_CONFIG)
+    except ConfigError as e:
+        raise CheckpointError(f"MLLM checkpoint config {directory / MLLM_CONFIG} is invalid: {e}") from None
+    if llm_path:
+        cfg = replace(cfg, llm=replace(cfg.llm, path=llm_path))
+    try:
+        branch = MLLMBranch(cfg)
+    except LLMNotFoundError as e:
+        raise CheckpointError(f"the LLM of MLLM checkpoint {directory} is missing: {e}") from None
+    try:
+        branch.load_trainable_state_dict(load_file(str(directory / MLLM_WEIGHTS)))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"MLLM weights {directory / MLLM_WEIGHTS} do not fit their config: {e}") from None
+    return branch.to(device).eval()
+
+
+class DualModel(torch.nn.Module):
+    """VisionPlanner-compatible forward for Dual inference: the MLLM's dual ego feature
+    (from the same BEAM tokens) is max-pooled with the planner's penultimate ego feature
+    inside the planning head (VisionPlanner.plan(extra_ego_feat=...)). Drop-in for
+    Planner, so predict() and the temporal BEV stream work unchanged."""
+
+    def __init__(self, planner: VisionPlanner, branch):
+        super().__init__()
+        c = planner.cfg.embed_dim
+        m = branch.cfg
+        if (m.token_dim, m.planner_dim, tuple(m.bev_hw)) != (c, c, (planner.cfg.bev_h, planner.cfg.bev_w)):
+            from .checkpoint import CheckpointError
+
+            raise CheckpointError(f"the MLLM checkpoint was trained for tokens {m.token_dim} wide on a "
+                                  f"{m.bev_hw[0]}x{m.bev_hw[1]} BEV, the planner has {c} on "
+                                  f"{planner.cfg.bev_h}x{planner.cfg.bev_w}")
+        self.planner, self.branch, self.cfg = planner, branch, planner.cfg
+
+    def encode(self, *args, **kw):
+        return self.planner.encode(*args, **kw)
+
+    def plan(self, enc, command: torch.Tensor, extra_ego_feat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        dt = next(self.branch.parameters()).dtype
+        feat = self.branch.dual_ego_feature({k: getattr(enc.beam, k).to(dt) for k in ("bev", "ego", "agent", "map")})
+        if extra_ego_feat is not None:
+            feat = torch.maximum(feat, extra_ego_feat.to(feat))
+        return self.planner.plan(enc, command, feat)
+
+    def forward(self, images, lidar2img, command, prev_bev=None, prev2cur=None, has_prev=None, ego_status=None,
+                prev_images=None, prev_lidar2img=None, extra_ego_feat=None) -> dict[str, Any]:
+        if prev_images is not None and self.cfg.use_temporal:
+            prev_bev = self.planner.encode_bev(prev_images, prev_lidar2img)
+        enc = self.planner.encode(images, lidar2img, prev_bev, prev2cur, has_prev, ego_status)
+        out = self.plan(enc, command, extra_ego_feat)
+        return {**enc.perception, **out, "beam": enc.beam, "bev": enc.beam.bev}

@@ -17,7 +17,6 @@ batch across ranks. `precision: bf16` runs the forward under autocast.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -35,7 +34,9 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_yaml, parse_overrides, to_dict
 from .model.config import ModelConfig
+from .model.joint import DiMAJoint, Stage2Config, future_frames
 from .model.losses import LossWeights, planning_losses
+from .model.mllm import LLMNotFoundError, MLLMConfig
 from .model.planner import VisionPlanner, count_parameters
 
 TRAIN_STATE = "train_state.pt"
@@ -47,7 +48,7 @@ class DataConfig:
     dataroot: str = "data/synth"
     version: str = "v1.0-dima"
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"  # "" disables validation
     batch_size: int = 4
     num_workers: int = 0
     cache_images: bool = True  # keep decoded, resized images in memory (the worlds are small)
@@ -92,11 +93,31 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0  # torch.set_num_threads; 0 leaves torch's default
     precision: Literal["fp32", "bf16"] = "fp32"
-    stage: int = 1  # 1: vision planner alone; 2 (joint with the MLLM) comes later
+    stage: int = 1  # 1: vision planner alone; 2: jointly with the MLLM branch (DiMA)
+    # A planner checkpoint to start from (stage 2: the stage-1 result). Its model config
+    # must equal `model`; training state (optimiser, schedule) starts fresh.
+    init_from: str | None = None
+    mllm: MLLMConfig | None = None  # the MLLM branch (stage 2 only)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
 
     def __post_init__(self) -> None:
-        if self.stage != 1:
-            raise ConfigError(f"stage {self.stage} is not implemented yet; train.py runs stage 1")
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage must be 1 (vision planner) or 2 (joint with the MLLM), got {self.stage}")
+        if self.stage == 1 and self.mllm is not None:
+            raise ConfigError("an `mllm` section is only used by stage 2; remove it or set stage: 2")
+        if self.stage == 2:
+            if self.mllm is None:
+                raise ConfigError("stage 2 needs an `mllm` section (dima_planner.model.mllm.MLLMConfig)")
+            if not self.init_from:
+                raise ConfigError("stage 2 needs init_from: the stage-1 planner checkpoint it starts from")
+            c, hw = self.model.embed_dim, (self.model.bev_h, self.model.bev_w)
+            m = self.mllm
+            if m.token_dim != c or m.planner_dim != c or tuple(m.bev_hw) != hw:
+                raise ConfigError(f"mllm.token_dim / planner_dim / bev_hw ({m.token_dim}, {m.planner_dim}, "
+                                  f"{list(m.bev_hw)}) must equal the planner's embed_dim and BEV grid "
+                                  f"({c}, {c}, {list(hw)})")
+            if not 0.0 <= self.stage2.edit_fraction <= 1.0:
+                raise ConfigError(f"stage2.edit_fraction must be in [0, 1], got {self.stage2.edit_fraction}")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -105,12 +126,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 
 # ------------------------------------------------------------------------------- data
 class TemporalPairs(torch.utils.data.Dataset):
-    """Each item: (sample, previous keyframe of the same scene or None)."""
+    """Each item: (sample, previous keyframe of the same scene or None); with
+    `future_steps` not None also the list of up to that many next keyframes of the scene."""
 
-    def __init__(self, dataset, cache_images: bool):
+    def __init__(self, dataset, cache_images: bool, future_steps: int | None = None):
         self.ds = dataset
         self.index = {tok: i for i, tok in enumerate(dataset.tokens)}
         self.prev = [self.index.get(r["prev_token"]) if r["prev_token"] else None for r in dataset.records]
+        self.next: dict[int, int] = {p: i for i, p in enumerate(self.prev) if p is not None}
+        self.future_steps = future_steps
         self.cache: dict[int, Any] | None = {} if cache_images else None
 
     def __len__(self) -> int:
@@ -125,18 +149,28 @@ class TemporalPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         p = self.prev[i]
-        return self._get(i), (self._get(p) if p is not None else None)
+        item = (self._get(i), (self._get(p) if p is not None else None))
+        if self.future_steps is None:
+            return item
+        nxt, j = [], i
+        while len(nxt) < self.future_steps and j in self.next:
+            j = self.next[j]
+            nxt.append(self._get(j))
+        return (*item, nxt)
 
 
 def collate_pairs(items) -> dict[str, Any]:
     from .data.nuscenes_dataset import collate
 
-    cur = [c for c, _ in items]
+    cur = [it[0] for it in items]
     batch = collate(cur)
-    prev = [p if p is not None else c for c, p in items]
+    prev = [it[1] if it[1] is not None else it[0] for it in items]
     batch["prev_images"] = torch.from_numpy(np.stack([s.images for s in prev])).permute(0, 1, 4, 2, 3)
     batch["prev_lidar2img"] = torch.from_numpy(np.stack([s.lidar2img for s in prev]))
-    batch["has_prev"] = torch.tensor([p is not None for _, p in items])
+    batch["has_prev"] = torch.tensor([it[1] is not None for it in items])
+    if len(items[0]) == 3:  # stage 2: the Samples (QA, edits) and the future keyframes
+        steps = max(1, max(len(it[2]) for it in items))
+        batch["stage2"] = future_frames([(it[0], it[2]) for it in items], steps)
     return batch
 
 
@@ -182,6 +216,15 @@ def model_inputs(batch: dict[str, Any], device: torch.device, use_ego_status: bo
 
 def targets(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and not k.endswith("images")}
+
+
+def future_inputs(batch: dict[str, Any], device: torch.device, steps: int) -> dict[str, torch.Tensor] | None:
+    """Stage 2: the next keyframes' images (float, [0, 1]) and validity for future BEV targets."""
+    fut = batch["stage2"]
+    if steps <= 0 or not bool(fut["mask"].any()):
+        return None
+    return {"images": fut["images"][:, :steps].to(device).float() / 255.0,
+            "lidar2img": fut["lidar2img"][:, :steps].to(device).float(), "mask": fut["mask"][:, :steps].to(device)}
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -238,6 +281,41 @@ def build_optimizer(model: VisionPlanner, cfg: OptimConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
+MLLM_LOSSES = ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "total")
+
+
+def load_init(path: str | Path, expect: ModelConfig) -> VisionPlanner:
+    """The planner of `init_from`, which must have been built with the same model config."""
+    from .checkpoint import read_model_config
+
+    theirs = read_model_config(path) if Path(path).is_dir() else None
+    if theirs is not None and theirs != expect:
+        diff = [f"{k} {getattr(theirs, k)!r} != {getattr(expect, k)!r}" for k in vars(expect)
+                if getattr(theirs, k) != getattr(expect, k)]
+        raise CheckpointError(f"init_from checkpoint {path} was made for another model config "
+                              f"({', '.join(diff[:3])}): set `model` to match it or train stage 1 first")
+    model, _ = load_checkpoint(path, "cpu", expect=expect)
+    return model
+
+
+def build_mllm(cfg: MLLMConfig, device: torch.device):
+    """The MLLM branch (loads the LLM: LLMNotFoundError names a missing folder)."""
+    from .model.mllm import MLLMBranch
+
+    return MLLMBranch(cfg).to(device)
+
+
+def read_mllm_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from .ros.reasoning import MLLM_WEIGHTS
+
+    path = directory / MLLM_WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume stage 2: {path} does not exist")
+    return load_file(str(path))
+
+
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -257,10 +335,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def save_model_dir(directory: str | Path, model: VisionPlanner, cfg: TrainConfig, mllm: nn.Module | None,
+                   meta: dict[str, Any]) -> Path:
+    """Planner checkpoint (checkpoint.py format); in stage 2 plus the MLLM branch's trainable
+    weights in the format the ROS MLLM node loads (ros.reasoning.save_mllm_checkpoint)."""
+    meta = {"stage": cfg.stage, **meta}
+    if mllm is not None:
+        from .checkpoint import sha256_file
+        from .ros.reasoning import MLLM_WEIGHTS, save_mllm_checkpoint
+
+        save_mllm_checkpoint(directory, mllm)
+        meta["mllm_sha256"] = sha256_file(Path(directory) / MLLM_WEIGHTS)
+        meta["mllm_trainable_parameters"] = sum(p.numel() for p in mllm.trainable_parameters())
+    return save_checkpoint(directory, model, to_dict(cfg), meta)
+
+
 def save_train_state(run_dir: Path, model: VisionPlanner, cfg: TrainConfig, optim, sched, step: int,
-                     metrics: dict | None = None) -> None:
+                     metrics: dict | None = None, mllm: nn.Module | None = None) -> None:
     ckpt = run_dir / "last"
-    save_checkpoint(ckpt, model, to_dict(cfg), {"step": step, "val": metrics or {}})
+    save_model_dir(ckpt, model, cfg, mllm, {"step": step, "val": metrics or {}})
     state = {"step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state()}
     tmp = ckpt / (TRAIN_STATE + ".tmp")
     torch.save(state, tmp)
@@ -326,7 +419,14 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
     train_ds, val_ds = datasets
 
     model = VisionPlanner(cfg.model).to(device)
+    if cfg.init_from and not resume:
+        model.load_state_dict(load_init(cfg.init_from, cfg.model).state_dict())
+    mllm = None
+    if cfg.stage == 2:
+        mllm = build_mllm(cfg.mllm, device)
     optim = build_optimizer(model, cfg.optim)
+    if mllm is not None:
+        optim.add_param_group({"params": mllm.trainable_parameters(), "lr": cfg.optim.lr * cfg.stage2.mllm_lr_mult})
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.schedule))
     step = 0
     if resume:
@@ -335,18 +435,28 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
             raise CheckpointError(f"cannot resume: {ckpt / TRAIN_STATE} does not exist")
         loaded, _ = load_checkpoint(ckpt, device, expect=cfg.model)
         model.load_state_dict(loaded.state_dict())
+        if mllm is not None:
+            mllm.load_trainable_state_dict(read_mllm_weights(ckpt))
         state = torch.load(ckpt / TRAIN_STATE, map_location=device, weights_only=False)
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = int(state["step"])
     model.train()
-    ddp_model: nn.Module = model
+    joint = None
+    if mllm is not None:
+        joint = DiMAJoint(model, mllm.train())
+    trained: nn.Module = joint if joint is not None else model
+    params = [p for p in trained.parameters() if p.requires_grad]
+    ddp_model: nn.Module = trained
     if dist.enabled:
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            trained, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
-    pairs = TemporalPairs(train_ds, cfg.data.cache_images)
+    fut_steps = None
+    if cfg.stage == 2:
+        fut_steps = cfg.mllm.surrogate.future_steps if cfg.stage2.future_bev else 0
+    pairs = TemporalPairs(train_ds, cfg.data.cache_images, fut_steps)
     sampler = ResumableBatches(len(pairs), cfg.data.batch_size, cfg.seed, step, cfg.schedule.steps,
                                dist.rank, dist.world)
     loader = torch.utils.data.DataLoader(pairs, batch_sampler=sampler, collate_fn=collate_pairs,
@@ -361,18 +471,37 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
 
     losses: list[float] = []
     metrics: dict[str, Any] = {}
+    if dist.main and cfg.logging.progress:
+        extra = ""
+        if mllm is not None:
+            extra = (f" + MLLM {sum(p.numel() for p in mllm.trainable_parameters()):,} trainable of "
+                     f"{count_parameters(mllm):,} (LLM loaded in {mllm.llm_load_seconds:.1f} s)")
+        print(f"stage {cfg.stage}: planner {count_parameters(model):,} parameters{extra}; {len(pairs)} training "
+              f"samples; steps {step}..{cfg.schedule.steps} at batch {cfg.data.batch_size}", file=sys.stderr)
     bar = tqdm(total=cfg.schedule.steps, initial=step, desc="train", unit="step",
                disable=not (cfg.logging.progress and dist.main))
     t0, seen = time.perf_counter(), 0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     for batch in loader:
+        inputs = model_inputs(batch, device, cfg.model.use_ego_status)
+        mterms: dict[str, torch.Tensor] = {}
         with autocast:
-            pred = ddp_model(**model_inputs(batch, device, cfg.model.use_ego_status))
+            if joint is None:
+                pred = ddp_model(**inputs)
+            else:
+                # QA subsets and edits drawn from (seed, step, rank): resume stays exact.
+                rng = np.random.default_rng([cfg.seed, step, dist.rank])
+                pred, mterms = ddp_model(inputs, batch["stage2"]["samples"], rng, cfg.stage2,
+                                         future_inputs(batch, device, fut_steps or 0))
         terms = planning_losses({k: v.float() if torch.is_tensor(v) else v for k, v in pred.items()},
                                 targets(batch, device), cfg.losses, (cfg.model.bev_range_x, cfg.model.bev_range_y))
+        if joint is not None:
+            terms["planner_loss"] = terms["loss"]
+            terms.update({f"mllm_{k}": v.float() for k, v in mterms.items() if k in MLLM_LOSSES})
+            terms["loss"] = terms["loss"] + cfg.stage2.mllm_weight * mterms["total"].float()
         optim.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        gnorm = nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         optim.step()
         sched.step()
         step += 1
@@ -383,7 +512,10 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
         seen += batch["images"].shape[0] * dist.world
         rate = seen / max(time.perf_counter() - t0, 1e-9)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", plan=f"{float(terms['plan'].detach()):.3f}", sps=f"{rate:.1f}")
+        post = {"loss": f"{loss:.3f}", "plan": f"{float(terms['plan'].detach()):.3f}"}
+        if "mllm_total" in terms:
+            post["mllm"] = f"{float(terms['mllm_total'].detach()):.3f}"
+        bar.set_postfix(**post, sps=f"{rate:.1f}")
         if writer is not None and step % cfg.logging.log_every == 0:
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", float(v), step)
@@ -401,7 +533,7 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
                 for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "col_avg"):
                     writer.add_scalar(f"val/{k}", metrics[k], step)
         if dist.main and (last or interrupted or (cfg.schedule.ckpt_every and step % cfg.schedule.ckpt_every == 0)):
-            save_train_state(run_dir, model, cfg, optim, sched, step, metrics)
+            save_train_state(run_dir, model, cfg, optim, sched, step, metrics, mllm)
         if interrupted:
             break
     bar.close()
@@ -409,10 +541,10 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
         writer.close()
     if dist.main and cfg.export_dir and step == cfg.schedule.steps:
         wall = time.perf_counter() - t0
-        save_checkpoint(cfg.export_dir, model, to_dict(cfg), {"step": step, "val": metrics,
-                                                              "train_wall_s": round(wall, 1)})
+        save_model_dir(cfg.export_dir, model, cfg, mllm, {"step": step, "val": metrics,
+                                                          "train_wall_s": round(wall, 1)})
     dist.close()
-    return {"step": step, "losses": losses, "val": metrics, "model": model}
+    return {"step": step, "losses": losses, "val": metrics, "model": model, "mllm": mllm}
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -431,7 +563,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = train(cfg, resume=args.resume)
-    except (CheckpointError, ValueError, OSError) as e:
+    except LLMNotFoundError as e:
+        print(f"error: the MLLM's LLM is missing: {e}", file=sys.stderr)
+        return 1
+    except (CheckpointError, ValueError, OSError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"trained {result['step']} steps; final loss {result['losses'][-1]:.4f}" if result["losses"]

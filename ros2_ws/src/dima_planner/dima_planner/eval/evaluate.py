@@ -21,6 +21,7 @@ def evaluate(
     batch_size: int = 16,
     num_workers: int = 0,
     keep_predictions: bool = False,
+    shard: "Shard | None" = None,
 ) -> dict[str, Any]:
     """Run `predict_fn(batch) -> (B, 6, 2)` over `dataset` and score it.
 
@@ -28,33 +29,71 @@ def evaluate(
     "subsets": {tag: metrics}}} for each convention (VAD first by default). Tags come from
     dima_meta.json (Sample.extras["tags"]); real nuScenes has none, so "subsets" is empty.
     With keep_predictions, "predictions" maps sample token -> (6, 2) list.
+
+    shard: with several processes (torchrun), each rank scores its contiguous block of
+    whole scenes (`scene_blocks`) and the per-sample results are gathered on rank 0 in
+    dataset order, so rank 0 returns exactly the single-process result; other ranks
+    return None.
     """
     if len(dataset) == 0:
         raise ValueError("evaluate: the dataset is empty")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    part = collect(predict_fn, dataset if shard is None else shard.subset(dataset), conventions,
+                   batch_size, num_workers, keep_predictions)
+    if shard is not None:
+        parts = shard.gather(part)
+        if parts is None:
+            return None
+        part = merge_parts(parts)
+    return summarize(part, len(dataset), conventions, keep_predictions)
+
+
+def collect(predict_fn: PredictFn, dataset, conventions: Sequence[str], batch_size: int, num_workers: int,
+            keep_predictions: bool) -> dict[str, Any]:
+    """Per-sample metric arrays of `dataset` (may be empty: a rank with no scenes)."""
     per: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in conventions}
     masks: dict[str, list[np.ndarray]] = {c: [] for c in conventions}
     tags: list[list[str]] = []
     preds: dict[str, list[float]] = {}
     num_valid = 0
-    for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
-        pred = np.asarray(predict_fn(batch), dtype=np.float64)
-        b = len(batch["token"])
-        if pred.shape != (b, 6, 2):
-            raise ValueError(f"evaluate: predict_fn returned shape {pred.shape}, expected ({b}, 6, 2)")
-        step_mask = batch["ego_fut_mask"].numpy() > 0
-        num_valid += int(step_mask.all(axis=1).sum())
-        for c in conventions:
-            out = planning_metrics(pred, batch["ego_fut_traj"].numpy(), batch["occupancy"].numpy(),
-                                   valid=step_mask, convention=c, return_per_sample=True)
-            per[c].append(out["per_sample"])
-            masks[c].append(out["sample_mask"])
-        tags.extend(batch["tags"])
-        if keep_predictions:
-            preds.update({t: p.tolist() for t, p in zip(batch["token"], pred)})
+    if len(dataset):
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=collate)
+        for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
+            pred = np.asarray(predict_fn(batch), dtype=np.float64)
+            b = len(batch["token"])
+            if pred.shape != (b, 6, 2):
+                raise ValueError(f"evaluate: predict_fn returned shape {pred.shape}, expected ({b}, 6, 2)")
+            step_mask = batch["ego_fut_mask"].numpy() > 0
+            num_valid += int(step_mask.all(axis=1).sum())
+            for c in conventions:
+                out = planning_metrics(pred, batch["ego_fut_traj"].numpy(), batch["occupancy"].numpy(),
+                                       valid=step_mask, convention=c, return_per_sample=True)
+                per[c].append(out["per_sample"])
+                masks[c].append(out["sample_mask"])
+            tags.extend(batch["tags"])
+            if keep_predictions:
+                preds.update({t: p.tolist() for t, p in zip(batch["token"], pred)})
+    return {"per": per, "masks": masks, "tags": tags, "preds": preds, "num_valid": num_valid}
 
+
+def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate collect() results in the given (rank = dataset) order."""
+    out = {"per": {}, "masks": {}, "tags": [], "preds": {}, "num_valid": 0}
+    for p in parts:
+        for c in p["per"]:
+            out["per"].setdefault(c, []).extend(p["per"][c])
+            out["masks"].setdefault(c, []).extend(p["masks"][c])
+        out["tags"].extend(p["tags"])
+        out["preds"].update(p["preds"])
+        out["num_valid"] += p["num_valid"]
+    return out
+
+
+def summarize(part: dict[str, Any], num_samples: int, conventions: Sequence[str],
+              keep_predictions: bool) -> dict[str, Any]:
+    per, masks, tags = part["per"], part["masks"], part["tags"]
     all_tags = sorted({t for ts in tags for t in ts})
-    result: dict[str, Any] = {"num_samples": len(dataset)}
+    result: dict[str, Any] = {"num_samples": num_samples}
     for c in conventions:
         merged = {k: np.concatenate([p[k] for p in per[c]]) for k in per[c][0]}
         mask = np.concatenate(masks[c])
@@ -62,10 +101,73 @@ def evaluate(
         res["subsets"] = {tag: aggregate_per_sample(merged, mask, np.array([tag in ts for ts in tags]))
                           for tag in all_tags}
         result[c] = res
-    result["num_valid"] = num_valid  # samples with all 6 future keyframes (the VAD denominator)
+    result["num_valid"] = part["num_valid"]  # samples with all 6 future keyframes (the VAD denominator)
     if keep_predictions:
-        result["predictions"] = preds
+        result["predictions"] = part["preds"]
     return result
+
+
+def scene_blocks(scene_tokens: Sequence[str], world: int) -> list[range]:
+    """Split dataset indices into `world` contiguous blocks of whole scenes (runs of equal
+    scene token), balanced by sample count; the temporal BEV never crosses a block edge
+    inside a scene. Blocks may be empty when there are fewer scenes than ranks."""
+    runs: list[tuple[int, int]] = []
+    for i, tok in enumerate(scene_tokens):
+        if runs and scene_tokens[runs[-1][0]] == tok:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    n = len(scene_tokens)
+    edges = [0] + [e for _, e in runs]  # indices where a block may start or end
+    bounds = [0]
+    for k in range(1, world):
+        target = n * k / world
+        bounds.append(min((e for e in edges if e >= bounds[-1]), key=lambda e: (abs(e - target), e)))
+    bounds.append(n)
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+class Shard:
+    """This process's share of an evaluation under torchrun (WORLD_SIZE/RANK set):
+    gloo on CPU, nccl when `device` is CUDA (objects are gathered through the group)."""
+
+    def __init__(self, device: str = "cpu"):
+        import os
+
+        import torch.distributed as dist
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.dist = dist
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def subset(self, dataset):
+        from torch.utils.data import Subset
+
+        tokens = [r["scene_token"] for r in dataset.records]
+        return Subset(dataset, list(scene_blocks(tokens, self.world)[self.rank]))
+
+    def gather(self, part: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if self.world == 1:
+            return [part]
+        parts = [None] * self.world if self.main else None
+        self.dist.gather_object(part, parts, dst=0)
+        return parts
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and self.dist.is_initialized():
+            self.dist.destroy_process_group()
 
 
 def format_table(results: dict[str, dict[str, Any]], convention: str = "vad") -> str:

@@ -7,7 +7,7 @@ paper's sizes (BEV 100x100 / 200x200, embed 256, 300 agent queries, 100 map quer
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 BackboneName = Literal["tiny", "resnet18", "resnet34", "resnet50", "efficientnet_lite0"]

@@ -249,8 +249,14 @@ _TOKEN_TYPES = (("bev", SceneTokens.TYPE_BEV), ("ego", SceneTokens.TYPE_EGO),
 
 
 def build_scene_tokens(tokens: Mapping[str, np.ndarray], bev_hw: tuple[int, int], stamp_ns: int, frame_id: str,
-                       command: int, base_poses: np.ndarray, model_id: str) -> SceneTokens:
-    """Flatten the BEAM tokens ({bev, ego, agent, map}, each (count, dim)) into SceneTokens."""
+                       command: int, base_poses: np.ndarray, model_id: str,
+                       ego_feature: np.ndarray | None = None) -> SceneTokens:
+    """Flatten the BEAM tokens ({bev, ego, agent, map}, each (count, dim)) into SceneTokens.
+
+    `ego_feature` is the planning transformer's penultimate ego feature (C,) for the MLLM
+    node's Dual mode; None leaves the field empty. The validating inverse of this encoder is
+    `reasoning.decode_scene_tokens_msg` (the single decoder: keep the two in step).
+    """
     msg = SceneTokens(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id))
     arrays, offset = [], 0
     for name, type_id in _TOKEN_TYPES:
@@ -272,15 +278,16 @@ def build_scene_tokens(tokens: Mapping[str, np.ndarray], bev_hw: tuple[int, int]
     msg.command = int(command)
     msg.planned_poses = [matrix_to_pose(m) for m in base_poses]
     msg.model_id = model_id
+    if ego_feature is not None:
+        feat = np.asarray(ego_feature, dtype=np.float32)
+        if feat.ndim == 2 and feat.shape[0] == 1:  # tolerate a batch dimension of one
+            feat = feat[0]
+        if feat.ndim != 1 or feat.size == 0:
+            raise ValueError(f"ego_feature must be a non-empty (C,) vector, got {feat.shape}")
+        if not np.all(np.isfinite(feat)):
+            raise ValueError("ego_feature contains NaN or infinite values")
+        msg.ego_feature = feat
     return msg
-
-
-def tokens_from_msg(msg: SceneTokens) -> dict[str, np.ndarray]:
-    """Inverse of build_scene_tokens (for the MLLM node and tests)."""
-    names = {t: n for n, t in _TOKEN_TYPES}
-    data = np.asarray(msg.data, dtype=np.float32)
-    return {names[t]: data[o: o + c * d].reshape(c, d)
-            for t, o, c, d in zip(msg.types, msg.offsets, msg.counts, msg.dims)}
 
 
 _AGENT_COLOURS = {"pedestrian": (1.0, 0.6, 0.0), "bicycle": (0.0, 0.8, 0.8), "motorcycle": (0.0, 0.8, 0.8)}

@@ -10,6 +10,13 @@ report how far the MLLM head's plan is from the planner's in Dual mode).
 Outputs: /dima/reasoning (dima_msgs/Reasoning, input_stamp = the tokens' header stamp),
 /dima/mllm/trajectory (Dual mode only), /diagnostics (1 Hz), service /dima/ask_scene.
 
+Dual mode: the MLLM planning head gets max(the branch's dual ego feature, the planner's
+penultimate ego feature from SceneTokens.ego_feature), DiMA's Dual inference. Scenes without
+an ego_feature (an older planner) use the MLLM feature alone (counted as dual.mllm_only in
+/diagnostics); one of the wrong width is rejected for Dual (rejected.ego_feature_mismatch),
+the commentary still runs. The planner's own head never waits for the LLM, so over ROS the
+pooled feature only reaches the MLLM head (see reasoning.py).
+
 Threads: subscription callbacks only validate/decode and cache the latest scene; every
 model call runs on one worker thread (reasoning.GenerationWorker). A scene that arrives
 while a generation runs is dropped and counted; questions are queued and answered before
@@ -77,7 +84,8 @@ PARAM_SPECS: list[ParamSpec] = [
               "for fewer/more)", "int", 1, 1024),
     ParamSpec("min_period", 2.0, "seconds between two commentary generations (0 = whenever the worker is free)",
               "float", 0.0, 3600.0),
-    ParamSpec("dual_mode", False, "also publish the MLLM planning head's trajectory on /dima/mllm/trajectory",
+    ParamSpec("dual_mode", False, "also publish the MLLM planning head's trajectory on /dima/mllm/trajectory (Dual: "
+              "its input is max-pooled with the planner's ego feature from SceneTokens.ego_feature)",
               "bool"),
     ParamSpec("ask_timeout", 60.0, "seconds /dima/ask_scene waits for its answer before failing", "float",
               0.1, 3600.0),
@@ -107,6 +115,11 @@ class Scene:
     frame_id: str
     command: int
     received_wall: float
+    ego_feature: np.ndarray | None = None  # the planner's penultimate ego feature (C,), if sent
+
+    @property
+    def planner_dim(self) -> int | None:
+        return None if self.ego_feature is None else int(self.ego_feature.size)
 
 
 _PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
@@ -202,7 +215,7 @@ class MLLMNode(Node):
             if job.kind == "periodic" and self._p["dual_mode"]:
                 self._publish_dual(engine, scene)
             t0 = time.monotonic()
-            text = engine.generate(scene.tokens, scene.bev_hw, job.question, job.max_new_tokens)
+            text = engine.generate(scene.tokens, scene.bev_hw, job.question, job.max_new_tokens, scene.planner_dim)
             gen_s = time.monotonic() - t0
         except TokenError as e:  # tokens that do not fit the checkpoint's branch
             self._stats.reject(e.category, e.reason)
@@ -222,8 +235,17 @@ class MLLMNode(Node):
 
     def _publish_dual(self, engine: MLLMEngine, scene: Scene) -> None:
         t0 = time.monotonic()
-        traj = engine.plan(scene.tokens, scene.bev_hw, scene.command)
+        try:
+            traj, pooled = engine.plan(scene.tokens, scene.bev_hw, scene.command, scene.ego_feature)
+        except TokenError as e:
+            if e.category != "ego_feature_mismatch":
+                raise
+            # Only the Dual plan is impossible; the commentary for this scene still runs.
+            self._stats.reject(e.category, e.reason)
+            self.get_logger().warning(f"no Dual plan: {e.reason}", throttle_duration_sec=5.0)
+            return
         model_s = time.monotonic() - t0
+        self._stats.add("dual_pooled" if pooled else "dual_mllm_only")
         if traj.shape != (6, 2) or not np.all(np.isfinite(traj)):
             self._stats.fail(f"MLLM planning head returned a non-finite or {traj.shape} trajectory")
             return
@@ -240,7 +262,7 @@ class MLLMNode(Node):
     def _on_tokens(self, msg) -> None:
         self._stats.add("scenes")
         try:
-            tokens = decode_scene_tokens_msg(msg)
+            tokens, ego_feature = decode_scene_tokens_msg(msg)
         except TokenError as e:
             self._stats.reject(e.category, e.reason)
             self.get_logger().warning(f"SceneTokens dropped ({e.category}): {e.reason}",
@@ -248,7 +270,7 @@ class MLLMNode(Node):
             return
         now = time.monotonic()
         scene = Scene(tokens, (int(msg.bev_h), int(msg.bev_w)), conv.stamp_to_ns(msg.header.stamp),
-                      msg.header.frame_id or "base_link", int(msg.command), now)
+                      msg.header.frame_id or "base_link", int(msg.command), now, ego_feature)
         self._scene = scene
         if self._last_offer_wall is not None and now - self._last_offer_wall < self._p["min_period"]:
             self._stats.add("skipped_period")
@@ -332,7 +354,8 @@ class MLLMNode(Node):
                      kv("last_failure", s["last_failure"]),
                      kv("generation_latency_p50_ms", s["gen_p50_ms"]),
                      kv("generation_latency_p99_ms", s["gen_p99_ms"]),
-                     kv("dual_mode", self._p["dual_mode"]), kv("dual_vs_planner_l2_m", s["dual_l2_mean_m"])]
+                     kv("dual_mode", self._p["dual_mode"]), kv("dual.pooled_with_planner", s["dual_pooled"]),
+                     kv("dual.mllm_only", s["dual_mllm_only"]), kv("dual_vs_planner_l2_m", s["dual_l2_mean_m"])]
         arr = DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()))
         arr.status = [m, r]
         self._diag_pub.publish(arr)

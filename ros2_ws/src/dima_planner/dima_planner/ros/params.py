@@ -10,9 +10,11 @@ The others are read every planning cycle.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from ..data.sample import CAMERAS
 
@@ -76,8 +78,8 @@ def _camera_specs() -> list[ParamSpec]:
 _SPECS: list[ParamSpec] = [
     ParamSpec("autostart", True, "configure and activate on start-up (unmanaged use); false = wait for a "
               "lifecycle manager", "bool", on_configure=True),
-    ParamSpec("checkpoint", "checkpoints/dima_tiny", "planner checkpoint directory (relative to the working "
-              "directory or absolute)", "str", on_configure=True),
+    ParamSpec("checkpoint", "checkpoints/dima_tiny", "planner checkpoint directory: absolute, or relative to the "
+              "working directory, else to the installed share/dima_planner directory", "str", on_configure=True),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str",
               pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),
     ParamSpec("num_threads", 0, "torch CPU threads for the model (0 = torch's default)", "int", 0, 256,
@@ -173,3 +175,37 @@ def flatten_ros_params(doc: dict, node_name: str = NODE_NAME) -> dict[str, Any]:
 
         walk("", params)
     return out
+
+
+def _share_dir() -> Path | None:
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:  # no ament index (plain venv): only the working directory applies
+        return None
+    try:
+        return Path(get_package_share_directory("dima_planner"))
+    except (PackageNotFoundError, LookupError, ValueError):
+        return None
+
+
+def resolve_checkpoint(value: str, cwd: str | Path | None = None,
+                       share_dir: Callable[[], Path | None] = _share_dir) -> tuple[Path, list[Path]]:
+    """(checkpoint directory to load, every candidate tried, in order).
+
+    Absolute (or ~) paths are used as given. A relative path is looked up in the working
+    directory first (a source checkout, `dima demo`), then in the installed package's share
+    directory (`ros2 launch` on a colcon install, whose working directory is arbitrary).
+    When neither exists the first candidate is returned, so the loader's error names it and
+    the caller can list the others.
+    """
+    path = Path(os.path.expanduser(value))
+    if path.is_absolute():
+        return path, [path]
+    candidates = [Path(cwd or os.getcwd()) / path]
+    share = share_dir()
+    if share is not None:
+        candidates.append(share / path)
+    for c in candidates:
+        if c.is_dir():
+            return c, candidates
+    return candidates[0], candidates

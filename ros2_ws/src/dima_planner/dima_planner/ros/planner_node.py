@@ -50,7 +50,7 @@ from .conversions import InputError
 from .diagnostics import PlannerStats, build_diagnostics
 from .env import apply_ros_env_defaults
 from .extrinsics import RIG_SIZE, Rig, StaticTransforms, load_rig
-from .params import NODE_NAME, PARAMS, validate
+from .params import NODE_NAME, PARAMS, resolve_checkpoint, validate
 from .sync import SEC, AnchorSlot, Cached, InputCache, OdomHistory, TemporalState, select_cameras, side_cameras_ready
 
 FRONT = CAMERAS[0]
@@ -167,7 +167,7 @@ class PlannerNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self._p
         self._model_error = ""
-        ckpt = Path(p["checkpoint"]).expanduser()
+        ckpt, tried = resolve_checkpoint(p["checkpoint"])
         try:
             self._rig = load_rig(p["rig_file"])
         except (OSError, ValueError, KeyError) as e:
@@ -189,7 +189,8 @@ class PlannerNode(LifecycleNode):
                 self._planner.reset()
                 self.get_logger().info(f"warm-up forward pass {time.monotonic() - t0:.2f} s")
         except Exception as e:  # CheckpointError, bad device (RuntimeError), missing torch, ...
-            return self._fail(f"cannot load checkpoint {str(ckpt)!r} on device {p['device']!r}: {e}")
+            where = f" (also looked in {', '.join(map(str, tried[1:]))})" if len(tried) > 1 and not ckpt.is_dir() else ""
+            return self._fail(f"cannot load checkpoint {str(ckpt)!r} on device {p['device']!r}: {e}{where}")
         self._model_id = model_id_of(ckpt)
         self.get_logger().info(f"loaded {self._model_id} on {p['device']} in {load_s:.2f} s")
         self._pool = ThreadPoolExecutor(p["decode_threads"], thread_name_prefix="dima_decode")
@@ -438,8 +439,10 @@ class PlannerNode(LifecycleNode):
         temporal = self._temporal.advance(anchor_ns, lidar2world, int(p["max_scene_gap"] * SEC))
         t_model = time.monotonic()
         try:
-            result = self._planner.plan(images, np.stack(ks), cam2lidar, command, ego_status, temporal.prev2cur,
-                                        temporal.scene_start)
+            # Stamp and pose let the planner pick the BEV of ~0.5 s ago, as in training.
+            result = self._planner.plan(images, np.stack(ks), cam2lidar, command, ego_status,
+                                        scene_start=temporal.scene_start, stamp_ns=anchor_ns,
+                                        lidar2world=lidar2world)
         except ValueError as e:
             self._reset_temporal()
             raise _CycleSkip("model_input", f"planner rejected the inputs: {e}") from None
@@ -519,8 +522,12 @@ class PlannerNode(LifecycleNode):
         # Only build the big messages when someone listens.
         if self._pubs["tokens"].get_subscription_count() > 0:
             cfg = self._planner.cfg
+            # The penultimate ego feature feeds the MLLM node's Dual mode; a planner result
+            # without one (older inference code) leaves the field empty and Dual falls back
+            # to the MLLM's own feature.
+            ego_feature = getattr(result, "ego_feat", None)
             self._pubs["tokens"].publish(conv.build_scene_tokens(result.beam, (cfg.bev_h, cfg.bev_w), stamp_ns, base,
-                                                                 command, base_poses, model_id))
+                                                                 command, base_poses, model_id, ego_feature))
         if p["publish_markers"] and self._pubs["markers"].get_subscription_count() > 0:
             thr = p["marker_score_threshold"]
             ai, mi = result.confident_agents(thr), result.confident_map(thr)

@@ -11,6 +11,13 @@ counts[i] * dims[i]]` reshaped to (counts[i], dims[i]); counts[TYPE_BEV] == bev_
 `decode_scene_tokens` is the validating inverse of that encoder: anything a consumer
 could silently misread (out-of-range or overlapping ranges, a missing or repeated type,
 a count * dim that does not fit, widths that differ, NaN/inf) raises `TokenError`.
+`ego_feature` (the planning transformer's penultimate ego feature, (C,), may be empty) is
+decoded by `decode_ego_feature`; `decode_scene_tokens_msg` does both for a message.
+
+Dual mode over ROS: the MLLM head's input is max(MLLM dual ego feature, planner ego
+feature), as in the paper's Dual inference. The planner's own head cannot get the pooled
+feature back without waiting for the LLM, which the real-time planner never does, so over
+ROS only the MLLM planning head (/dima/mllm/trajectory) is the Dual output.
 
 MLLM checkpoint (`checkpoint` parameter) format, written by `save_mllm_checkpoint`:
 a directory with
@@ -102,9 +109,23 @@ def decode_scene_tokens(data: Any, types: Any, offsets: Any, counts: Any, dims: 
     return {name: flat[o: o + c * d].reshape(c, d).copy() for name, (o, c, d) in by_type.items()}
 
 
-def decode_scene_tokens_msg(msg: Any) -> dict[str, np.ndarray]:
-    """decode_scene_tokens on a dima_msgs/SceneTokens (duck-typed: no message import here)."""
-    return decode_scene_tokens(msg.data, msg.types, msg.offsets, msg.counts, msg.dims, msg.bev_h, msg.bev_w)
+def decode_ego_feature(values: Any) -> np.ndarray | None:
+    """The planner's penultimate ego feature as a float32 (C,) copy; None when empty (a
+    planner that does not send it). NaN/inf raise TokenError("non_finite")."""
+    feat = np.asarray(values, dtype=np.float32).reshape(-1)
+    if feat.size == 0:
+        return None
+    if not np.all(np.isfinite(feat)):
+        bad = int(np.count_nonzero(~np.isfinite(feat)))
+        raise TokenError("non_finite", f"{bad} of {feat.size} ego_feature values are NaN or infinite")
+    return feat.copy()
+
+
+def decode_scene_tokens_msg(msg: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """(BEAM token dict, planner ego feature or None) of a dima_msgs/SceneTokens
+    (duck-typed: no message import here)."""
+    tokens = decode_scene_tokens(msg.data, msg.types, msg.offsets, msg.counts, msg.dims, msg.bev_h, msg.bev_w)
+    return tokens, decode_ego_feature(getattr(msg, "ego_feature", ()))
 
 
 # ---- latency / counters ----------------------------------------------------------------------------
@@ -133,6 +154,8 @@ class MLLMStats:
     last_failure: str = ""
     gen_s: deque = field(default_factory=lambda: deque(maxlen=200))
     dual_l2_m: deque = field(default_factory=lambda: deque(maxlen=200))
+    dual_pooled: int = 0  # Dual plans whose MLLM feature was max-pooled with the planner's
+    dual_mllm_only: int = 0  # Dual plans from a scene without a planner ego feature
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -172,6 +195,7 @@ class MLLMStats:
                     "rejected": dict(self.rejected), "last_rejection": self.last_rejection,
                     "last_rejection_wall": self.last_rejection_wall, "last_failure": self.last_failure,
                     "gen_p50_ms": p50, "gen_p99_ms": p99,
+                    "dual_pooled": self.dual_pooled, "dual_mllm_only": self.dual_mllm_only,
                     "dual_l2_mean_m": float(np.mean(self.dual_l2_m)) if self.dual_l2_m else float("nan")}
 
 
@@ -270,11 +294,11 @@ class MLLMEngine:
             except Exception as e:
                 raise ModelLoadError(f"MLLM checkpoint weights {self.checkpoint / MLLM_WEIGHTS} do not fit the "
                                      f"branch: {type(e).__name__}: {e}") from None
-            self._branches[self._key(cfg.token_dim, tuple(cfg.bev_hw))] = branch
+            self._branches[self._key(cfg.token_dim, tuple(cfg.bev_hw), cfg.planner_dim)] = branch
 
     @staticmethod
-    def _key(dim: int, bev_hw: tuple[int, int]) -> tuple:
-        return (int(dim), int(bev_hw[0]), int(bev_hw[1]))
+    def _key(dim: int, bev_hw: tuple[int, int], planner_dim: int) -> tuple:
+        return (int(dim), int(bev_hw[0]), int(bev_hw[1]), int(planner_dim))
 
     def _build(self, cfg: Any) -> Any:
         from ..model.mllm import MLLMBranch
@@ -283,17 +307,23 @@ class MLLMEngine:
         self.torch.manual_seed(self.seed)
         return MLLMBranch(cfg, self.llm, self.tokenizer).to(self.device).eval()
 
-    def branch_for(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int]) -> Any:
+    def branch_for(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int],
+                   planner_dim: int | None = None) -> Any:
+        """The branch for these token shapes. `planner_dim` (the width of the planner's ego
+        feature, when the scene carries one) sizes an untrained branch's ego projection so
+        that Dual pooling is possible; a checkpoint's branch has its trained width."""
         dim = tokens["bev"].shape[1]
-        key = self._key(dim, bev_hw)
-        if key in self._branches:
-            return self._branches[key]
         if self.checkpoint is not None:
-            raise TokenError("shape_mismatch", f"tokens are {dim} wide on a {bev_hw[0]}x{bev_hw[1]} BEV grid; the "
-                                               f"MLLM checkpoint expects {self.cfg.token_dim} on "
-                                               f"{self.cfg.bev_hw[0]}x{self.cfg.bev_hw[1]}")
-        self._branches[key] = self._build(replace(self.cfg, token_dim=dim, bev_hw=tuple(bev_hw),
-                                                  planner_dim=self.cfg.planner_dim))
+            key = self._key(self.cfg.token_dim, tuple(self.cfg.bev_hw), self.cfg.planner_dim)
+            if self._key(dim, bev_hw, self.cfg.planner_dim) != key:
+                raise TokenError("shape_mismatch", f"tokens are {dim} wide on a {bev_hw[0]}x{bev_hw[1]} BEV grid; "
+                                                   f"the MLLM checkpoint expects {self.cfg.token_dim} on "
+                                                   f"{self.cfg.bev_hw[0]}x{self.cfg.bev_hw[1]}")
+            return self._branches[key]
+        pdim = int(planner_dim) if planner_dim else self.cfg.planner_dim
+        key = self._key(dim, bev_hw, pdim)
+        if key not in self._branches:
+            self._branches[key] = self._build(replace(self.cfg, token_dim=dim, bev_hw=tuple(bev_hw), planner_dim=pdim))
         return self._branches[key]
 
     def _beam(self, tokens: dict[str, np.ndarray], branch: Any) -> dict:
@@ -302,18 +332,34 @@ class MLLMEngine:
                 for k, v in tokens.items()}
 
     def generate(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int], question: str,
-                 max_new_tokens: int) -> str:
-        branch = self.branch_for(tokens, bev_hw)
+                 max_new_tokens: int, planner_dim: int | None = None) -> str:
+        branch = self.branch_for(tokens, bev_hw, planner_dim)
         return branch.generate(self._beam(tokens, branch), question, max_new_tokens)
 
-    def plan(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int], command: int) -> np.ndarray:
-        """MLLM planning head: (6, 2) waypoints in the LiDAR frame (x right, y forward), metres."""
-        branch = self.branch_for(tokens, bev_hw)
+    def plan(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int], command: int,
+             planner_ego_feature: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+        """MLLM planning head: ((6, 2) waypoints in the LiDAR frame (x right, y forward),
+        metres; whether the planner's feature was pooled in).
+
+        Dual inference (DiMA): the head's input is the element-wise max of the MLLM's dual
+        ego feature and the planner's penultimate ego feature. Without a planner feature
+        the MLLM feature is used alone; a feature of the wrong width raises
+        TokenError("ego_feature_mismatch") (pooling it would be meaningless).
+        """
+        pdim = None if planner_ego_feature is None else int(np.asarray(planner_ego_feature).size)
+        branch = self.branch_for(tokens, bev_hw, pdim)
         with self.torch.no_grad():
             feat = branch.dual_ego_feature(self._beam(tokens, branch))
+            pooled = planner_ego_feature is not None
+            if pooled:
+                if pdim != feat.shape[-1]:
+                    raise TokenError("ego_feature_mismatch", f"the planner's ego feature has {pdim} values but the "
+                                                             f"MLLM planning head takes {feat.shape[-1]}")
+                other = self.torch.as_tensor(np.asarray(planner_ego_feature, np.float32)).to(feat)
+                feat = self.torch.maximum(feat, other[None])
             cmd = self.torch.tensor([int(command)], device=self.device)
             traj = branch.plan_from_feature(feat, cmd)[0]
-        return traj.float().cpu().numpy().astype(np.float64)
+        return traj.float().cpu().numpy().astype(np.float64), pooled
 
 
 # ---- the worker ----------------------------------------------------------------------------------------

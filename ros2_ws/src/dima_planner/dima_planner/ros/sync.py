@@ -240,7 +240,6 @@ def _interpolate(a, b, t_ns: int) -> np.ndarray:
 class TemporalDecision:
     ok: bool
     scene_start: bool = False
-    prev2cur: np.ndarray | None = None
     category: str = ""
     reason: str = ""
     reset: bool = False
@@ -248,7 +247,7 @@ class TemporalDecision:
 
 @dataclass
 class TemporalState:
-    """Order checks and temporal inputs (scene start, previous-frame transform) across plans."""
+    """Order checks and scene starts across plans (the planner keeps the BEV memory itself)."""
 
     last_stamp_ns: int | None = None
     last_lidar2world: np.ndarray | None = None
@@ -275,9 +274,8 @@ class TemporalState:
                                 reason=f"front image stamp is {back:.3f} s older than the last planned one")
 
     def advance(self, stamp_ns: int, lidar2world: np.ndarray, max_gap_ns: int) -> TemporalDecision:
-        """Record a planned frame; returns scene_start and prev2cur (prev LiDAR -> current LiDAR)."""
+        """Record a planned frame; a first frame or one after a gap starts a new scene."""
         start = (self.last_stamp_ns is None or self.last_lidar2world is None
                  or stamp_ns - self.last_stamp_ns > max_gap_ns)
-        prev2cur = None if start else np.linalg.inv(lidar2world) @ self.last_lidar2world
         self.last_stamp_ns, self.last_lidar2world = stamp_ns, lidar2world
-        return TemporalDecision(True, scene_start=start, prev2cur=prev2cur)
+        return TemporalDecision(True, scene_start=start)

@@ -1,0 +1,63 @@
+"""`dima export`: the LLM-free DiMA planner alone, from a stage-1 or stage-2 checkpoint.
+
+    dima export --checkpoint checkpoints/dima_tiny_stage2 --out checkpoints/dima_tiny_llmfree
+
+DiMA's LLM-free inference needs only the scene encoder + planning transformer: the
+output holds model.safetensors / config.yaml / meta.json (the checkpoint.py format,
+loadable by inference.load_planner) and no MLLM or LLM tensors. The weights are
+re-verified (hash, architecture) on the way through, and the output is read back.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
+
+
+def export_planner(src: str | Path, dst: str | Path) -> dict:
+    """Write the planner of checkpoint `src` to `dst`; returns the new meta."""
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise CheckpointError(f"export would overwrite its source {src}: choose another --out")
+    model, meta = load_checkpoint(src)
+    train_cfg = None
+    import yaml
+
+    try:
+        train_cfg = (yaml.safe_load((src / "config.yaml").read_text()) or {}).get("train")
+    except (OSError, yaml.YAMLError):
+        train_cfg = None
+    keep = {k: meta[k] for k in ("step", "val", "stage") if k in meta}
+    save_checkpoint(dst, model, train_cfg, {**keep, "exported_from": str(src), "source_sha256": meta["sha256"],
+                                            "llm_free": True})
+    _, out_meta = load_checkpoint(dst)  # read back: hash and architecture
+    return out_meta
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="stage-1 or stage-2 checkpoint directory")
+    parser.add_argument("--out", required=True, help="directory for the LLM-free planner")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        meta = export_planner(args.checkpoint, args.out)
+    except CheckpointError as e:
+        print(f"dima export: {e}", file=sys.stderr)
+        return 1
+    size = (Path(args.out) / WEIGHTS).stat().st_size
+    print(f"wrote the LLM-free planner to {args.out} ({meta['num_parameters']:,} parameters, "
+          f"{size / 1e6:.1f} MB, sha256 {meta['sha256'][:12]})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dima export", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
