@@ -345,6 +345,7 @@ def save_model_dir(directory: str | Path, model: VisionPlanner, cfg: TrainConfig
         from .ros.reasoning import MLLM_WEIGHTS, save_mllm_checkpoint
 
         save_mllm_checkpoint(directory, mllm)
+        os.chmod(Path(directory) / MLLM_WEIGHTS, 0o644)  # shared/committed like model.safetensors
         meta["mllm_sha256"] = sha256_file(Path(directory) / MLLM_WEIGHTS)
         meta["mllm_trainable_parameters"] = sum(p.numel() for p in mllm.trainable_parameters())
     return save_checkpoint(directory, model, to_dict(cfg), meta)

@@ -1,5 +1,10 @@
 """`dima eval`: score a checkpoint and/or the baselines on a nuScenes-format split.
 
+Sharded: under torchrun (`torchrun --nproc_per_node=2 -m dima_planner.eval.cli ...`, or
+`dima eval` started by torchrun) each rank scores a contiguous block of whole scenes and
+rank 0 gathers the per-sample results and writes everything: the metrics equal a
+single-process run's.
+
 Writes <out>/metrics.json (every method, both conventions, long-tail subsets),
 <out>/metrics.md (tables), <out>/bars_<convention>.png and <out>/bev_<i>.png.
 """
@@ -32,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-plots", type=int, default=4, help="BEV figures of the first valid samples")
     parser.add_argument("--cache-dir", default=None, help="annotation cache folder (default ~/.cache/dima)")
+    parser.add_argument("--dual", action="store_true",
+                        help="DiMA Dual inference: the MLLM's ego feature max-pooled into the planning head")
+    parser.add_argument("--mllm-checkpoint", default=None,
+                        help="MLLM checkpoint for --dual (default: --checkpoint, as stage 2 writes it)")
+    parser.add_argument("--llm-path", default=None, help="LLM folder for --dual (default: the one in mllm.yaml)")
+    parser.add_argument("--device", default="cpu", help="torch device for the checkpoint (cpu, cuda)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,15 +50,31 @@ def run(args: argparse.Namespace) -> int:
     from ..data.nuscenes_dataset import DataRootError, DatasetConfig, ImageLoadError, NuScenesPlanningDataset
     from ..data.splits import SplitError
     from .baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp
-    from .evaluate import evaluate, format_table
+    from .evaluate import Shard, evaluate, format_table
     from .plots import plot_bev, plot_method_bars
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     conventions = ("vad", "uniad") if args.convention == "both" else (args.convention,)
     if not args.checkpoint and not args.baselines:
         print("dima eval: nothing to score (give --checkpoint and/or --baselines)", file=sys.stderr)
         return 2
+    if args.dual and not args.checkpoint:
+        print("dima eval: --dual needs --checkpoint", file=sys.stderr)
+        return 2
+    shard = Shard(args.device)
+    try:
+        return _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig, ImageLoadError,
+                    NuScenesPlanningDataset, SplitError, ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp,
+                    evaluate, format_table, plot_bev, plot_method_bars)
+    finally:
+        shard.close()
+
+
+def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig, ImageLoadError,  # noqa: N803
+         NuScenesPlanningDataset, SplitError, ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp,
+         evaluate, format_table, plot_bev, plot_method_bars) -> int:
+    if shard.main:
+        out.mkdir(parents=True, exist_ok=True)
 
     def dataset(split: str, images: bool) -> NuScenesPlanningDataset:
         kw = {"image_size": list(args.image_size)} if args.image_size else {}
@@ -63,16 +90,25 @@ def run(args: argparse.Namespace) -> int:
             if name not in args.baselines:
                 continue
             weights = Path(args.mlp_weights) if args.mlp_weights and name == "ego_mlp" else out / f"{name}.safetensors"
-            if weights.exists():
-                model = EgoMLP.load(weights)
-            else:
+            # Every rank sees the same answer to "exists?" (nobody writes between the
+            # barriers); then only rank 0 fits and saves, and the others load its file.
+            shard.barrier()
+            existed = weights.exists()
+            shard.barrier()
+            if not existed and shard.main:
                 cfg = load_yaml(EgoMLPConfig, args.mlp_config) if args.mlp_config else EgoMLPConfig()
                 cfg.use_ego_status = name == "ego_mlp"
                 model = train_ego_mlp(dataset(args.train_split, images=False), cfg)
+                weights.parent.mkdir(parents=True, exist_ok=True)
                 model.save(weights)
                 print(f"trained {name} on split {args.train_split!r} -> {weights}")
+            if not existed:
+                shard.barrier()
+            if existed or not shard.main:
+                model = EgoMLP.load(weights)
             methods[name] = model.predict
-        results = {name: evaluate(fn, plain, conventions, batch_size=args.batch_size, keep_predictions=True)
+        sh = shard if shard.world > 1 else None
+        results = {name: evaluate(fn, plain, conventions, batch_size=args.batch_size, keep_predictions=True, shard=sh)
                    for name, fn in methods.items()}
         if args.checkpoint:
             try:
@@ -80,12 +116,17 @@ def run(args: argparse.Namespace) -> int:
             except ImportError as e:
                 print(f"dima eval: model inference is unavailable ({e}); score baselines only", file=sys.stderr)
                 return 2
-            planner = load_planner(args.checkpoint)
-            results["planner"] = evaluate(planner.predict, dataset(args.split, images=True), conventions,
-                                          batch_size=args.batch_size, keep_predictions=True)
+            device = f"cuda:{shard.rank % max(1, _cuda_count())}" if args.device.startswith("cuda") and sh else args.device
+            planner = load_planner(args.checkpoint, device, dual=args.dual, mllm_checkpoint=args.mllm_checkpoint,
+                                   llm_path=args.llm_path)
+            results["dual" if args.dual else "planner"] = evaluate(
+                planner.predict, dataset(args.split, images=True), conventions,
+                batch_size=args.batch_size, keep_predictions=True, shard=sh)
     except (DataRootError, SplitError, ImageLoadError, FileNotFoundError, ValueError) as e:
         print(f"dima eval: {e}", file=sys.stderr)
         return 2
+    if not shard.main:
+        return 0
 
     preds = {name: res.pop("predictions") for name, res in results.items()}
     (out / "metrics.json").write_text(json.dumps({"split": args.split, "version": args.version,
@@ -105,3 +146,19 @@ def run(args: argparse.Namespace) -> int:
             shown += 1
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'} and {len(conventions) + shown} figures")
     return 0
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dima eval", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,12 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
@@ -57,7 +54,7 @@ from dima_msgs.msg import PlannedTrajectory, Reasoning, SceneTokens
 from dima_msgs.srv import AskScene
 
 from . import conversions as conv
-from .env import apply_ros_env_defaults
+from .node_runtime import descriptor, spin
 from .extrinsics import load_rig
 from .params import ParamSpec
 from .reasoning import (DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
@@ -122,24 +119,7 @@ class Scene:
         return None if self.ego_feature is None else int(self.ego_feature.size)
 
 
-_PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
-          "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING}
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-
-
-def descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.kind], description=spec.description,
-                            read_only=spec.on_configure)
-    if spec.kind == "float" and spec.low is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
-                                                     step=0.0)]
-    if spec.kind == "int" and spec.low is not None:
-        d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    notes = [f"matches {spec.pattern}"] if spec.pattern else []
-    if spec.on_configure:
-        notes.append("read at start-up")
-    d.additional_constraints = "; ".join(notes)
-    return d
 
 
 def kv(key: str, value: Any) -> KeyValue:
@@ -150,7 +130,8 @@ class MLLMNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
         for spec in PARAM_SPECS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            self.declare_parameter(spec.name, spec.default, descriptor(
+                spec, read_only=spec.on_configure, notes=["read at start-up"] if spec.on_configure else []))
         self._p = {n: self.get_parameter(n).value for n in PARAMS}
         bad = [r for n, v in self._p.items() if (r := validate(n, v))]
         if bad:
@@ -369,26 +350,8 @@ class MLLMNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    apply_ros_env_defaults()  # before rclpy.init: loopback-only discovery, own domain id
-    rclpy.init(args=sys.argv if args is None else args)
-    node = None
-    try:
-        node = MLLMNode()
-        # 3 threads: subscriptions, a waiting service call and the diagnostics timer each have one.
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, InvalidParameterValueException) as e:  # invalid parameters at start-up
-        print(f"dima_mllm_node: invalid parameters: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+    # 3 threads: subscriptions, a waiting service call and the diagnostics timer each have one.
+    return spin(MLLMNode, "dima_mllm_node", threads=3, args=args)
 
 
 if __name__ == "__main__":

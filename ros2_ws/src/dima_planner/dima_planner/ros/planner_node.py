@@ -28,14 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry, Path as PathMsg
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterValueException, ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -48,38 +46,19 @@ from ..data.sample import CAMERAS, EGO_STATUS_FIELDS
 from . import conversions as conv
 from .conversions import InputError
 from .diagnostics import PlannerStats, build_diagnostics
-from .env import apply_ros_env_defaults
+from .node_runtime import descriptor, spin
 from .extrinsics import RIG_SIZE, Rig, StaticTransforms, load_rig
 from .params import NODE_NAME, PARAMS, resolve_checkpoint, validate
 from .sync import SEC, AnchorSlot, Cached, InputCache, OdomHistory, TemporalState, select_cameras, side_cameras_ready
 
 FRONT = CAMERAS[0]
 SIDES = CAMERAS[1:]
-_PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
-          "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING}
 
 
 class _CycleSkip(Exception):
     def __init__(self, category: str, reason: str):
         super().__init__(reason)
         self.category, self.reason = category, reason
-
-
-def _descriptor(spec) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.kind], description=spec.description)
-    if spec.kind == "float" and (spec.low is not None or spec.high is not None):
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)]
-    if spec.kind == "int" and spec.low is not None:
-        d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    notes = []
-    if spec.choices:
-        notes.append("one of: " + ", ".join(spec.choices))
-    if spec.pattern:
-        notes.append(f"matches {spec.pattern}")
-    if spec.on_configure:
-        notes.append("applies at the next configure")
-    d.additional_constraints = "; ".join(notes)
-    return d
 
 
 def model_id_of(checkpoint: Path) -> str:
@@ -100,7 +79,7 @@ class PlannerNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for spec in PARAMS.values():
             try:
-                self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+                self.declare_parameter(spec.name, spec.default, descriptor(spec, notes=["applies at the next configure"] if spec.on_configure else []))
             except (ParameterException, InvalidParameterValueException) as e:  # a bad --params-file / -p value
                 raise ValueError(f"parameter {spec.name}: {e}") from None
         self._p: dict[str, Any] = {n: self.get_parameter(n).value for n in PARAMS}
@@ -563,25 +542,7 @@ class PlannerNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    apply_ros_env_defaults()  # LOCALHOST discovery + SHM profile unless the user exported otherwise
-    rclpy.init(args=sys.argv if args is None else args)
-    node = None
-    try:
-        node = PlannerNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as e:  # invalid parameters at start-up
-        print(f"dima_planner_node: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+    return spin(PlannerNode, "dima_planner_node", threads=2, args=args)
 
 
 if __name__ == "__main__":

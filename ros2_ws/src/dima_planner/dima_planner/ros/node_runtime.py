@@ -1,0 +1,55 @@
+"""What every dima node shares: parameter descriptors from a ParamSpec table, and main()."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+from .env import apply_ros_env_defaults
+
+_PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
+          "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING}
+
+
+def descriptor(spec, read_only: bool = False, notes: Sequence[str] = ()) -> ParameterDescriptor:
+    """ROS descriptor of a ros.params.ParamSpec: type, range, choices and pattern as constraints."""
+    d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.kind], description=spec.description,
+                            read_only=read_only)
+    if spec.kind == "float" and spec.low is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)]
+    if spec.kind == "int" and spec.low is not None:
+        d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    constraints = []
+    if spec.choices:
+        constraints.append("one of: " + ", ".join(spec.choices))
+    if spec.pattern:
+        constraints.append(f"matches {spec.pattern}")
+    d.additional_constraints = "; ".join([*constraints, *notes])
+    return d
+
+
+def spin(make_node: Callable[[], rclpy.node.Node], prog: str, threads: int, args: list[str] | None = None) -> int:
+    """Run one node until Ctrl-C; invalid parameters at start-up exit 2 with one line."""
+    apply_ros_env_defaults()  # before rclpy.init: loopback-only discovery, own domain id, SHM profile
+    rclpy.init(args=sys.argv if args is None else args)
+    node = None
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, InvalidParameterValueException) as e:
+        print(f"{prog}: invalid parameters: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0
