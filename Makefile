@@ -8,13 +8,15 @@ DIMA := $(VENV)/bin/dima
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 
-.PHONY: setup demo test test-all world checkpoint clean help
+.PHONY: setup demo test test-all world checkpoint checkpoint-stage2 export clean help
 
 help:
 	@echo "make demo      set up, then run the main job (world -> bag -> planner node -> metrics)"
 	@echo "make test      set up, then run the default test suite"
 	@echo "make test-all  also the slow tests"
-	@echo "make checkpoint  retrain the default checkpoint from the default world"
+	@echo "make checkpoint  retrain the default checkpoint from the default world (stage 1)"
+	@echo "make checkpoint-stage2  DiMA joint training (stage 2) from it"
+	@echo "make export    the LLM-free planner of the stage-2 checkpoint"
 
 setup:
 	@bash tools/setup.sh
@@ -33,6 +35,12 @@ world: setup
 
 checkpoint: world
 	$(DIMA) train --config params/train/tiny_cpu.yaml
+
+checkpoint-stage2: world
+	$(DIMA) train --config params/train/tiny_cpu_stage2.yaml
+
+export: setup
+	$(DIMA) export --checkpoint checkpoints/dima_tiny_stage2 --out checkpoints/dima_tiny_llmfree
 
 clean:
 	rm -rf data runs out

@@ -129,8 +129,9 @@ def test_flatten_rejects_unknown_keys_through_validate():
 def test_docker_files_match_the_repository():
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM ros:jazzy" in dockerfile
-    for src in re.findall(r"^COPY (\S+) ", dockerfile, re.M):
-        assert (REPO / src).exists(), f"Dockerfile copies {src}, which does not exist"
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        for src in line.split()[:-1]:  # every source; the last word is the destination
+            assert (REPO / src).exists(), f"Dockerfile copies {src}, which does not exist"
     assert "colcon build --packages-select dima_msgs dima_planner" in dockerfile
     compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     services = compose["services"]

@@ -70,8 +70,27 @@ def test_two_process_eval_matches_single_process(tiny, tmp_path):
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())
     two = json.loads((tmp_path / "sharded" / "metrics.json").read_text())
     assert one["methods"]["planner"]["num_samples"] > 0
-    for name in ("planner", "const_vel"):  # every metric, subset and prediction identical
-        assert two["methods"][name] == one["methods"][name], name
+    # constant velocity: every metric, subset and prediction identical
+    assert two["methods"]["const_vel"] == one["methods"]["const_vel"]
+    # planner: the same, up to float summation order (each rank runs torch with its own
+    # thread count, so reductions may differ in the last bits)
+    _assert_close(two["methods"]["planner"], one["methods"]["planner"], "planner")
     # ego-MLP: rank 0 reloads the saved float32 weights, the single run used them in memory
     assert two["methods"]["ego_mlp"]["vad"]["l2_avg"] == pytest.approx(one["methods"]["ego_mlp"]["vad"]["l2_avg"],
                                                                        rel=1e-6)
+
+
+def _assert_close(a, b, where: str) -> None:
+    """Equal structure, equal strings and counts, floats equal to 1e-6 relative."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), where
+    else:
+        assert a == b, where

@@ -8,10 +8,7 @@ why in /diagnostics and in AskScene.
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,76 +23,32 @@ DOMAIN, BAD_DOMAIN = pid_domain_id(11), pid_domain_id(12)
 
 apply_ros_env_defaults(domain_id=DOMAIN)
 
-import rclpy  # noqa: E402  (after the environment is set)
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from dima_msgs.msg import PlannedTrajectory, Reasoning, SceneTokens  # noqa: E402
 from dima_msgs.srv import AskScene  # noqa: E402
 from dima_planner.ros.conversions import build_scene_tokens, stamp_to_ns  # noqa: E402
+from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 BEV_HW, DIM, PLANNER_DIM = (8, 8), 32, 24
 
 
 def start_node(domain_id: int, *ros_args: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "dima_planner.ros.mllm_node", "--ros-args", "--params-file", str(PARAMS),
-           "-p", "diagnostics_period:=0.2", *ros_args]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_node_process("dima_planner.ros.mllm_node", domain_id, PARAMS, "-p", "diagnostics_period:=0.2",
+                              *ros_args)
 
 
-def stop_node(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(2)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.stdout.read() if proc.stdout else ""
-
-
-class Driver:
+class Driver(TestNode):
     def __init__(self, domain_id: int):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("dima_mllm_test_driver", context=self.context)
+        super().__init__("dima_mllm_test_driver", domain_id)
         rel = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         self.tokens_pub = self.node.create_publisher(SceneTokens, "/dima/scene_tokens", rel)
-        self.reasoning: list[Reasoning] = []
-        self.trajs: list[PlannedTrajectory] = []
-        self.diags: list[DiagnosticArray] = []
-        self.lock = threading.Lock()
-        self.node.create_subscription(Reasoning, "/dima/reasoning", lambda m: self._add(self.reasoning, m), rel)
-        self.node.create_subscription(PlannedTrajectory, "/dima/mllm/trajectory", lambda m: self._add(self.trajs, m),
-                                      rel)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add(self.diags, m), rel)
+        self.reasoning: list[Reasoning] = self.record(Reasoning, "/dima/reasoning", rel)
+        self.trajs: list[PlannedTrajectory] = self.record(PlannedTrajectory, "/dima/mllm/trajectory", rel)
+        self.diags: list[DiagnosticArray] = self.record(DiagnosticArray, "/diagnostics", rel)
         self.ask_client = self.node.create_client(AskScene, "/dima/ask_scene")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _add(self, store: list, msg) -> None:
-        with self.lock:
-            store.append(msg)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-    def wait(self, predicate, timeout: float, poll: float = 0.05):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                r = predicate()
-            if r:
-                return r
-            time.sleep(poll)
-        return None
 
     def status(self, name_part: str):
         """Latest status whose name contains name_part: (values, message, level)."""
@@ -208,8 +161,8 @@ def test_mllm_node_over_dds():
         for d in (drv, bad_drv):
             if d is not None:
                 d.close()
-        out = stop_node(proc)
-        out_bad = stop_node(bad)
+        out = stop_node_process(proc)
+        out_bad = stop_node_process(bad)
     assert "Traceback" not in out, out[-3000:]
     assert "LLM not found" in out_bad and "Traceback" not in out_bad, out_bad[-3000:]
 

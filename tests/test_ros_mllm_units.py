@@ -17,7 +17,8 @@ from dima_planner.ros.mllm_node import NODE_NAME, PARAMS, validate
 from dima_planner.ros.params import flatten_ros_params
 from dima_planner.ros.reasoning import (TYPE_IDS, GenerationWorker, Job, MLLMEngine, MLLMStats, ModelLoadError,
                                         TokenError, decode_ego_feature, decode_scene_tokens,
-                                        decode_scene_tokens_msg, save_mllm_checkpoint)
+                                        decode_scene_tokens_msg)
+from dima_planner.model.mllm.checkpoint import save_mllm_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BEV_HW, DIM = (6, 5), 16

@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +26,6 @@ H, W = 96, 160  # small synthetic images keep DDS traffic light on a 2-core mach
 
 apply_ros_env_defaults(domain_id=pid_domain_id(3))
 
-import rclpy  # noqa: E402  (after the environment is set)
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import TransformStamped  # noqa: E402
@@ -37,7 +34,6 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from nav_msgs.msg import Odometry, Path as PathMsg  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -49,6 +45,7 @@ from dima_planner.data.sample import CAMERAS  # noqa: E402
 from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, scale_intrinsics, stamp_to_ns  # noqa: E402
 from dima_planner.ros.extrinsics import RIG_SIZE, load_rig  # noqa: E402
 from dima_planner.ros.frames import matrix_to_quat_xyzw  # noqa: E402
+from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -68,32 +65,19 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def start_node(domain_id: int, *ros_args: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args", "--params-file", str(PARAMS),
-           "-p", "num_threads:=1", "-p", "warmup_width:=160", "-p", "warmup_height:=96",
-           "-p", "diagnostics_period:=0.2", "-p", "sensor_qos:=reliable", "-p", "sensor_qos_depth:=5",
-           "-p", "sync_wait:=0.3", *ros_args]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_node_process(
+        "dima_planner.ros.planner_node", domain_id, PARAMS,
+        "-p", "num_threads:=1", "-p", "warmup_width:=160", "-p", "warmup_height:=96",
+        "-p", "diagnostics_period:=0.2", "-p", "sensor_qos:=reliable", "-p", "sensor_qos_depth:=5",
+        "-p", "sync_wait:=0.3", *ros_args)
 
 
-def stop_node(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT: the node's normal shutdown path
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.stdout.read() if proc.stdout else ""
-
-
-class Driver:
+class Driver(TestNode):
     """Test-side node: publishes a synthetic six-camera rig, odometry, commands, /tf_static,
     /clock; records /dima/path, /dima/trajectory, /diagnostics."""
 
     def __init__(self, domain_id: int):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("dima_test_driver", context=self.context)
+        super().__init__("dima_test_driver", domain_id)
         rel = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         self.img_pub = {c: self.node.create_publisher(Image, f"/{c.lower()}/image_raw", rel) for c in CAMERAS}
         self.info_pub = {c: self.node.create_publisher(CameraInfo, f"/{c.lower()}/camera_info", rel) for c in CAMERAS}
@@ -102,29 +86,12 @@ class Driver:
         self.clock_pub = self.node.create_publisher(Clock, "/clock", rel)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.tf_pub = self.node.create_publisher(TFMessage, "/tf_static", latched)
-        self.paths: list[PathMsg] = []
-        self.trajs: list[PlannedTrajectory] = []
-        self.diags: list[DiagnosticArray] = []
-        self.lock = threading.RLock()
-        self.node.create_subscription(PathMsg, "/dima/path", lambda m: self._add(self.paths, m), rel)
-        self.node.create_subscription(PlannedTrajectory, "/dima/trajectory", lambda m: self._add(self.trajs, m), rel)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add(self.diags, m), rel)
+        self.paths: list[PathMsg] = self.record(PathMsg, "/dima/path", rel)
+        self.trajs: list[PlannedTrajectory] = self.record(PlannedTrajectory, "/dima/trajectory", rel)
+        self.diags: list[DiagnosticArray] = self.record(DiagnosticArray, "/diagnostics", rel)
         self.rig = load_rig()
         rng = np.random.default_rng(0)
         self.images = {c: rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for c in CAMERAS}
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _add(self, store: list, msg) -> None:
-        with self.lock:
-            store.append(msg)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
     def publish_tf_static(self) -> None:
         msg = TFMessage()
@@ -160,16 +127,6 @@ class Driver:
             if cam == CAMERAS[0] and front is not None:
                 msg.header.stamp = s
             self.img_pub[cam].publish(msg)
-
-    def wait(self, predicate, timeout: float, poll: float = 0.05):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                r = predicate()
-            if r:
-                return r
-            time.sleep(poll)
-        return None
 
     def paths_at(self, stamp_ns: int) -> list[PathMsg]:
         with self.lock:
@@ -235,7 +192,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
         drv.publish_tf_static()
         # Wait for the node: the model status says loaded (active).
         ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
-        assert ok, f"node never became active; output:\n{stop_node(proc)}"
+        assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
 
         # 1. good inputs -> a plan stamped with the front camera stamp, in base_link
         t = now_ns()
@@ -344,7 +301,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
         assert proc.poll() is None
     finally:
         drv.close()
-        out = stop_node(proc)
+        out = stop_node_process(proc)
     assert proc.returncode == 0, out
 
 
@@ -446,7 +403,7 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         assert proc.poll() is None
     finally:
         drv.close()
-        out = stop_node(proc)
+        out = stop_node_process(proc)
     assert proc.returncode == 0, out
 
 
@@ -462,18 +419,14 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
 
     domain = pid_domain_id(37)
     proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "max_input_age:=1.0")
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    mllm = subprocess.Popen([sys.executable, "-m", "dima_planner.ros.mllm_node", "--ros-args", "--params-file",
-                             str(REPO / "params" / "ros" / "mllm.yaml"), "-p", "llm_path:=/nonexistent/llm"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mllm = start_node_process("dima_planner.ros.mllm_node", domain, REPO / "params" / "ros" / "mllm.yaml",
+                              "-p", "llm_path:=/nonexistent/llm")
     drv = Driver(domain)
-    tokens: list = []
-    drv.node.create_subscription(SceneTokens, "/dima/scene_tokens", lambda m: drv._add(tokens, m),
-                                 QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
+    tokens = drv.record(SceneTokens, "/dima/scene_tokens", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
     try:
         drv.publish_tf_static()
         ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
-        assert ok, f"node never became active; output:\n{stop_node(proc)}"
+        assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
         t = now_ns()
         for _ in range(20):
             drv.send_frame(t)
@@ -490,12 +443,15 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
         for action in (signal.SIGSTOP, signal.SIGKILL):
             os.kill(mllm.pid, action)
             time.sleep(0.3)
-            planned = 0
-            for _ in range(5):
+            # Five plans within eight frames: a planner blocked by the stopped reader (or gone
+            # with the killed process) plans none; one frame may go stale on a loaded machine.
+            planned = sent = 0
+            while planned < 5 and sent < 8:
                 t = now_ns()
                 drv.send_frame(t)
+                sent += 1
                 planned += bool(drv.wait(lambda: drv.paths_at(t), 5.0))
-            assert planned == 5, f"only {planned}/5 frames planned after {action.name} of the MLLM node"
+            assert planned == 5, f"only {planned}/{sent} frames planned after {action.name} of the MLLM node"
             assert proc.poll() is None
     finally:
         if mllm.poll() is None:
@@ -503,5 +459,5 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
             mllm.kill()
         mllm.wait(10)
         drv.close()
-        out = stop_node(proc)
+        out = stop_node_process(proc)
     assert proc.returncode == 0, out

@@ -274,7 +274,7 @@ def load_planner(checkpoint_dir: str | Path, device: str = "cpu", num_threads: i
 
 # ---- Dual inference (DiMA) ---------------------------------------------------------------------
 def load_mllm_branch(directory: str | Path, device: str | torch.device = "cpu", llm_path: str | None = None):
-    """MLLMBranch from an MLLM checkpoint (ros.reasoning.save_mllm_checkpoint format:
+    """MLLMBranch from an MLLM checkpoint (model.mllm.checkpoint format:
     mllm.yaml + mllm.safetensors; the LLM is loaded from its own folder)."""
     from dataclasses import replace
 
@@ -283,7 +283,7 @@ def load_mllm_branch(directory: str | Path, device: str | torch.device = "cpu", 
     from .checkpoint import CheckpointError
     from .config import ConfigError, load_yaml
     from .model.mllm import LLMNotFoundError, MLLMBranch, MLLMConfig
-    from .ros.reasoning import MLLM_CONFIG, MLLM_WEIGHTS
+    from .model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
 
     directory = Path(directory)
     for name in (MLLM_CONFIG, MLLM_WEIGHTS):

@@ -308,7 +308,7 @@ def build_mllm(cfg: MLLMConfig, device: torch.device):
 def read_mllm_weights(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from .ros.reasoning import MLLM_WEIGHTS
+    from .model.mllm.checkpoint import MLLM_WEIGHTS
 
     path = directory / MLLM_WEIGHTS
     if not path.is_file():
@@ -342,10 +342,9 @@ def save_model_dir(directory: str | Path, model: VisionPlanner, cfg: TrainConfig
     meta = {"stage": cfg.stage, **meta}
     if mllm is not None:
         from .checkpoint import sha256_file
-        from .ros.reasoning import MLLM_WEIGHTS, save_mllm_checkpoint
+        from .model.mllm.checkpoint import MLLM_WEIGHTS, save_mllm_checkpoint
 
         save_mllm_checkpoint(directory, mllm)
-        os.chmod(Path(directory) / MLLM_WEIGHTS, 0o644)  # shared/committed like model.safetensors
         meta["mllm_sha256"] = sha256_file(Path(directory) / MLLM_WEIGHTS)
         meta["mllm_trainable_parameters"] = sum(p.numel() for p in mllm.trainable_parameters())
     return save_checkpoint(directory, model, to_dict(cfg), meta)

@@ -40,12 +40,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
+
 # dima_msgs/SceneTokens TYPE_* constants (duplicated as plain ints: no rclpy import here;
 # tests check them against the generated message class).
 TYPE_IDS = {"bev": 0, "ego": 1, "agent": 2, "map": 3}
 TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 
-MLLM_WEIGHTS, MLLM_CONFIG = "mllm.safetensors", "mllm.yaml"
 DEFAULT_QUESTION = ("Describe the driving scene around the ego vehicle and say what the ego vehicle "
                     "should do next and why.")
 
@@ -200,21 +201,6 @@ class MLLMStats:
 
 
 # ---- the engine: LLM + MLLM branch -------------------------------------------------------------------
-def save_mllm_checkpoint(directory: str | Path, branch: Any) -> Path:
-    """Write an MLLMBranch's trainable weights and config in the format `MLLMEngine` loads."""
-    import yaml
-    from safetensors.torch import save_file
-
-    from ..config import to_dict
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in branch.trainable_state_dict().items()}
-    save_file(state, str(directory / MLLM_WEIGHTS))
-    (directory / MLLM_CONFIG).write_text(yaml.safe_dump(to_dict(branch.cfg), sort_keys=False))
-    return directory
-
-
 def _sha12(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

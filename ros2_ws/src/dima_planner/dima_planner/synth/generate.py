@@ -19,7 +19,7 @@ from dima_planner.config import to_dict
 from . import agents as ag_mod
 from . import lidar
 from .config import GENERATOR_VERSION, SynthConfig
-from .nuscenes_writer import (ATTRIBUTES, CAMERA_CHANNELS, CAMERA_OFFSETS, KIND_CATEGORY, Tokens,
+from .nuscenes_writer import (CAMERA_CHANNELS, CAMERA_OFFSETS, KIND_CATEGORY, Tokens,
                               calibrated_sensors, data_filename, static_tables, write_tables, yaw_quat)
 from .render import GroundBatch, RenderBox, Renderer, ground_batch
 from .roads import RoadNetwork, build_network, drivable_mask, map_vectors

@@ -111,7 +111,7 @@ def build_network(seed: int, grid_nodes: int = 4) -> RoadNetwork:
 
 
 def _is_interior(e: tuple[int, int], n: int) -> bool:
-    (ai, aj), (bi, bj) = divmod(e[0], n)[::-1], divmod(e[1], n)[::-1]
+    (ai, aj), (_, bj) = divmod(e[0], n)[::-1], divmod(e[1], n)[::-1]
     if aj == bj:  # horizontal road: not on the top/bottom rows
         return 0 < aj < n - 1
     return 0 < ai < n - 1
@@ -145,7 +145,7 @@ def _markings_and_vectors(net: RoadNetwork) -> None:
     marks: list[Marking] = []
     elems: list[dict] = []
     for a, b in net.edges():
-        p, q = net.nodes[a], net.nodes[b]
+        p = net.nodes[a]
         u = net.direction(a, b)
         left = np.array([-u[1], u[0]])
         length = net.edge_length(a, b)

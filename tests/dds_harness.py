@@ -1,0 +1,81 @@
+"""What the ROS tests share: node processes under test, and a test-side rclpy node.
+
+The test-side node lives on its own rclpy Context with an explicit domain id, so tests
+in one pytest process never see each other's traffic; the node under test runs as a
+real separate process (its console module) on the same domain, loopback only.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_node_process(module: str, domain_id: int, params_file: Path, *ros_args: str) -> subprocess.Popen:
+    """`python -m <module> --ros-args --params-file <params_file> <ros_args>`, output captured."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file), *ros_args]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_node_process(proc: subprocess.Popen) -> str:
+    """SIGINT (the node's normal shutdown path), SIGKILL after 10 s; returns its output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.stdout.read() if proc.stdout else ""
+
+
+class TestNode:
+    """A test-side node spinning on its own thread; `record` keeps what a topic delivers."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, name: str, domain_id: int):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.lock = threading.RLock()
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def record(self, msg_type, topic: str, qos) -> list:
+        store: list = []
+
+        def add(msg) -> None:
+            with self.lock:
+                store.append(msg)
+
+        self.node.create_subscription(msg_type, topic, add, qos)
+        return store
+
+    def wait(self, predicate, timeout: float, poll: float = 0.05):
+        """The first truthy value of predicate() (called under the lock), or None at timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                r = predicate()
+            if r:
+                return r
+            time.sleep(poll)
+        return None
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
