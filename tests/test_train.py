@@ -48,8 +48,12 @@ def test_short_run_lowers_the_loss_and_validates(world, tmp_path):
     assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard events were written
 
 
-def test_resume_is_exact(world, tmp_path):
-    straight = train(config(world, tmp_path / "a", steps=3, batch_size=1))
+def test_resume_is_exact(world, tmp_path, capsys):
+    plain = config(world, tmp_path / "a", steps=3, batch_size=1)
+    plain.optim.shard_states = True  # ignored in a single process: must not change anything
+    straight = train(plain)
+    assert "shard_states ignored" in capsys.readouterr().err
+    assert isinstance(straight["optimizer"], torch.optim.AdamW)
     first = train(config(world, tmp_path / "b", steps=3, batch_size=1), stop_after=1)
     assert first["step"] == 1
     second = train(config(world, tmp_path / "b", steps=3, batch_size=1), resume=True)
@@ -98,6 +102,105 @@ def test_ddp_two_cpu_processes_stay_in_sync(world, tmp_path):
     mp.spawn(_ddp_worker, args=(str(world), str(out), port), nprocs=2, join=True)
     assert (out / "rank0.sha").read_text() == (out / "rank1.sha").read_text()
     assert (out / "last" / "model.safetensors").is_file()  # only rank 0 writes checkpoints
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _zero_worker(rank: int, world: str, out: str, ports: list[int]) -> None:
+    import os
+
+    from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+    size = list(TrainConfig().model.image_size)
+    ds = NuScenesPlanningDataset(DatasetConfig(dataroot=world, version="v1.0-dima", split="train", image_size=size))
+
+    def run_(tag: str, port: int, shard: bool, **kw):
+        os.environ["MASTER_PORT"] = str(port)  # each train() makes (and ends) its own process group
+        cfg = config(world, f"{out}/{tag}", steps=2, batch_size=2)
+        cfg.logging.tensorboard = False
+        cfg.optim.shard_states = shard
+        return train(cfg, datasets=(ds, None), **kw)
+
+    plain = run_("plain", ports[0], False)
+    sharded = run_("sharded", ports[1], True)
+    first = run_("resumed", ports[2], True, stop_after=1)
+    resumed = run_("resumed", ports[3], True, resume=True)
+
+    def state_names(result) -> list[str]:
+        names = {id(p): n for n, p in result["model"].named_parameters()}
+        opt = result["optimizer"]
+        local = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer's local AdamW
+        return sorted(names[id(p)] for p, st in local.state.items() if st)
+
+    zero = sharded["optimizer"]
+    torch.save({
+        "kind": type(zero).__name__,
+        "groups": [len(g["params"]) for g in zero.param_groups],
+        "local_groups": [len(g["params"]) for g in zero.optim.param_groups],
+        # parameters only: BatchNorm running stats are rank-local until DDP's next broadcast
+        "params": {tag: {k: v.detach().clone() for k, v in r["model"].named_parameters()}
+                   for tag, r in (("plain", plain), ("sharded", sharded), ("resumed", resumed))},
+        "state": {tag: {k: v.detach().clone() for k, v in r["model"].state_dict().items()}
+                  for tag, r in (("plain", plain), ("sharded", sharded), ("resumed", resumed))},
+        "losses": {"plain": plain["losses"], "sharded": sharded["losses"],
+                   "resumed": first["losses"] + resumed["losses"]},
+        "plain_state": state_names(plain), "local_state": state_names(sharded),
+        "resumed_state": state_names(resumed),
+    }, f"{out}/rank{rank}.pt")
+
+
+def test_sharded_optimizer_states_match_ddp_and_resume_exactly(world, tmp_path):
+    """optim.shard_states with 2 gloo ranks: ZeroRedundancyOptimizer keeps each rank's AdamW
+    states for its shard only, updates equal plain DDP + AdamW, and save / resume is exact."""
+    import torch.multiprocessing as mp
+
+    from dima_planner.train import TRAIN_STATE
+
+    out = tmp_path / "zero"
+    out.mkdir()
+    mp.spawn(_zero_worker, args=(str(world), str(out), _free_ports(4)), nprocs=2, join=True)
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["kind"] == "ZeroRedundancyOptimizer"
+    assert len(r0["groups"]) == 2 and all(r0["groups"])  # the backbone lr-multiplier group survives
+    # (a) replicas identical, and equal to the unsharded DDP run (same seed / data)
+    for tag in ("plain", "sharded", "resumed"):
+        for name, x in r0["params"][tag].items():
+            assert torch.equal(x, r1["params"][tag][name]), (tag, name)
+    for name, x in r0["state"]["plain"].items():
+        torch.testing.assert_close(r0["state"]["sharded"][name], x, rtol=1e-5, atol=1e-6, msg=name)
+    assert r0["losses"]["sharded"] == pytest.approx(r0["losses"]["plain"], rel=1e-5)
+    assert r0["params"]["plain"].keys() == r0["params"]["sharded"].keys()
+    # (b) each rank holds states for its shard only: disjoint, together all of them
+    full = set(r0["plain_state"])
+    s0, s1 = set(r0["local_state"]), set(r1["local_state"])
+    assert s0 and s1 and len(s0) < len(full) and len(s1) < len(full)
+    assert not (s0 & s1) and s0 | s1 == full
+    assert set(r0["resumed_state"]) | set(r1["resumed_state"]) == full  # a resume re-shards the states
+    assert not set(r0["resumed_state"]) & set(r1["resumed_state"])
+    # (c) stop after step 1, resume: the same parameters and losses as the uninterrupted run
+    for r in (r0, r1):
+        for name, x in r["state"]["sharded"].items():
+            assert torch.equal(x, r["state"]["resumed"][name]), name
+    assert r0["losses"]["resumed"] == r0["losses"]["sharded"]
+    # rank 0 saved the consolidated (full) state, in the same layout as an unsharded run's
+    zero_sd = torch.load(out / "resumed" / "last" / TRAIN_STATE, weights_only=False)["optimizer"]
+    plain_sd = torch.load(out / "plain" / "last" / TRAIN_STATE, weights_only=False)["optimizer"]
+    assert zero_sd["state"].keys() == plain_sd["state"].keys() and len(zero_sd["state"]) == len(full)
+    for gz, gp in zip(zero_sd["param_groups"], plain_sd["param_groups"], strict=True):
+        assert gz["params"] == gp["params"] and gz["lr"] == pytest.approx(gp["lr"])
 
 
 def test_planner_predict_streams_like_validation(world):

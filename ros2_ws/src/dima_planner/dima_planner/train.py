@@ -12,7 +12,9 @@ At validation the BEV is carried frame to frame as the deployed node does.
 
 Distributed: launched with torchrun (WORLD_SIZE > 1 in the environment) the loop wraps
 the model in DistributedDataParallel (gloo on CPU, nccl on CUDA) and shards every global
-batch across ranks. `precision: bf16` runs the forward under autocast.
+batch across ranks; `optim.shard_states: true` additionally shards the AdamW states across
+ranks (ZeroRedundancyOptimizer, ZeRO stage 1) for large (7B LLM) stage-2 runs.
+`precision: bf16` runs the forward under autocast.
 """
 from __future__ import annotations
 
@@ -61,6 +63,14 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 35.0  # VAD's max_norm
     backbone_lr_mult: float = 0.1  # VAD scales the image backbone's lr by 0.1
+    # Distributed runs only (torchrun, world size > 1): wrap AdamW in
+    # torch.distributed.optim.ZeroRedundancyOptimizer so that each rank keeps the AdamW states
+    # (exp_avg, exp_avg_sq) of its shard of the parameters only -- about 1/world of the optimiser
+    # memory, e.g. for the stage-2 LoRA / Q-Former / head parameters next to a 7B LLM. All param
+    # groups (backbone lr multiplier, stage-2 MLLM group) are kept; updates equal plain AdamW's.
+    # Checkpoints hold the full (consolidated) optimiser state, interchangeable with unsharded
+    # runs. Ignored, with a note, in a single process.
+    shard_states: bool = False
 
 
 @dataclass
@@ -273,12 +283,28 @@ def lr_lambda(cfg: ScheduleConfig):
     return f
 
 
-def build_optimizer(model: VisionPlanner, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: VisionPlanner, cfg: OptimConfig, extra_groups: list[dict[str, Any]] | None = None,
+                    shard: bool = False) -> torch.optim.Optimizer:
+    """AdamW over the planner (backbone at lr * backbone_lr_mult) plus `extra_groups` (stage 2:
+    the MLLM branch's trainable parameters). shard: ZeroRedundancyOptimizer around AdamW, each
+    rank holding the states of its shard only (needs an initialised process group)."""
     backbone = [p for n, p in model.named_parameters() if n.startswith("image_encoder.trunk.")]
     ids = {id(p) for p in backbone}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    groups = [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult}]
+    groups = [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult},
+              *(extra_groups or [])]
+    if shard:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas,
+                                       weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def is_sharded(optim: torch.optim.Optimizer) -> bool:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return isinstance(optim, ZeroRedundancyOptimizer)
 
 
 MLLM_LOSSES = ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "total")
@@ -354,7 +380,10 @@ def save_train_state(run_dir: Path, model: VisionPlanner, cfg: TrainConfig, opti
                      metrics: dict | None = None, mllm: nn.Module | None = None) -> None:
     ckpt = run_dir / "last"
     save_model_dir(ckpt, model, cfg, mllm, {"step": step, "val": metrics or {}})
-    state = {"step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state()}
+    opt_state = optim.state_dict()  # sharded: needs optim.consolidate_state_dict(to=0) on every rank first
+    if is_sharded(optim):  # drop the placeholders a sharded load leaves for other ranks' parameters
+        opt_state["state"] = {k: v for k, v in opt_state["state"].items() if v is not None}
+    state = {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(), "rng": rng_state()}
     tmp = ckpt / (TRAIN_STATE + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, ckpt / TRAIN_STATE)
@@ -396,7 +425,8 @@ class Distributed:
 # ------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
           stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) training. Returns {"step", "losses": [...], "val": metrics or {}, "model"}.
+    """Run (or resume) training. Returns {"step", "losses": [...], "val": metrics or {}, "model",
+    "mllm", "optimizer"}.
 
     datasets: (train, val or None) instead of building them from cfg.data.
     stop_after: leave after this global step with a checkpoint, as if interrupted (tests)."""
@@ -424,9 +454,13 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
     mllm = None
     if cfg.stage == 2:
         mllm = build_mllm(cfg.mllm, device)
-    optim = build_optimizer(model, cfg.optim)
+    shard = cfg.optim.shard_states and dist.enabled
+    if cfg.optim.shard_states and not dist.enabled:
+        print("note: optim.shard_states ignored: not a distributed run (world size 1)", file=sys.stderr)
+    extra = None
     if mllm is not None:
-        optim.add_param_group({"params": mllm.trainable_parameters(), "lr": cfg.optim.lr * cfg.stage2.mllm_lr_mult})
+        extra = [{"params": mllm.trainable_parameters(), "lr": cfg.optim.lr * cfg.stage2.mllm_lr_mult}]
+    optim = build_optimizer(model, cfg.optim, extra, shard=shard)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.schedule))
     step = 0
     if resume:
@@ -438,7 +472,7 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
         if mllm is not None:
             mllm.load_trainable_state_dict(read_mllm_weights(ckpt))
         state = torch.load(ckpt / TRAIN_STATE, map_location=device, weights_only=False)
-        optim.load_state_dict(state["optimizer"])
+        optim.load_state_dict(state["optimizer"])  # sharded: the full state; each rank keeps its shard
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = int(state["step"])
@@ -532,7 +566,10 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
             if writer is not None:
                 for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "col_avg"):
                     writer.add_scalar(f"val/{k}", metrics[k], step)
-        if dist.main and (last or interrupted or (cfg.schedule.ckpt_every and step % cfg.schedule.ckpt_every == 0)):
+        save_now = last or interrupted or bool(cfg.schedule.ckpt_every and step % cfg.schedule.ckpt_every == 0)
+        if save_now and shard:
+            optim.consolidate_state_dict(to=0)  # a collective: every rank, before rank 0 saves
+        if dist.main and save_now:
             save_train_state(run_dir, model, cfg, optim, sched, step, metrics, mllm)
         if interrupted:
             break
@@ -544,7 +581,7 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
         save_model_dir(cfg.export_dir, model, cfg, mllm, {"step": step, "val": metrics,
                                                           "train_wall_s": round(wall, 1)})
     dist.close()
-    return {"step": step, "losses": losses, "val": metrics, "model": model, "mllm": mllm}
+    return {"step": step, "losses": losses, "val": metrics, "model": model, "mllm": mllm, "optimizer": optim}
 
 
 # ------------------------------------------------------------------------------- CLI
