@@ -19,7 +19,10 @@ def generate_launch_description():
         DeclareLaunchArgument("overlay_params_file", default_value=params),
         DeclareLaunchArgument("mllm_params_file",
                               default_value=PathJoinSubstitution([share, "params", "ros", "mllm.yaml"])),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
+        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny_stage2"),
+        DeclareLaunchArgument("mllm_checkpoint",
+                              default_value=PathJoinSubstitution([share, "checkpoints", "dima_tiny_stage2"]),
+                              description="MLLM branch (Q-Formers, LoRA, heads) of a stage-2 checkpoint; '' = untrained"),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("autostart", default_value="true"),
@@ -43,7 +46,10 @@ def generate_launch_description():
         ),
         Node(
             package="dima_planner", executable="dima_mllm_node", name="dima_mllm", output="screen",
-            parameters=[LaunchConfiguration("mllm_params_file"), {"use_sim_time": use_sim_time}],
+            parameters=[LaunchConfiguration("mllm_params_file"), {
+                "checkpoint": LaunchConfiguration("mllm_checkpoint"),
+                "use_sim_time": use_sim_time,
+            }],
             arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
         ),
     ])

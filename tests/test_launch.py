@@ -82,8 +82,9 @@ def test_launch_file_is_consistent(path: Path):
                     assert _const(key) in PARAMS or _const(key) in BUILTIN_PARAMS, f"{path.name}: {_const(key)!r}"
     patterns = installed_patterns()
     for rel in share_paths(tree):
-        assert (REPO / rel).is_file(), f"{path.name} names {rel}, which does not exist"
-        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"setup.py does not install {rel}"
+        assert (REPO / rel).exists(), f"{path.name} names {rel}, which does not exist"
+        files = [str(f.relative_to(REPO)) for f in (REPO / rel).iterdir()] if (REPO / rel).is_dir() else [rel]
+        assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), f"setup.py does not install {rel}"
     # network safety: LOCALHOST discovery by default, overridable by a launch argument
     env = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "SetEnvironmentVariable"]
     assert any(_const(n.args[0]) == "ROS_AUTOMATIC_DISCOVERY_RANGE" for n in env)

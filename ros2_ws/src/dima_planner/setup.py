@@ -29,7 +29,9 @@ setup(
         ("share/" + package_name + "/params", _rel("params/*.yaml") + _rel("params/*.xml")),
         ("share/" + package_name + "/params/ros", _rel("params/ros/*.yaml")),
         ("share/" + package_name + "/params/train", _rel("params/train/*.yaml")),
-        # The default checkpoint, so that `ros2 launch` works on an installed workspace.
+        # The checkpoints, so that `ros2 launch` works on an installed workspace: the default
+        # (stage-2 DiMA, its MLLM branch included) and the stage-1 planner it started from.
+        ("share/" + package_name + "/checkpoints/dima_tiny_stage2", _rel("checkpoints/dima_tiny_stage2/*")),
         ("share/" + package_name + "/checkpoints/dima_tiny", _rel("checkpoints/dima_tiny/*")),
     ],
     install_requires=["setuptools"],

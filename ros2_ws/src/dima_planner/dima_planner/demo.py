@@ -34,7 +34,7 @@ REASONING_TOPIC = "/dima/reasoning"
 class DemoConfig:
     synth_config: str = "params/synth.yaml"
     world: str = "data/world"
-    checkpoint: str = "checkpoints/dima_tiny"
+    checkpoint: str = "checkpoints/dima_tiny_stage2"
     out: str = "out/demo"
     split: str = "val"
     max_scenes: int = 3  # validation scenes replayed through the node

@@ -320,7 +320,9 @@ class MLLMBranch(nn.Module):
         prefix = self._prefix(beam)
         emb = torch.cat([prefix[0], self._embed(self._ids(self.prompt_text(question)))], dim=0)[None]
         att = torch.ones(emb.shape[:2], dtype=torch.long, device=self.device)
+        # Greedy, deterministic; small LLMs fall into loops ("will will will"), which the
+        # repetition penalty and the ban on repeated trigrams prevent.
         ids = self.llm.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=max_new_tokens,
-                                do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                eos_token_id=self.tokenizer.eos_token_id)
+                                do_sample=False, repetition_penalty=1.2, no_repeat_ngram_size=3,
+                                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
