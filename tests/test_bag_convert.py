@@ -12,7 +12,8 @@ import pytest
 
 from dima_planner.data.sample import CAMERAS
 from dima_planner.ros import bag_convert, bag_io
-from dima_planner.ros.frames import base_link_to_lidar_xy, lidar_xy_to_base_link
+from dima_planner.ros.bag_eval import gt_from_json
+from dima_planner.ros.frames import lidar_xy_to_base_link
 
 TINY = dict(num_scenes=2, scene_seconds=4.0, scale=0.1, traffic_vehicles=3, parked_vehicles=2, pedestrians=2)
 
@@ -183,17 +184,19 @@ def test_gt_future_path_matches_lidar_frame(bag):
             else:
                 samples[t] = json.loads(msg.data)
     assert paths.keys() == samples.keys()
-    n_valid = 0
+    n_valid, shift = 0, 0.0
     for t, gt in samples.items():
         mask = np.array(gt["ego_fut_mask"])
         n = int(mask.sum())
         assert len(paths[t]) == n and np.all(mask[:n] == 1)
-        l2e = np.array(gt["lidar2ego"])
-        if n:
-            np.testing.assert_allclose(base_link_to_lidar_xy(paths[t], l2e), np.array(gt["ego_fut_traj"])[:n],
-                                       atol=1e-6)
+        g = gt_from_json(json.dumps(gt))
+        if n:  # the path is in base_link at the front image's time; lidar_xy brings it to the GT frame
+            np.testing.assert_allclose(g.lidar_xy(paths[t]), np.array(gt["ego_fut_traj"])[:n], atol=1e-6)
         n_valid += gt["valid"]
+        shift = max(shift, float(np.hypot(*g.front_lidar2lidar[:2, 3])))
     assert n_valid > 0
+    # the front camera fires before the LiDAR: while driving the two frames differ
+    assert shift > 0.05
     # The frame conversion itself: lidar x (right) is base_link -y; forward is +x.
     l2e = np.array(samples[min(samples)]["lidar2ego"])
     fwd = lidar_xy_to_base_link(np.array([[0.0, 10.0]]), l2e)[0] - lidar_xy_to_base_link(np.zeros((1, 2)), l2e)[0]

@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. Bags of the validation scenes, one per scene (scenes lie hours apart in time).
     from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-    from .ros.bag_convert import convert, load_nuscenes, select_scenes
+    from .ros.bag_convert import GT_FORMAT, convert, load_nuscenes, select_scenes
 
     console.rule("[bold]2. validation scenes -> rosbag2 (MCAP)")
     nusc = load_nuscenes(world, None)
@@ -242,11 +242,12 @@ def run(args: argparse.Namespace) -> int:
     for name in scenes:
         bag = out / "bags" / name
         stamp = bag / ".world"
-        meta = (world / "dima_meta.json").read_text()
-        if not (stamp.exists() and stamp.read_text() == meta + repr(cfg.keyframes_only)):
+        # Rebuilt when the world, the replay mode or the GT layout changed.
+        meta = (world / "dima_meta.json").read_text() + repr((cfg.keyframes_only, GT_FORMAT))
+        if not (stamp.exists() and stamp.read_text() == meta):
             convert(world, bag, scenes=[name], compressed=True, keyframes_only=cfg.keyframes_only,
                     overwrite=True, progress=True)
-            stamp.write_text(meta + repr(cfg.keyframes_only))
+            stamp.write_text(meta)
         bags.append(bag)
     console.print(f"  {len(bags)} bag(s) under {out / 'bags'}: {', '.join(scenes)}")
 
@@ -271,11 +272,10 @@ def run(args: argparse.Namespace) -> int:
     from .eval.evaluate import evaluate
     from .eval.plots import plot_bev, plot_method_bars
     from .ros import bag_eval
-    from .ros.frames import base_link_to_lidar_xy
 
     gts, preds = bag_eval.read_bags([*bags, run_bag], bag_eval.bag_io.TRAJECTORY_TOPIC)
     pairs = bag_eval.match(gts, preds, int(1e6))
-    node_plans = {g.token: base_link_to_lidar_xy(p[:6], g.lidar2ego) for g, p in pairs if len(p) >= 6}
+    node_plans = {g.token: g.lidar_xy(p[:6]) for g, p in pairs if len(p) >= 6}
     if not node_plans:
         console.print(f"[red]the node published no plan matching a keyframe; see {out / 'planner_node.log'}[/]")
         return 1
@@ -294,8 +294,8 @@ def run(args: argparse.Namespace) -> int:
     results = {name: evaluate(fn, subset, ("vad", "uniad"), keep_predictions=True) for name, fn in methods.items()}
     bag_check = bag_eval.evaluate([*bags, run_bag])
 
-    table = Table(title=f"nuScenes open-loop planning, VAD convention ({len(index)} keyframes of "
-                        f"{len(gts)} planned by the node, {len(scenes)} val scenes)")
+    console.print(f"  {len(index)} of {len(gts)} keyframes planned by the node, {len(scenes)} val scene(s)")
+    table = Table(title="open-loop planning, VAD convention")
     for col in ("method", "L2 1s", "L2 2s", "L2 3s", "L2 avg (m)", "col 1s", "col 2s", "col 3s", "col avg (%)"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for name, res in results.items():

@@ -49,6 +49,8 @@ from dima_planner.ros.frames import (
 
 LIDAR = "LIDAR_TOP"
 SCENE_GAP_NS = 1_000_000_000
+# Version of the /dima/gt/sample content; bump when it changes (2: front_lidar2lidar).
+GT_FORMAT = 2
 
 
 class BagConvertError(RuntimeError):
@@ -376,12 +378,19 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
         add(front_ns, "command", bag_io.COMMAND_TOPIC,
             lambda ns=front_ns, cmd=cmd: (Cmd(header=b.header(ns + off, BASE_FRAME), command=cmd),
                                           bag_io.TYPES["command"]))
-        base_pts = lidar_xy_to_base_link(traj, l2e)
+        # The node plans from base_link at the front image's time, which fires tens of ms
+        # before the LiDAR keyframe the GT is relative to (0.35 m at 10 m/s): the GT carries
+        # the transform between the two, and its path is given at the image time.
+        front_sd = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
+        front_lidar = record_matrix(nusc.get("ego_pose", front_sd["ego_pose_token"])) @ l2e
+        front2key = cur_inv @ front_lidar
+        key2front = np.linalg.inv(front2key)
+        base_pts = lidar_xy_to_base_link(traj @ key2front[:2, :2].T + key2front[:2, 3], l2e)
         path_poses = []
         for t in range(FUTURE_STEPS):
             if mask[t] <= 0:
                 break  # only the valid prefix of the future is published as a path
-            heading = l2e @ rel[t] @ e2l  # future base_link orientation in the current base_link
+            heading = l2e @ key2front @ rel[t] @ e2l  # future base_link orientation, image-time base_link
             pm = heading.copy()
             pm[:3, 3] = base_pts[t]
             step_ns = front_ns + off + int(round((t + 1) * STEP_SECONDS * 1e9))
@@ -390,6 +399,7 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
         add(front_ns, "gt", bag_io.GT_FUTURE_TOPIC, lambda m=path_msg: (m, bag_io.TYPES["path"]))
         boxes, bmask = occupancy_boxes(rec)
         info = {
+            "format": GT_FORMAT,
             "token": sample["token"],
             "scene_name": plan.scene["name"],
             "scene_token": plan.scene["token"],
@@ -401,6 +411,7 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
             "valid": bool(np.all(mask > 0)),
             "command": cmd,
             "lidar2ego": np.round(l2e, 9).tolist(),
+            "front_lidar2lidar": np.round(front2key, 9).tolist(),
             "occ_boxes": np.round(boxes, 4).tolist(),
             "occ_mask": bmask.astype(int).tolist(),
         }

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,14 @@ class GtSample:
     lidar2ego: np.ndarray  # (4, 4)
     boxes: np.ndarray  # (6, K, 5)
     box_mask: np.ndarray  # (6, K) bool
+    # The LiDAR frame at the front image's time -> the keyframe's LiDAR frame (the GT's).
+    front_lidar2lidar: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+    def lidar_xy(self, base_xy: np.ndarray) -> np.ndarray:
+        """(S, 2) base_link points of a plan made from the front image -> the GT's frame."""
+        xy = base_link_to_lidar_xy(base_xy, self.lidar2ego)
+        m = self.front_lidar2lidar
+        return xy @ m[:2, :2].T + m[:2, 3]
 
     @property
     def valid(self) -> bool:
@@ -51,7 +59,8 @@ def gt_from_json(text: str) -> GtSample:
         traj=np.asarray(d["ego_fut_traj"], dtype=np.float64).reshape(FUTURE_STEPS, 2),
         mask=np.asarray(d["ego_fut_mask"], dtype=np.float64).reshape(FUTURE_STEPS),
         lidar2ego=np.asarray(d["lidar2ego"], dtype=np.float64).reshape(4, 4),
-        boxes=boxes, box_mask=np.asarray(d["occ_mask"], dtype=bool).reshape(boxes.shape[:2]))
+        boxes=boxes, box_mask=np.asarray(d["occ_mask"], dtype=bool).reshape(boxes.shape[:2]),
+        front_lidar2lidar=np.asarray(d.get("front_lidar2lidar", np.eye(4)), dtype=np.float64).reshape(4, 4))
 
 
 def _pose_xy(poses) -> np.ndarray:
@@ -121,7 +130,7 @@ def evaluate(paths: list[str | Path], pred_topic: str = bag_io.TRAJECTORY_TOPIC,
     if not pairs:
         raise BagEvalError(f"none of the {len(preds)} predictions matches a GT keyframe stamp within "
                            f"{tolerance_ms} ms ({len(gts)} keyframes)")
-    pred = np.stack([base_link_to_lidar_xy(p[:FUTURE_STEPS], g.lidar2ego) for g, p in pairs])
+    pred = np.stack([g.lidar_xy(p[:FUTURE_STEPS]) for g, p in pairs])
     gt = np.stack([g.traj for g, _ in pairs])
     occ = np.stack([occupancy_from_boxes(g.boxes, g.box_mask) for g, _ in pairs])
     mask = np.stack([g.mask > 0 for g, _ in pairs])
