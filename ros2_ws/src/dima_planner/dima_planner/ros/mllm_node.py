@@ -54,7 +54,7 @@ from dima_msgs.msg import PlannedTrajectory, Reasoning, SceneTokens
 from dima_msgs.srv import AskScene
 
 from . import conversions as conv
-from .node_runtime import descriptor, spin
+from .node_runtime import descriptor, set_parameters, spin
 from .extrinsics import load_rig
 from .params import ParamSpec
 from .reasoning import (DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
@@ -173,13 +173,7 @@ class MLLMNode(Node):
 
     # ---- parameters --------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
-        reasons = [r for p in params if (r := validate(p.name, p.value))]
-        if reasons:
-            return SetParametersResult(successful=False, reason="; ".join(reasons))
-        for p in params:
-            if p.name in self._p:
-                self._p[p.name] = p.value
-        return SetParametersResult(successful=True)
+        return set_parameters(params, self._p, validate)
 
     # ---- model (worker thread) ---------------------------------------------------------------
     def _load_model(self) -> MLLMEngine:

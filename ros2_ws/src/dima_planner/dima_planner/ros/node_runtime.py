@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
@@ -30,6 +30,17 @@ def descriptor(spec, read_only: bool = False, notes: Sequence[str] = ()) -> Para
         constraints.append(f"matches {spec.pattern}")
     d.additional_constraints = "; ".join([*constraints, *notes])
     return d
+
+
+def set_parameters(params, values: dict, validate: Callable[[str, object], str | None]) -> SetParametersResult:
+    """A node's on-set-parameters callback: all changes valid, then applied to `values`, or none."""
+    reasons = [r for p in params if (r := validate(p.name, p.value))]
+    if reasons:
+        return SetParametersResult(successful=False, reason="; ".join(reasons))
+    for p in params:
+        if p.name in values:
+            values[p.name] = p.value
+    return SetParametersResult(successful=True)
 
 
 def spin(make_node: Callable[[], rclpy.node.Node], prog: str, threads: int, args: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from ..data.sample import CAMERAS, EGO_STATUS_FIELDS
 from . import conversions as conv
 from .conversions import InputError
 from .diagnostics import PlannerStats, build_diagnostics
-from .node_runtime import descriptor, spin
+from .node_runtime import descriptor, set_parameters, spin
 from .extrinsics import RIG_SIZE, Rig, StaticTransforms, load_rig
 from .params import NODE_NAME, PARAMS, resolve_checkpoint, validate
 from .sync import SEC, AnchorSlot, Cached, InputCache, OdomHistory, TemporalState, select_cameras, side_cameras_ready
@@ -122,13 +122,7 @@ class PlannerNode(LifecycleNode):
 
     # ---- parameters ---------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
-        reasons = [r for p in params if (r := validate(p.name, p.value))]
-        if reasons:
-            return SetParametersResult(successful=False, reason="; ".join(reasons))
-        for p in params:
-            if p.name in self._p:
-                self._p[p.name] = p.value
-        return SetParametersResult(successful=True)
+        return set_parameters(params, self._p, validate)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def _autostart(self) -> None:
