@@ -55,6 +55,7 @@ def config(world, stage1, out, steps=2, **llm) -> TrainConfig:
     cfg.schedule.val_every = cfg.schedule.ckpt_every = 0
     cfg.logging.progress = cfg.logging.tensorboard = False
     cfg.stage2.edit_fraction = 1.0
+    cfg.stage2.dual_weight = 1.0
     return cfg
 
 
@@ -102,8 +103,12 @@ def test_stage2_step_has_every_mllm_loss(world, stage1, tmp_path):
     dev = torch.device("cpu")
     _, losses = joint(model_inputs(batch, dev, False), batch["stage2"]["samples"], np.random.default_rng(0),
                       cfg.stage2, future_inputs(batch, dev, 2))
-    for k in ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill"):
+    for k in ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "dual_plan"):
         assert k in losses and torch.isfinite(losses[k]), k
+    # Dual training: the plan from max-pooled ego features reaches the MLLM's ego feature
+    joint.zero_grad()
+    losses["dual_plan"].backward(retain_graph=True)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in joint.mllm.trainable_parameters())
     losses["total"].backward()
     enc_grad = joint.planner.bev_encoder.parameters().__next__().grad
     assert enc_grad is not None and enc_grad.abs().sum() > 0  # MLLM losses reach the scene encoder

@@ -307,7 +307,7 @@ def is_sharded(optim: torch.optim.Optimizer) -> bool:
     return isinstance(optim, ZeroRedundancyOptimizer)
 
 
-MLLM_LOSSES = ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "total")
+MLLM_LOSSES = ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "dual_plan", "total")
 
 
 def load_init(path: str | Path, expect: ModelConfig) -> VisionPlanner:

@@ -4,6 +4,7 @@
          + MLLM losses (model/mllm): QA next-token CE, MLLM planning head, masked BEV
            reconstruction, future BEV prediction (t+1, t+2), scene editing (QA + edited
            plan) and distillation KL(MLLM ego feature || planner ego feature)
+         + dual_weight * L1 of the plan made from max-pooled ego features (Dual)
 
 The scene encoder is the MLLM's tokenizer: the BEAM tokens go to the MLLM *with* their
 gradient, so every MLLM loss also trains the encoder (DiMA's point). The distillation
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from .mllm import EditBatch, MLLMBranch, MLLMTargets, QABatch
-from .planner import VisionPlanner
+from .mllm.losses import masked_trajectory_l1
+from .planner import SceneEncoding, VisionPlanner
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Stage2Config:
     future_bev: bool = True  # future BEV prediction (needs the next keyframes' images)
     mllm_lr_mult: float = 0.5  # MLLM trainable parameters' lr = optim.lr * this
     mllm_weight: float = 1.0  # total = planner loss + mllm_weight * MLLM total
+    # Dual: the planning head also plans from max(planner, MLLM) ego features (see forward)
+    dual_weight: float = 0.0
 
 
 def scene_qa(samples: Sequence, k: int, rng: np.random.Generator) -> QABatch:
@@ -118,7 +122,19 @@ class DiMAJoint(nn.Module):
             samples, planner_ego_feature=pred["ego_feat"].to(dt), edits=edits,
             future_bev=None if fut_bev is None else fut_bev.to(dt),
             future_bev_mask=None if future is None else future["mask"])
-        return pred, self.mllm(beam, qa, targets)
+        mterms = self.mllm(beam, qa, targets)
+        if cfg.dual_weight > 0:
+            # Dual inference max-pools the MLLM's ego feature with the planner's and feeds
+            # the planning head (DIMA.md section 1). A head trained only on its own
+            # feature meets a shifted input there, so it also learns to plan from the
+            # pooled one (our choice; the paper does not say how Dual is trained).
+            enc = SceneEncoding(beam=pred["beam"], perception=pred)
+            dual = self.planner.plan(enc, inputs["command"], mterms["ego_feature"].to(pred["ego_feat"].dtype))
+            dev = dual["plan"].device
+            mterms["dual_plan"] = masked_trajectory_l1(dual["plan"], targets.ego_fut_traj.to(dev),
+                                                       targets.ego_fut_mask.to(dev))
+            mterms["total"] = mterms["total"] + cfg.dual_weight * mterms["dual_plan"].to(mterms["total"].dtype)
+        return pred, mterms
 
 
 def future_frames(dataset_items: Sequence, steps: int) -> dict[str, Any]:
