@@ -7,5 +7,21 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+
+
+@pytest.fixture(scope="session")
+def training_world(tmp_path_factory):
+    """A tiny generated world (2 scenes of 4 s, keyframes only) for the training tests."""
+    from dima_planner.synth.config import SynthConfig
+    from dima_planner.synth.generate import generate
+
+    root = tmp_path_factory.mktemp("training_world")
+    cfg = SynthConfig(seed=1, num_scenes=2, scene_seconds=4.0, scale=0.1, val_fraction=0.5,
+                      traffic_vehicles=3, parked_vehicles=2, pedestrians=2, camera_sweeps=False,
+                      scenarios=("straight", "stop_and_go"))
+    generate(cfg, root, progress=False)
+    return root

@@ -18,16 +18,8 @@ from dima_planner.train import TrainConfig, add_arguments, run, train
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from dima_planner.synth.config import SynthConfig
-    from dima_planner.synth.generate import generate
-
-    root = tmp_path_factory.mktemp("world")
-    cfg = SynthConfig(seed=1, num_scenes=2, scene_seconds=4.0, scale=0.1, val_fraction=0.5,
-                      traffic_vehicles=3, parked_vehicles=2, pedestrians=2, camera_sweeps=False,
-                      scenarios=("straight", "stop_and_go"))
-    generate(cfg, root, progress=False)
-    return root
+def world(training_world):
+    return training_world  # conftest.py: generated once for every training test
 
 
 @pytest.fixture(scope="module")
