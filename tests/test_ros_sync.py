@@ -92,17 +92,17 @@ def test_odometry_interpolation_and_staleness():
 
 def test_temporal_state_order_jump_and_scene_start():
     t = TemporalState()
-    d = t.advance(10 * SEC, pose(0.0, 0.0), 2 * SEC)
+    d = t.advance(10 * SEC, 2 * SEC)
     assert d.scene_start
-    d = t.advance(10 * SEC + 500 * MS, pose(2.0, 0.0), 2 * SEC)
+    d = t.advance(10 * SEC + 500 * MS, 2 * SEC)
     assert not d.scene_start
     assert t.check_order(10 * SEC + 400 * MS, SEC).category == "out_of_order"
     assert t.check_order(10 * SEC + 500 * MS, SEC).category == "out_of_order"  # repeat
     assert t.check_order(11 * SEC, SEC).ok
     jump = t.check_order(1 * SEC, SEC)
     assert jump.category == "time_jump" and jump.reset and t.last_stamp_ns is None and t.resets == 1
-    assert t.advance(1 * SEC, pose(0, 0), 2 * SEC).scene_start
-    assert t.advance(5 * SEC, pose(0, 0), 2 * SEC).scene_start  # gap > max_scene_gap
+    assert t.advance(1 * SEC, 2 * SEC).scene_start
+    assert t.advance(5 * SEC, 2 * SEC).scene_start  # gap > max_scene_gap
 
 
 def test_diagnostics_report_reasons_and_latency():

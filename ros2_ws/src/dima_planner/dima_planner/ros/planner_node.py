@@ -409,7 +409,7 @@ class PlannerNode(LifecycleNode):
 
         # 7. temporal inputs, then the model
         lidar2world = ego2world @ lidar2ego
-        temporal = self._temporal.advance(anchor_ns, lidar2world, int(p["max_scene_gap"] * SEC))
+        temporal = self._temporal.advance(anchor_ns, int(p["max_scene_gap"] * SEC))
         t_model = time.monotonic()
         try:
             # Stamp and pose let the planner pick the BEV of ~0.5 s ago, as in training.

@@ -250,12 +250,10 @@ class TemporalState:
     """Order checks and scene starts across plans (the planner keeps the BEV memory itself)."""
 
     last_stamp_ns: int | None = None
-    last_lidar2world: np.ndarray | None = None
     resets: int = 0
 
     def reset(self) -> None:
         self.last_stamp_ns = None
-        self.last_lidar2world = None
 
     def check_order(self, stamp_ns: int, jump_reset_ns: int) -> TemporalDecision:
         """Reject stamps at or before the last planned one; a large backward jump also resets."""
@@ -273,9 +271,8 @@ class TemporalState:
         return TemporalDecision(False, category="out_of_order",
                                 reason=f"front image stamp is {back:.3f} s older than the last planned one")
 
-    def advance(self, stamp_ns: int, lidar2world: np.ndarray, max_gap_ns: int) -> TemporalDecision:
+    def advance(self, stamp_ns: int, max_gap_ns: int) -> TemporalDecision:
         """Record a planned frame; a first frame or one after a gap starts a new scene."""
-        start = (self.last_stamp_ns is None or self.last_lidar2world is None
-                 or stamp_ns - self.last_stamp_ns > max_gap_ns)
-        self.last_stamp_ns, self.last_lidar2world = stamp_ns, lidar2world
+        start = self.last_stamp_ns is None or stamp_ns - self.last_stamp_ns > max_gap_ns
+        self.last_stamp_ns = stamp_ns
         return TemporalDecision(True, scene_start=start)
