@@ -137,22 +137,36 @@ def test_parameter_validation():
     assert all(spec.check(spec.default) is None for spec in PARAMS.values())
 
 
-def test_relative_checkpoint_resolves_against_cwd_then_share(tmp_path):
+def test_relative_checkpoint_resolves_against_cwd_then_package_roots(tmp_path, monkeypatch):
+    from dima_planner import resources
     from dima_planner.ros.params import resolve_checkpoint
 
     cwd, share = tmp_path / "cwd", tmp_path / "share"
     (share / "checkpoints" / "dima_tiny").mkdir(parents=True)
     cwd.mkdir()
+    monkeypatch.setattr(resources, "resource_roots", lambda: [share])
     # only installed: the share directory's copy (ros2 launch from any directory)
-    got, tried = resolve_checkpoint("checkpoints/dima_tiny", cwd, lambda: share)
+    got, tried = resolve_checkpoint("checkpoints/dima_tiny", cwd)
     assert got == share / "checkpoints" / "dima_tiny"
     assert tried == [cwd / "checkpoints" / "dima_tiny", share / "checkpoints" / "dima_tiny"]
     # a checkout's own checkpoint wins over the installed one
     (cwd / "checkpoints" / "dima_tiny").mkdir(parents=True)
-    assert resolve_checkpoint("checkpoints/dima_tiny", cwd, lambda: share)[0] == cwd / "checkpoints" / "dima_tiny"
+    assert resolve_checkpoint("checkpoints/dima_tiny", cwd)[0] == cwd / "checkpoints" / "dima_tiny"
     # neither: the working-directory candidate (the loader's error names it), both listed
-    got, tried = resolve_checkpoint("checkpoints/other", cwd, lambda: share)
+    got, tried = resolve_checkpoint("checkpoints/other", cwd)
     assert got == cwd / "checkpoints" / "other" and len(tried) == 2
-    # no ament index (plain venv): the working directory only; absolute paths as given
-    assert resolve_checkpoint("checkpoints/other", cwd, lambda: None)[1] == [cwd / "checkpoints" / "other"]
-    assert resolve_checkpoint(str(tmp_path / "abs"), cwd, lambda: share) == (tmp_path / "abs", [tmp_path / "abs"])
+    # no package root at all: the working directory only; absolute paths as given
+    monkeypatch.setattr(resources, "resource_roots", lambda: [])
+    assert resolve_checkpoint("checkpoints/other", cwd)[1] == [cwd / "checkpoints" / "other"]
+    assert resolve_checkpoint(str(tmp_path / "abs"), cwd) == (tmp_path / "abs", [tmp_path / "abs"])
+
+
+def test_package_roots_without_an_ament_environment(monkeypatch):
+    """A plain venv has no AMENT_PREFIX_PATH: ament_index_python raises OSError, which means
+    "not installed there", and the source checkout still provides params and checkpoints."""
+    from dima_planner import resources
+
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    assert resources.ament_share_dir() is None
+    assert resources.find("checkpoints/dima_tiny_stage2/meta.json") is not None
+    assert resources.find("params/fastdds_shm.xml") is not None

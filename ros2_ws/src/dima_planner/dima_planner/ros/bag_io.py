@@ -16,6 +16,7 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from dima_planner import resources
 from dima_planner.data.sample import CAMERAS
 
 # ---- topics (the planner node's defaults) -------------------------------------------------
@@ -62,25 +63,20 @@ TYPES = {
 }
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[5]
-
-
 def _interface_msg_dir(package: str) -> Path | None:
     """Directory of a package's .msg sources: the source tree first, else its ament share dir."""
-    candidates = [
-        _repo_root() / "ros2_ws" / "src" / package / "msg",
-        _repo_root() / "tools" / "interfaces" / package / "msg",
+    root = resources.source_root()
+    candidates = [] if root is None else [
+        root / "ros2_ws" / "src" / package / "msg",
+        root / "tools" / "interfaces" / package / "msg",
     ]
     for c in candidates:
         if c.is_dir() and any(c.glob("*.msg")):
             return c
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        share = Path(get_package_share_directory(package)) / "msg"
-    except (ImportError, LookupError, OSError):  # not installed / no AMENT_PREFIX_PATH
+    share = resources.ament_share_dir(package)
+    if share is None:  # not installed in an ament prefix (or no AMENT_PREFIX_PATH)
         return None
+    share = share / "msg"
     if share.is_dir() and any(share.glob("*.msg")):
         return share
     return None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import resources
+
 DEFAULT_DOMAIN_ID = 42
 PROFILE_NAME = "fastdds_shm.xml"
 # Fast DDS 3 (Kilted) reads FASTDDS_DEFAULT_PROFILES_FILE; the older FASTRTPS_ name still
@@ -24,23 +26,12 @@ LEGACY_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
 
 
 def params_dir() -> Path:
-    """The repository's params/ (source checkout), else the installed share/dima_planner/params."""
-    repo_params = Path(__file__).resolve().parents[5] / "params"
-    if (repo_params / PROFILE_NAME).is_file():
-        return repo_params
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    except ImportError:  # pragma: no cover - ament_index_python is a dependency
-        raise FileNotFoundError(f"params/{PROFILE_NAME} not found next to the sources and "
-                                "ament_index_python is not installed") from None
-    try:
-        share = Path(get_package_share_directory("dima_planner")) / "params"
-    except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset
-        raise FileNotFoundError(f"params/{PROFILE_NAME} not found: not in {repo_params} and the "
-                                "dima_planner package is not installed in an ament prefix") from None
-    if not (share / PROFILE_NAME).is_file():
-        raise FileNotFoundError(f"{share / PROFILE_NAME} does not exist")
-    return share
+    """The params/ directory that holds the Fast DDS profile (see resources.resource_roots)."""
+    found = resources.find(Path("params") / PROFILE_NAME)
+    if found is None:
+        tried = ", ".join(str(c) for c in resources.candidates(Path("params") / PROFILE_NAME))
+        raise FileNotFoundError(f"params/{PROFILE_NAME} not found (looked in: {tried or 'no package root'})")
+    return found.parent
 
 
 def fastdds_profile_path() -> Path:

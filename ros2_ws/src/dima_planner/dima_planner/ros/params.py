@@ -14,8 +14,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .. import resources
 from ..data.sample import CAMERAS
 
 NODE_NAME = "dima_planner"
@@ -177,35 +178,21 @@ def flatten_ros_params(doc: dict, node_name: str = NODE_NAME) -> dict[str, Any]:
     return out
 
 
-def _share_dir() -> Path | None:
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    except ImportError:  # no ament index (plain venv): only the working directory applies
-        return None
-    try:
-        return Path(get_package_share_directory("dima_planner"))
-    except (PackageNotFoundError, LookupError, ValueError):
-        return None
-
-
-def resolve_checkpoint(value: str, cwd: str | Path | None = None,
-                       share_dir: Callable[[], Path | None] = _share_dir) -> tuple[Path, list[Path]]:
+def resolve_checkpoint(value: str, cwd: str | Path | None = None) -> tuple[Path, list[Path]]:
     """(checkpoint directory to load, every candidate tried, in order).
 
     Absolute (or ~) paths are used as given. A relative path is looked up in the working
-    directory first (a source checkout, `dima demo`), then in the installed package's share
-    directory (`ros2 launch` on a colcon install, whose working directory is arbitrary).
-    When neither exists the first candidate is returned, so the loader's error names it and
+    directory first, then where the package's own files are (resources.resource_roots: the
+    source checkout, the ament share directory, the venv's share directory), so that the
+    default works from any directory with or without a sourced ament environment.
+    When none exists the first candidate is returned, so the loader's error names it and
     the caller can list the others.
     """
     path = Path(os.path.expanduser(value))
     if path.is_absolute():
         return path, [path]
-    candidates = [Path(cwd or os.getcwd()) / path]
-    share = share_dir()
-    if share is not None:
-        candidates.append(share / path)
-    for c in candidates:
+    tried = resources.candidates(path, cwd or os.getcwd())
+    for c in tried:
         if c.is_dir():
-            return c, candidates
-    return candidates[0], candidates
+            return c, tried
+    return tried[0], tried

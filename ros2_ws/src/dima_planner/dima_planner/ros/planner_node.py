@@ -61,6 +61,31 @@ class _CycleSkip(Exception):
         self.category, self.reason = category, reason
 
 
+def _guarded(transition):
+    """Any exception in a lifecycle transition is logged with its traceback and reported in
+    /diagnostics (the model status' `error`) instead of rclpy's bare "error during a
+    transition". A failed configure releases what it made and stays `unconfigured`
+    (FAILURE); any other transition returns ERROR, whose on_error releases everything."""
+    name = transition.__name__.removeprefix("on_")
+
+    def run(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            return transition(self, state)
+        except Exception as e:  # noqa: BLE001 - the point is to catch everything, with its reason
+            self.get_logger().error(f"{name} failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            self._model_error = f"{name} failed: {type(e).__name__}: {e}"
+            if name != "configure":
+                return TransitionCallbackReturn.ERROR
+            try:
+                self._release()
+            except Exception as release_error:  # noqa: BLE001
+                self.get_logger().error(f"releasing after the failed configure: {release_error}")
+            return TransitionCallbackReturn.FAILURE
+
+    run.__name__ = transition.__name__
+    return run
+
+
 def model_id_of(checkpoint: Path) -> str:
     """Checkpoint directory name and the first 12 hex digits of its weights' sha256."""
     try:
@@ -131,12 +156,13 @@ class PlannerNode(LifecycleNode):
         if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
 
-    def _fail(self, reason: str) -> TransitionCallbackReturn:
+    def _fail(self, reason: str) -> TransitionCallbackReturn:  # configure failed for a known reason
         self._model_error = reason
         self.get_logger().error(f"configure failed: {reason}")
         self._release()
         return TransitionCallbackReturn.FAILURE
 
+    @_guarded
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self._p
         self._model_error = ""
@@ -171,6 +197,7 @@ class PlannerNode(LifecycleNode):
         self._state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
+    @_guarded
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._reset_temporal()
         self._stats.reset()
@@ -182,15 +209,18 @@ class PlannerNode(LifecycleNode):
         self.get_logger().info("active: planning on every front camera image")
         return super().on_activate(state)
 
+    @_guarded
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
         self._state = "inactive"
         return super().on_deactivate(state)
 
+    @_guarded
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    @_guarded
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
         self._state = "finalized"

@@ -1,0 +1,72 @@
+"""The node starts the way the README starts it: the console entry point, its defaults, a
+plain venv environment (no AMENT_PREFIX_PATH, nothing sourced), from an unrelated directory.
+
+Regression test for the documented start that stayed `unconfigured` forever: the checkpoint
+lookup raised OSError from ament_index_python when AMENT_PREFIX_PATH was unset.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lifecycle_msgs.srv import GetState
+
+from dds_harness import REPO, TestNode
+from dima_planner.ros.env import pid_domain_id
+
+pytestmark = pytest.mark.ros
+ENTRY = Path(sys.executable).parent / "dima_planner_node"
+
+
+def _clean_env(domain: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AMENT_", "COLCON_", "ROS_", "PYTHONPATH", "RMW_", "FASTDDS_", "FASTRTPS_"))}
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def _lifecycle_state(probe: TestNode, node: str, timeout: float) -> str | None:
+    client = probe.node.create_client(GetState, f"/{node}/get_state")
+    deadline = time.monotonic() + timeout
+    label = None
+    while time.monotonic() < deadline:
+        if client.wait_for_service(timeout_sec=1.0):
+            future = client.call_async(GetState.Request())
+            end = time.monotonic() + 5.0
+            while not future.done() and time.monotonic() < end:
+                time.sleep(0.05)
+            if future.done() and future.result() is not None:
+                label = future.result().current_state.label
+                if label == "active":
+                    return label
+        time.sleep(0.5)
+    return label
+
+
+@pytest.mark.parametrize("args", [[], ["--ros-args", "--params-file", str(REPO / "params/ros/planner.yaml")]],
+                         ids=["defaults", "documented-params-file"])
+def test_console_entry_point_reaches_active_with_defaults(tmp_path, args):
+    assert ENTRY.is_file(), f"{ENTRY} is not installed (make setup)"
+    domain = pid_domain_id(31 + len(args))
+    proc = subprocess.Popen([str(ENTRY), *args], cwd=tmp_path, env=_clean_env(domain),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    probe = TestNode("start_probe", domain)
+    try:
+        state = _lifecycle_state(probe, "dima_planner", timeout=90.0)
+    finally:
+        probe.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            out = proc.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    assert state == "active", f"node state {state!r}; its output:\n{out}"
+    assert "failed" not in out.lower(), out
