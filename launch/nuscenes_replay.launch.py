@@ -7,11 +7,13 @@ reliable QoS of params/ros/replay.yaml. /tf_static is recorded transient-local b
 converter, so the camera extrinsics survive the replay.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, SetEnvironmentVariable, TimerAction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, ExecuteProcess, SetEnvironmentVariable, TimerAction
 from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
+
+from dima_planner.ros.env import launch_dds_environment
 
 
 def generate_launch_description():
@@ -28,8 +30,8 @@ def generate_launch_description():
         DeclareLaunchArgument("domain_id", default_value=EnvironmentVariable("ROS_DOMAIN_ID", default_value="42")),
         SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
         SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id")),
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
-                               PathJoinSubstitution([share, "params", "fastdds_shm.xml"])),
+        # Fast DDS profile for the discovery range, under the variable this distro reads.
+        OpaqueFunction(function=launch_dds_environment),
         LifecycleNode(
             package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
             output="screen",

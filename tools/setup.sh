@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # One-command, idempotent set-up of the dima development environment on a fresh
 # Debian 12 machine with Python 3.11:
-#   1. a venv at .venv with the pinned requirements (ROS 2 Kilted wheels, torch CPU, ...);
+#   1. a venv at .venv with the pinned requirements: ROS 2 Jazzy wheels by default
+#      (tools/requirements-ros-jazzy.txt), Kilted with `ROS_DISTRO=kilted make setup`
+#      (tools/requirements-ros-kilted.txt), plus torch CPU, ... (tools/requirements.txt);
 #   2. the ROS wheels' CMake exports fixed to point at this interpreter's headers;
 #   3. dima_msgs (and tf2_msgs where the ROS environment lacks it) built with plain
 #      cmake into the venv prefix, so they import without sourcing anything;
 #   4. the dima_planner package installed editable (console entry points in .venv/bin).
 # Each step records a stamp (a hash of its inputs) and is skipped when nothing changed,
-# so a second run takes about a second.
+# so a second run takes about a second. A venv made for another distro is removed and
+# made again from scratch (the distro stamp): ROS wheels of two distros never mix.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,19 +24,43 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 stamp_ok() { [ -f "$stamps/$1" ] && [ "$(cat "$stamps/$1")" = "$2" ]; }
 stamp_set() { mkdir -p "$stamps"; echo "$2" >"$stamps/$1"; }
 
+# 0. ROS distro ------------------------------------------------------------------------
+# ROS_DISTRO when set (`ROS_DISTRO=kilted make setup`, or a sourced ROS environment);
+# unset: the distro the venv was made for (so `make test` after a kilted setup tests
+# kilted), else the LTS, jazzy. A venv older than the distro stamp was Kilted: remade.
+distro="${ROS_DISTRO:-$(cat "$stamps/distro" 2>/dev/null || echo jazzy)}"
+ros_req="$root/tools/requirements-ros-$distro.txt"
+if [ ! -f "$ros_req" ]; then
+  supported=$(cd "$root/tools" && ls requirements-ros-*.txt | sed 's/requirements-ros-\(.*\)\.txt/\1/' | tr '\n' ' ')
+  echo "dima setup: no ROS wheels for ROS_DISTRO=$distro; supported: $supported" >&2
+  exit 1
+fi
+if [ -x "$venv/bin/python" ] && ! stamp_ok distro "$distro"; then
+  if [ ! -d "$stamps" ]; then
+    echo "dima setup: $venv exists but was not made by this script; remove it or set DIMA_VENV=" >&2
+    exit 1
+  fi
+  say "$venv was made for ROS $(cat "$stamps/distro" 2>/dev/null || echo kilted); making it again for $distro"
+  rm -rf "$venv"
+fi
+
 # 1. venv + requirements ------------------------------------------------------------
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-    || { echo "dima needs Python 3.11 (the ROS 2 Kilted wheels are cp311); set PYTHON=" >&2; exit 1; }
-  say "creating $venv"
+    || { echo "dima needs Python 3.11 (the ROS 2 wheels are cp311); set PYTHON=" >&2; exit 1; }
+  say "creating $venv (ROS 2 $distro)"
   "$python" -m venv "$venv"
+  # The venv's share/ holds the ROS wheels' package.xml files: a colcon workspace with this
+  # repository in src/ must not take them for source packages.
+  touch "$venv/COLCON_IGNORE"
+  stamp_set distro "$distro"
 fi
 py="$venv/bin/python"
-req_hash=$(hash_of "$root/tools/requirements.txt" "$root/tools/requirements-nodeps.txt")
+req_hash=$(hash_of "$root/tools/requirements.txt" "$ros_req" "$root/tools/requirements-nodeps.txt")
 if ! stamp_ok requirements "$req_hash"; then
   say "installing pinned requirements (first time: a few minutes)"
   "$py" -m pip install -q --upgrade pip wheel setuptools
-  "$py" -m pip install -q -r "$root/tools/requirements.txt"
+  "$py" -m pip install -q -r "$ros_req" -r "$root/tools/requirements.txt"
   # Packages whose declared dependencies must not be installed (see the file's comments).
   "$py" -m pip install -q --no-deps -r "$root/tools/requirements-nodeps.txt"
   rm -f "$stamps/cmake-fix" "$stamps/dima_msgs" "$stamps/tf2_msgs"
@@ -79,4 +106,4 @@ if ! stamp_ok dima_planner "$pkg_hash" || [ ! -x "$venv/bin/dima" ]; then
   "$py" -m pip install -q --no-deps --no-build-isolation -e "$root/ros2_ws/src/dima_planner"
   stamp_set dima_planner "$pkg_hash"
 fi
-say "environment ready: $venv"
+say "environment ready: $venv (ROS 2 $distro)"

