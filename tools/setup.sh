@@ -59,7 +59,7 @@ py="$venv/bin/python"
 req_hash=$(hash_of "$root/tools/requirements.txt" "$ros_req" "$root/tools/requirements-nodeps.txt")
 if ! stamp_ok requirements "$req_hash"; then
   say "installing pinned requirements (first time: a few minutes)"
-  "$py" -m pip install -q --upgrade pip wheel setuptools
+  "$py" -m pip install -q --upgrade pip wheel  # setuptools: pinned in requirements.txt (colcon)
   "$py" -m pip install -q -r "$ros_req" -r "$root/tools/requirements.txt"
   # Packages whose declared dependencies must not be installed (see the file's comments).
   "$py" -m pip install -q --no-deps -r "$root/tools/requirements-nodeps.txt"

@@ -23,6 +23,7 @@ BAG_COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("dima_planner.ros.bag_play", "replay a rosbag2 through rclpy with original timing"),
     "eval": ("dima_planner.ros.bag_eval", "score a recorded run of the node against the GT in the bag"),
     "record": ("dima_planner.ros.bag_record", "record topics into a rosbag2 (MCAP)"),
+    "info": ("dima_planner.ros.bag_info", "what `ros2 bag info` prints: duration, topics, counts, compression"),
 }
 
 

@@ -46,7 +46,7 @@ class DemoConfig:
     node_params: list[str] = field(default_factory=lambda: [
         "params/ros/planner.yaml", "params/ros/replay.yaml", "params/ros/demo.yaml"])
     node_ready_timeout: float = 180.0
-    domain_id: int = 61
+    domain_id: int | None = None  # None: the user's ROS_DOMAIN_ID, else 42 (ros.env); a number forces it
     with_mllm: bool = True  # start dima_mllm_node beside the planner and print its reasoning
     mllm_params: list[str] = field(default_factory=lambda: ["params/ros/mllm.yaml"])
     mllm_checkpoint: str = ""  # MLLM branch (Q-Formers, LoRA, heads); "" = the untrained branch

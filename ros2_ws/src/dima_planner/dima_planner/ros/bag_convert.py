@@ -5,8 +5,10 @@ or the generated world) and writes, per scene in time order:
 
   /cam_*/image_raw[/compressed]  sensor_msgs/Image rgb8 | CompressedImage (JPEG file bytes)
   /cam_*/camera_info             sensor_msgs/CameraInfo, K/P scaled to the image size
-  /tf_static                     base_link -> cam_*_optical, lidar_top (transient local)
-  /tf, /odom                     map -> base_link at every ego pose of the written sensors
+  /tf_static                     map -> odom (identity), base_link -> cam_*_optical, lidar_top
+                                 (transient local)
+  /tf, /odom                     odom -> base_link at every ego pose of the written sensors
+                                 (REP-105: map -> odom -> base_link; /odom is in odom)
   /dima/command                  dima_msgs/DrivingCommand from the GT future (VAD rule)
   /dima/gt/ego_future            nav_msgs/Path in base_link: the valid GT future steps only
   /dima/gt/sample                std_msgs/String JSON: sample token, stamps, LiDAR-frame GT
@@ -15,9 +17,12 @@ or the generated world) and writes, per scene in time order:
 Header stamps and record times are the sample_data timestamps (us -> ns). The command
 and GT messages of a keyframe carry its CAM_FRONT stamp (the planner node stamps its
 output with the front image it used, so `dima bag eval` matches on it).
-If scenes overlap in time (a generated world may start every scene at the same clock)
-later scenes are shifted so that the bag's time only moves forward; the shift is
-written into /dima/gt/sample as `time_offset_ns` and logged.
+Scenes follow each other `scene_gap` seconds apart (default 3 s: more than the node's
+max_scene_gap, so it starts a new scene; far less than nuScenes' real gaps between scenes,
+hours apart, which `ros2 bag play` would sit through). Each scene's shift is written into
+/dima/gt/sample as `time_offset_ns`. `keep_time` keeps the recorded times (only scenes that
+overlap in time are moved); `per_scene` writes one bag per scene under the output directory.
+Chunks are zstd-compressed like `ros2 bag record`'s default (compression='none': plain).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from dima_planner.ros.frames import (
     BASE_FRAME,
     LIDAR_FRAME,
     MAP_FRAME,
+    ODOM_FRAME,
     lidar_xy_to_base_link,
     matrix_to_quat_xyzw,
     optical_frame,
@@ -48,7 +54,7 @@ from dima_planner.ros.frames import (
 )
 
 LIDAR = "LIDAR_TOP"
-SCENE_GAP_NS = 1_000_000_000
+SCENE_GAP_S = 3.0
 # Version of the /dima/gt/sample content; bump when it changes (2: front_lidar2lidar).
 GT_FORMAT = 2
 
@@ -268,7 +274,10 @@ def camera_info(b: Builder, ns: int, cam: str, intrinsic: np.ndarray, size: tupl
 def image_msg(b: Builder, ns: int, cam: str, path: Path, compressed: bool):
     if compressed:
         data = path.read_bytes()
-        fmt = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else path.suffix.lower().lstrip(".")
+        codec = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else path.suffix.lower().lstrip(".")
+        if codec not in bag_io.COMPRESSED_FORMATS:
+            raise BagConvertError(f"cannot publish {path} as CompressedImage: only JPEG and PNG files")
+        fmt = bag_io.COMPRESSED_FORMATS[codec]
         return b.s.types["sensor_msgs/msg/CompressedImage"](
             header=b.header(ns, optical_frame(cam)), format=fmt, data=np.frombuffer(data, dtype=np.uint8))
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -301,7 +310,7 @@ def odometry_msgs(b: Builder, poses: list[tuple[int, np.ndarray]]):
                 wz = float((dyaw + np.pi) % (2 * np.pi) - np.pi) / dt
         twist = Twist(linear=b.Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2])),
                       angular=b.Vector3(x=0.0, y=0.0, z=wz))
-        out.append((ns, Odom(header=b.header(ns, MAP_FRAME), child_frame_id=BASE_FRAME,
+        out.append((ns, Odom(header=b.header(ns, ODOM_FRAME), child_frame_id=BASE_FRAME,
                              pose=PoseCov(pose=b.pose(m), covariance=np.zeros(36)),
                              twist=TwistCov(twist=twist, covariance=np.zeros(36)))))
     return out
@@ -326,7 +335,8 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
         seq += 1
 
     start = plan.start_ns
-    static_tfs = [b.transform(start + off, BASE_FRAME, child, m) for child, m in plan.static.items()]
+    static_tfs = [b.transform(start + off, MAP_FRAME, ODOM_FRAME, np.eye(4))]
+    static_tfs += [b.transform(start + off, BASE_FRAME, child, m) for child, m in plan.static.items()]
     add(start, "tf_static", bag_io.TF_STATIC_TOPIC, lambda: (b.tf(static_tfs), bag_io.TYPES["tf"]))
 
     # Ego poses at every written sensor timestamp.
@@ -338,7 +348,7 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
                 poses[ns] = record_matrix(nusc.get("ego_pose", sd["ego_pose_token"]))
     pose_list = sorted(poses.items())
     for ns, m in pose_list:
-        tfm = b.transform(ns + off, MAP_FRAME, BASE_FRAME, m)
+        tfm = b.transform(ns + off, ODOM_FRAME, BASE_FRAME, m)
         add(ns, "tf", bag_io.TF_TOPIC, lambda tfm=tfm: (b.tf([tfm]), bag_io.TYPES["tf"]))
     for ns, msg in odometry_msgs(b, [(ns + off, m) for ns, m in pose_list]):
         add(ns - off, "odom", bag_io.ODOM_TOPIC, lambda msg=msg: (msg, bag_io.TYPES["odom"]))
@@ -421,13 +431,29 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
     return ev
 
 
+def place_scenes(plans: list[ScenePlan], scene_gap: float = SCENE_GAP_S, keep_time: bool = False) -> None:
+    """Set each plan's offset_ns so the bag's time only moves forward: every scene starts
+    `scene_gap` s after the previous one ends; keep_time moves only scenes that overlap."""
+    gap = int(round(scene_gap * 1e9))
+    end = None
+    for plan in plans:
+        plan.offset_ns = 0
+        if end is not None and (not keep_time or plan.start_ns <= end):
+            plan.offset_ns = end + gap - plan.start_ns
+        end = plan.end_ns + plan.offset_ns
+
+
 def convert(dataroot: str | Path, out: str | Path, version: str | None = None, scenes: list[str] | None = None,
             split: str | None = None, compressed: bool = False, keyframes_only: bool = False,
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Write the bag; returns a summary {topic: count, ...}. Raises BagConvertError on bad input."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
+            overwrite: bool = False, progress: bool = True, scene_gap: float = SCENE_GAP_S,
+            keep_time: bool = False, per_scene: bool = False, compression: str = "zstd") -> dict:
+    """Write the bag (per_scene: one bag per scene, out/<scene name>); returns a summary
+    {topics: {topic: count}, scenes, seconds, out, bags}. Raises BagConvertError on bad input."""
     dataroot = Path(dataroot)
+    if scene_gap < 0:
+        raise BagConvertError(f"scene gap must be >= 0 s, got {scene_gap}")
+    if compression not in bag_io.COMPRESSIONS:
+        raise BagConvertError(f"compression {compression!r} is not one of {list(bag_io.COMPRESSIONS)}")
     nusc = load_nuscenes(dataroot, version)
     version = nusc.version
     chosen = select_scenes(nusc, dataroot, version, scenes, split)
@@ -439,50 +465,57 @@ def convert(dataroot: str | Path, out: str | Path, version: str | None = None, s
     for plan in plans:
         for cam, recs in plan.cams.items():
             plan.image_size[cam] = image_size(Path(nusc.dataroot) / recs[0]["filename"])
-    # Keep the bag's clock monotonic across scenes.
-    end = None
-    for plan in plans:
-        if end is not None and plan.start_ns <= end:
-            plan.offset_ns = end + SCENE_GAP_NS - plan.start_ns
-            print(f"[dima bag convert] scene {plan.scene['name']} overlaps the previous one in time: "
-                  f"shifted by {plan.offset_ns * 1e-9:.3f} s", file=sys.stderr)
-        end = plan.end_ns + plan.offset_ns
 
     store = bag_io.make_typestore()
     b = Builder(store)
-    n_images = sum(len(r) for p in plans for r in p.cams.values())
-    counts: dict[str, int] = {}
     t0 = time.perf_counter()
+    counts: dict[str, int] = {}
+    out = Path(out)
+    if per_scene:
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise bag_io.BagExistsError(f"output {out} already exists (use --overwrite to replace it)")
+        bags = [(out / plan.scene["name"], [plan]) for plan in plans]
+    else:
+        place_scenes(plans, scene_gap, keep_time)
+        bags = [(out, plans)]
+    n_images = sum(len(r) for p in plans for r in p.cams.values())
+    with tqdm(total=n_images, unit="img", desc="bag convert", disable=not progress) as bar:
+        for bag_out, bag_plans in bags:
+            _write_bag(nusc, b, bag_out, bag_plans, dataroot, compressed, compression, overwrite, counts, bar)
+    return {"topics": counts, "scenes": [p.scene["name"] for p in plans], "seconds": time.perf_counter() - t0,
+            "out": str(out.resolve()), "bags": [str(o.resolve()) for o, _ in bags]}
+
+
+def _write_bag(nusc, b: Builder, out: Path, plans: list[ScenePlan], dataroot: Path, compressed: bool,
+               compression: str, overwrite: bool, counts: dict[str, int], bar) -> None:
     with bag_io.atomic_bag_dir(out, overwrite=overwrite) as tmp:
-        writer = Writer(tmp, version=9, storage_plugin=StoragePlugin.MCAP)
+        writer = bag_io.open_writer(tmp, compression)
         writer.set_custom_data("dima.dataroot", str(dataroot.resolve()))
-        writer.set_custom_data("dima.version", version)
+        writer.set_custom_data("dima.version", nusc.version)
         writer.set_custom_data("dima.scenes", ",".join(p.scene["name"] for p in plans))
+        writer.set_custom_data("dima.time_offsets_ns", ",".join(str(p.offset_ns) for p in plans))
         writer.set_custom_data("dima.images", "compressed" if compressed else "rgb8")
         conns: dict[str, object] = {}
 
         def conn(topic: str, typename: str):
             if topic not in conns:
                 qos = bag_io.recorded_qos(transient_local=(topic == bag_io.TF_STATIC_TOPIC))
-                conns[topic] = writer.add_connection(topic, typename, typestore=store, offered_qos_profiles=[qos])
+                conns[topic] = writer.add_connection(topic, typename, typestore=b.s, offered_qos_profiles=[qos])
             return conns[topic]
 
         writer.open()
         try:
-            with tqdm(total=n_images, unit="img", desc="bag convert", disable=not progress) as bar:
-                for plan in plans:
-                    for ns, _prio, _seq, topic, thunk in scene_events(nusc, b, plan, compressed):
-                        msg, typename = thunk()
-                        writer.write(conn(topic, typename), ns, b.ser(msg, typename))
-                        counts[topic] = counts.get(topic, 0) + 1
-                        if topic.endswith(("/image_raw", "/compressed")):
-                            bar.update(1)
+            for plan in plans:
+                for ns, _prio, _seq, topic, thunk in scene_events(nusc, b, plan, compressed):
+                    msg, typename = thunk()
+                    writer.write(conn(topic, typename), ns, b.ser(msg, typename))
+                    counts[topic] = counts.get(topic, 0) + 1
+                    if topic.endswith(("/image_raw", "/compressed")):
+                        bar.update(1)
             writer.close()
         except BaseException:
             writer.abort()
             raise
-    return {"topics": counts, "scenes": [p.scene["name"] for p in plans], "seconds": time.perf_counter() - t0,
-            "out": str(Path(out).resolve())}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -498,6 +531,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keyframes-only", action="store_true",
                         help="only 2 Hz keyframes (default: keyframes and sweeps, 12 Hz cameras)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--scene-gap", type=float, default=SCENE_GAP_S, metavar="SECONDS",
+                        help=f"time between consecutive scenes in the bag (default {SCENE_GAP_S:g} s; the real "
+                             "gaps between nuScenes scenes are hours)")
+    parser.add_argument("--keep-time", action="store_true",
+                        help="keep the recorded times (only overlapping scenes are moved)")
+    parser.add_argument("--per-scene", action="store_true", help="one bag per scene: OUT/<scene name>")
+    parser.add_argument("--compression", choices=bag_io.COMPRESSIONS, default="zstd",
+                        help="MCAP chunk compression (default zstd, as ros2 bag record)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -505,13 +546,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = convert(args.dataroot, args.out, version=args.version, scenes=args.scenes, split=args.split,
                           compressed=args.compressed, keyframes_only=args.keyframes_only,
-                          overwrite=args.overwrite, progress=not args.no_progress)
+                          overwrite=args.overwrite, progress=not args.no_progress, scene_gap=args.scene_gap,
+                          keep_time=args.keep_time, per_scene=args.per_scene, compression=args.compression)
     except (BagConvertError, bag_io.BagExistsError) as exc:
         print(f"dima bag convert: error: {exc}", file=sys.stderr)
         return 2
     total = sum(summary["topics"].values())
-    print(f"wrote {summary['out']}: {len(summary['scenes'])} scene(s), {total} messages in "
-          f"{summary['seconds']:.1f} s")
+    where = summary["out"] if len(summary["bags"]) == 1 else f"{len(summary['bags'])} bags in {summary['out']}"
+    print(f"wrote {where}: {len(summary['scenes'])} scene(s), {total} messages in {summary['seconds']:.1f} s")
     for topic, n in sorted(summary["topics"].items()):
         print(f"  {topic:40s} {n}")
     return 0

@@ -35,6 +35,11 @@ def camera_info_topic(camera: str) -> str:
     return f"{camera_ns(camera)}/camera_info"
 
 
+# sensor_msgs/CompressedImage.format as compressed_image_transport writes it
+# ("ORIG_PIXFMT; CODEC compressed COMPRESSED_PIXFMT"): decoding gives back the rgb8 image the
+# raw topic carries. Used by the bags and the node's image encoder alike.
+COMPRESSED_FORMATS = {"jpeg": "rgb8; jpeg compressed bgr8", "png": "rgb8; png compressed bgr8"}
+
 TF_TOPIC = "/tf"
 TF_STATIC_TOPIC = "/tf_static"
 ODOM_TOPIC = "/odom"
@@ -82,13 +87,21 @@ def _interface_msg_dir(package: str) -> Path | None:
     return None
 
 
+def typestore_distro() -> Stores:
+    """The rosbags store of the running ROS distro (Jazzy unless it is Kilted): the message
+    definitions and RIHS01 hashes written into bags are those of the distro that reads them."""
+    from dima_planner.ros.env import ros_distro
+
+    return {"kilted": Stores.ROS2_KILTED}.get(ros_distro(), Stores.ROS2_JAZZY)
+
+
 def make_typestore() -> Typestore:
-    """Kilted message definitions plus dima_msgs (and tf2_msgs if the store lacked it).
+    """The running distro's message definitions plus dima_msgs (and tf2_msgs if the store lacked it).
 
     Types are parsed from the .msg sources so that the definitions written into the bag
     (with every nested dependency) and their RIHS01 hashes equal what rosidl generates.
     """
-    store = get_typestore(Stores.ROS2_KILTED)
+    store = get_typestore(typestore_distro())
     extra: dict = {}
     for package in ("dima_msgs", "tf2_msgs"):
         if package == "tf2_msgs" and "tf2_msgs/msg/TFMessage" in store.types:
@@ -101,6 +114,25 @@ def make_typestore() -> Typestore:
             extra.update(get_types_from_msg(path.read_text(), f"{package}/msg/{path.stem}"))
     store.register(extra)
     return store
+
+
+# ---- writing -----------------------------------------------------------------------------
+
+COMPRESSIONS = ("zstd", "none")
+
+
+def open_writer(path: str | Path, compression: str = "zstd"):
+    """A rosbag2 (version 9, MCAP) Writer, not yet opened. compression='zstd' compresses each
+    MCAP chunk with zstd, as `ros2 bag record` does by default (readers decompress it
+    transparently); 'none' writes plain chunks."""
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression {compression!r} is not one of {list(COMPRESSIONS)}")
+    writer = Writer(Path(path), version=9, storage_plugin=StoragePlugin.MCAP)
+    if compression == "zstd":
+        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    return writer
 
 
 # ---- QoS ---------------------------------------------------------------------------------

@@ -25,9 +25,8 @@ class TopicRecorder:
     """
 
     def __init__(self, node, out: str | Path, topics: dict[str, str] | list[str], discovery_timeout: float = 5.0,
-                 depth: int = 100):
+                 depth: int = 100, compression: str = "zstd"):
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from rosbags.rosbag2 import StoragePlugin, Writer
 
         from dima_planner.ros.bag_play import message_class
 
@@ -40,8 +39,8 @@ class TopicRecorder:
         self.store = bag_io.make_typestore()
         unknown = [t for t in topics.values() if t not in self.store.types]
         if unknown:
-            raise ValueError(f"no message definition for {unknown} (not in the Kilted store or dima_msgs)")
-        self.writer = Writer(self.out, version=9, storage_plugin=StoragePlugin.MCAP)
+            raise ValueError(f"no message definition for {unknown} (not in the ROS store or dima_msgs)")
+        self.writer = bag_io.open_writer(self.out, compression)
         self.writer.open()
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}
@@ -104,13 +103,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topics", nargs="+", required=True, metavar="TOPIC[:=pkg/msg/Type]")
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to record (0: until Ctrl-C)")
     parser.add_argument("--use-sim-time", action="store_true", help="stamp record times with /clock")
+    parser.add_argument("--compression", choices=bag_io.COMPRESSIONS, default="zstd",
+                        help="MCAP chunk compression (default zstd, as ros2 bag record)")
     parser.add_argument("--domain-id", type=int, default=None)
 
 
 def run(args: argparse.Namespace) -> int:
     apply_ros_env_defaults(args.domain_id)
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     rclpy.init()
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     rec = None
     try:
         try:
-            rec = TopicRecorder(node, args.out, parse_topics(args.topics))
+            rec = TopicRecorder(node, args.out, parse_topics(args.topics), compression=args.compression)
         except (FileExistsError, ValueError, RuntimeError) as exc:
             print(f"dima bag record: error: {exc}", file=sys.stderr)
             return 2
@@ -129,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             while rclpy.ok() and (end is None or time.monotonic() < end):
                 ex.spin_once(timeout_sec=0.1)
-        except KeyboardInterrupt:
-            pass
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass  # Ctrl-C (rclpy's signal handler shuts the context down first): finish the bag
         counts = rec.close()
         print(f"recorded {sum(counts.values())} messages into {args.out}")
         for topic, n in sorted(counts.items()):

@@ -126,3 +126,19 @@ def apply_ros_env_defaults(domain_id: int | None = None) -> dict[str, str]:
 def pid_domain_id(offset: int = 0) -> int:
     """A domain id derived from the process id, for tests that run in parallel."""
     return 100 + (os.getpid() * 7 + offset) % 100
+
+
+def main() -> int:
+    """`python3 -m dima_planner.ros.env`: print the environment dima would use as shell
+    exports, for processes dima does not start itself (`ros2 bag play`, other nodes):
+        eval "$(python3 -m dima_planner.ros.env)"
+    """
+    import shlex
+
+    for key, value in apply_ros_env_defaults().items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

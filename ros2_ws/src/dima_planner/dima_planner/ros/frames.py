@@ -21,6 +21,9 @@ import transforms3d
 LIDAR_FRAME = "lidar_top"
 BASE_FRAME = "base_link"
 MAP_FRAME = "map"
+# REP-105: map -> odom -> base_link. The bags carry the nuScenes ego pose (smooth and
+# globally consistent) as odom -> base_link, with an identity map -> odom on /tf_static.
+ODOM_FRAME = "odom"
 
 
 def optical_frame(camera: str) -> str:

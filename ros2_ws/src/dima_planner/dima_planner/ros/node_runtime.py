@@ -56,7 +56,8 @@ def spin(make_node: Callable[[], rclpy.node.Node], prog: str, threads: int, args
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, InvalidParameterValueException) as e:
-        print(f"{prog}: invalid parameters: {e}", file=sys.stderr)
+        reason = str(e).removeprefix("invalid parameters: ")  # nodes may already say so: say it once
+        print(f"{prog}: invalid parameters: {reason}", file=sys.stderr)
         return 2
     finally:
         if node is not None:

@@ -50,9 +50,27 @@ class ParamSpec:
         return None
 
 
-# nuScenes-bag topic names (bag_io: what `dima bag convert` writes), VAD camera order.
-DEFAULT_CAMERA_TOPICS = {cam: f"/{cam.lower()}/image_raw" for cam in CAMERAS}
-DEFAULT_INFO_TOPICS = {cam: f"/{cam.lower()}/camera_info" for cam in CAMERAS}
+# Topic names are relative (no leading '/'): they resolve in the node's namespace, so
+# `-r __ns:=/car1` moves every input and output under /car1, and remaps apply. In the root
+# namespace they are the names `dima bag convert` writes (/cam_front/image_raw, /odom,
+# /dima/command ...); params/ros/absolute_topics.yaml pins those absolute names for a
+# namespaced node that listens to a global bag. /tf_static, /diagnostics and /clock stay
+# absolute (tf2 and ROS conventions). VAD camera order.
+DEFAULT_CAMERA_TOPICS = {cam: f"{cam.lower()}/image_raw" for cam in CAMERAS}
+DEFAULT_INFO_TOPICS = {cam: f"{cam.lower()}/camera_info" for cam in CAMERAS}
+# Outputs: parameter name -> (default, message type, what it carries).
+OUTPUT_TOPICS = {
+    "path_topic": ("dima/path", "nav_msgs/Path", "the plan in base_frame"),
+    "world_path_topic": ("dima/path_odom", "nav_msgs/Path",
+                         "the plan in the odometry's frame (REP-105 odom; name the topic after that frame, "
+                         "e.g. dima/path_map where the odometry is in map)"),
+    "trajectory_topic": ("dima/trajectory", "dima_msgs/PlannedTrajectory",
+                         "the plan in base_frame with timing, command and model id"),
+    "scene_tokens_topic": ("dima/scene_tokens", "dima_msgs/SceneTokens",
+                           "BEAM scene tokens for the MLLM node (built only while subscribed)"),
+    "markers_topic": ("dima/markers", "visualization_msgs/MarkerArray",
+                      "agents, map elements and the plan (only while subscribed)"),
+}
 
 _TOPIC = r"~?/?[A-Za-z_][A-Za-z0-9_/{}~]*"
 
@@ -88,10 +106,10 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("warmup", True, "run one forward pass on black images during configure", "bool", on_configure=True),
     ParamSpec("warmup_width", 1600, "image width of the warm-up pass", "int", 16, 8192, on_configure=True),
     ParamSpec("warmup_height", 900, "image height of the warm-up pass", "int", 16, 8192, on_configure=True),
-    ParamSpec("base_frame", "base_link", "vehicle frame of /dima/path and /dima/trajectory", "str",
+    ParamSpec("base_frame", "base_link", "vehicle frame of the path and trajectory outputs", "str",
               pattern=r"[A-Za-z_][\w/]*"),
-    ParamSpec("map_frame", "map", "frame of /dima/path_map when the odometry header has no frame_id", "str",
-              pattern=r"[A-Za-z_][\w/]*"),
+    ParamSpec("odom_frame", "odom", "frame of the world_path_topic output when the odometry header has no "
+              "frame_id (REP-105: odometry is in odom)", "str", pattern=r"[A-Za-z_][\w/]*"),
     ParamSpec("lidar_frame", "lidar_top", "the model's reference frame (x right, y forward) in /tf_static; "
               "empty = the rig_file LIDAR_TOP pose (a virtual LiDAR, e.g. on Autoware/CARLA)",
               "str", pattern=r"([A-Za-z_][\w/]*)?"),
@@ -103,8 +121,9 @@ _SPECS: list[ParamSpec] = [
               "str", choices=("camera_info", "rig")),
     ParamSpec("rig_file", "", "camera rig JSON (nuscenes_rig_n015.json format); empty = the packaged "
               "nuScenes rig", "str", on_configure=True),
-    ParamSpec("odom_topic", "/odom", "nav_msgs/Odometry of base_frame", "str", pattern=_TOPIC, on_configure=True),
-    ParamSpec("command_topic", "/dima/command", "dima_msgs/DrivingCommand", "str", pattern=_TOPIC,
+    ParamSpec("odom_topic", "odom", "nav_msgs/Odometry of base_frame (input)", "str", pattern=_TOPIC,
+              on_configure=True),
+    ParamSpec("command_topic", "dima/command", "dima_msgs/DrivingCommand (input)", "str", pattern=_TOPIC,
               on_configure=True),
     ParamSpec("default_command", 2, "command used until one is received (0 right, 1 left, 2 straight)", "int",
               0, 2),
@@ -134,19 +153,36 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("min_plan_period", 0.0, "plan at most once per this many seconds of input time (0 = every "
               "front image the worker can take)", "float", 0.0, 60.0),
     ParamSpec("use_ego_status", False, "pass odometry-derived ego status to the planner ('+' models)", "bool"),
-    ParamSpec("publish_markers", True, "publish /dima/markers (only when subscribed)", "bool"),
-    ParamSpec("marker_score_threshold", 0.3, "agents / map elements drawn in /dima/markers need this "
+    ParamSpec("publish_markers", True, "publish markers_topic (only when subscribed)", "bool"),
+    ParamSpec("marker_score_threshold", 0.3, "agents / map elements drawn in markers_topic need this "
               "class probability", "float", 0.0, 1.0),
     ParamSpec("decode_threads", 6, "threads decoding/validating images off the executor", "int", 1, 32,
               on_configure=True),
     ParamSpec("diagnostics_period", 1.0, "period (s) of /diagnostics", "float", 0.05, 60.0, on_configure=True),
     ParamSpec("front_timeout", 1.0, "no front image for this long (s) while active is reported as an error",
               "float", 0.01, 60.0),
-] + _camera_specs()
+] + _camera_specs() + [
+    ParamSpec(name, default, f"{msg} (output): {what}", "str", pattern=_TOPIC, on_configure=True)
+    for name, (default, msg, what) in OUTPUT_TOPICS.items()
+]
 
 PARAMS: dict[str, ParamSpec] = {s.name: s for s in _SPECS}
 # Declared by rclpy itself for every node; allowed in params files.
 BUILTIN_PARAMS = frozenset({"use_sim_time", "start_type_description_service"})
+
+
+def unknown_parameters(given: Any, declared: Any = None) -> list[str]:
+    """One message per parameter in `given` (names set by -p or a params file) that the node
+    does not declare, with the closest declared name: rclpy would silently ignore them."""
+    import difflib
+
+    known = set(PARAMS if declared is None else declared) | BUILTIN_PARAMS
+    out = []
+    for name in sorted(set(given) - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        out.append(f"unknown parameter {name!r} is ignored{hint}")
+    return out
 
 
 def validate(name: str, value: Any) -> str | None:

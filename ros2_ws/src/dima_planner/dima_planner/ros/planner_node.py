@@ -48,7 +48,7 @@ from .conversions import InputError
 from .diagnostics import PlannerStats, build_diagnostics
 from .node_runtime import descriptor, set_parameters, spin
 from .extrinsics import RIG_SIZE, Rig, StaticTransforms, load_rig
-from .params import NODE_NAME, PARAMS, resolve_checkpoint, validate
+from .params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
 from .sync import SEC, AnchorSlot, Cached, InputCache, OdomHistory, TemporalState, select_cameras, side_cameras_ready
 
 FRONT = CAMERAS[0]
@@ -111,6 +111,8 @@ class PlannerNode(LifecycleNode):
         bad = [r for n, v in self._p.items() if (r := validate(n, v))]
         if bad:
             raise ValueError("invalid parameters: " + "; ".join(bad))
+        for reason in unknown_parameters(getattr(self, "_parameter_overrides", {})):  # rclpy ignores them
+            self.get_logger().warning(reason)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._stats = PlannerStats()
@@ -277,11 +279,11 @@ class PlannerNode(LifecycleNode):
             QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)))
         self._subs.append(self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, latched))
         self._pubs = {
-            "path": self.create_lifecycle_publisher(PathMsg, "/dima/path", out),
-            "path_map": self.create_lifecycle_publisher(PathMsg, "/dima/path_map", out),
-            "trajectory": self.create_lifecycle_publisher(PlannedTrajectory, "/dima/trajectory", out),
-            "tokens": self.create_lifecycle_publisher(SceneTokens, "/dima/scene_tokens", out),
-            "markers": self.create_lifecycle_publisher(MarkerArray, "/dima/markers", out),
+            "path": self.create_lifecycle_publisher(PathMsg, p["path_topic"], out),
+            "path_map": self.create_lifecycle_publisher(PathMsg, p["world_path_topic"], out),
+            "trajectory": self.create_lifecycle_publisher(PlannedTrajectory, p["trajectory_topic"], out),
+            "tokens": self.create_lifecycle_publisher(SceneTokens, p["scene_tokens_topic"], out),
+            "markers": self.create_lifecycle_publisher(MarkerArray, p["markers_topic"], out),
         }
 
     # ---- callbacks: cache only ----------------------------------------------------------------------
@@ -514,7 +516,7 @@ class PlannerNode(LifecycleNode):
         base = p["base_frame"]
         base_poses = conv.trajectory_lidar_to_base(traj, lidar2ego)
         world_poses = ego2world[None] @ base_poses
-        world_frame = odom_msg.header.frame_id or p["map_frame"]
+        world_frame = odom_msg.header.frame_id or p["odom_frame"]
         planner_s = time.monotonic() - max(arrivals)
         model_id = self._model_id
         self._pubs["path"].publish(conv.build_path(base_poses, stamp_ns, base))

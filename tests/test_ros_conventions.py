@@ -1,0 +1,229 @@
+"""ROS conventions and the DDS transport a ROS user expects.
+
+* Fast DDS profiles: chosen from ROS_AUTOMATIC_DISCOVERY_RANGE, exported under the
+  variable the running distro reads, valid against the XSD that distro's Fast DDS ships,
+  and the one-host profile really loaded by Fast DDS in two processes that talk.
+* LOCALHOST stays the default everywhere in this repository.
+* Topic names are relative (namespaces and remaps work); absolute_topics.yaml keeps the
+  old names; Autoware's camera order is spelled out.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dima_planner.ros import env as ros_env
+from dima_planner.ros.params import NODE_NAME, OUTPUT_TOPICS, PARAMS, flatten_ros_params, unknown_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+NS = {"d": "http://www.eprosima.com"}
+PROFILES = [REPO / "params" / ros_env.LOCAL_PROFILE, REPO / "params" / ros_env.NETWORK_PROFILE]
+
+
+# ---- Fast DDS profiles ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rng", "profile"), [
+    (None, ros_env.LOCAL_PROFILE), ("LOCALHOST", ros_env.LOCAL_PROFILE), ("OFF", ros_env.LOCAL_PROFILE),
+    ("localhost", ros_env.LOCAL_PROFILE), ("SUBNET", ros_env.NETWORK_PROFILE),
+    ("SYSTEM_DEFAULT", ros_env.NETWORK_PROFILE)])
+def test_profile_follows_the_discovery_range(rng, profile):
+    assert ros_env.profile_for_range(rng) == profile
+
+
+def test_bad_discovery_range_is_a_clear_error():
+    with pytest.raises(ValueError, match="ROS_AUTOMATIC_DISCOVERY_RANGE='LAN'"):
+        ros_env.profile_for_range("LAN")
+
+
+@pytest.mark.parametrize(("distro", "var"), [
+    ("jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE"), ("humble", "FASTRTPS_DEFAULT_PROFILES_FILE"),
+    ("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"), ("rolling", "FASTDDS_DEFAULT_PROFILES_FILE")])
+def test_profile_variable_is_the_one_the_distro_reads(distro, var):
+    assert ros_env.profile_env_var(distro) == var
+
+
+def test_running_distro_is_detected_from_the_installed_rclpy(monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    major = int(metadata.version("ros-rclpy").split(".")[0])
+    assert ros_env.ros_distro() == {7: "jazzy", 9: "kilted"}[major]
+    monkeypatch.setenv("ROS_DISTRO", "Humble")
+    assert ros_env.ros_distro() == "humble"
+
+
+def test_apply_defaults_sets_one_variable_and_respects_the_user(monkeypatch):
+    for k in (*ros_env.PROFILE_ENVS, "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DISTRO"):
+        monkeypatch.delenv(k, raising=False)
+    got = ros_env.apply_ros_env_defaults(domain_id=7)
+    var = ros_env.profile_env_var()
+    assert got["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert Path(got[var]).name == ros_env.LOCAL_PROFILE and Path(got[var]).is_file()
+    assert [k for k in ros_env.PROFILE_ENVS if k in got] == [var]  # never both: Fast DDS 3 warns on the old name
+    # SUBNET: the network profile; a profile the user exported (under either name) wins.
+    monkeypatch.delenv(var)
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    assert Path(ros_env.apply_ros_env_defaults()[var]).name == ros_env.NETWORK_PROFILE
+    monkeypatch.delenv(var)
+    monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/mine.xml")
+    assert ros_env.dds_profile_env("SUBNET") == {}
+    assert ros_env.apply_ros_env_defaults()["FASTRTPS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
+
+
+def _xsd() -> Path:
+    """The profile schema of the installed Fast DDS (Jazzy: fastRTPS_profiles.xsd, Kilted: fastdds_profiles.xsd)."""
+    found = sorted(p for p in (Path(sys.prefix) / "share").rglob("*profiles.xsd") if "fast" in p.name.lower())
+    assert found, f"no Fast DDS profiles XSD under {sys.prefix}/share"
+    return found[0]
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
+def test_profile_is_valid_for_this_fast_dds(path):
+    import xmlschema
+
+    xmlschema.XMLSchema(str(_xsd())).validate(str(path))
+    root = ET.parse(path).getroot()
+    descriptors = {d.findtext("d:transport_id", namespaces=NS): d for d in root.iterfind(".//d:transport_descriptor", NS)}
+    shm = [d for d in descriptors.values() if d.findtext("d:type", namespaces=NS) == "SHM"]
+    assert len(shm) == 1 and int(shm[0].findtext("d:segment_size", namespaces=NS)) == 128 * 1024 * 1024
+    participant = root.find(".//d:participant", NS)
+    assert participant.get("is_default_profile") == "true"
+    used = [t.text for t in participant.iterfind(".//d:userTransports/d:transport_id", NS)]
+    assert set(used) == set(descriptors)
+    assert participant.findtext(".//d:useBuiltinTransports", namespaces=NS) == "false"
+    udp = [d for d in descriptors.values() if d.findtext("d:type", namespaces=NS) == "UDPv4"]
+    assert len(udp) == 1
+    allow = [i.get("name") for i in udp[0].iterfind(".//d:allowlist/d:interface", NS)]
+    if path.name == ros_env.LOCAL_PROFILE:
+        assert allow == ["127.0.0.1"], "the one-host profile keeps UDP on loopback"
+    else:
+        assert allow == [], "the network profile must reach the robot's other computers"
+
+
+@pytest.mark.ros
+def test_local_profile_is_loaded_by_fast_dds_and_carries_data_between_processes(tmp_path):
+    """Two processes with the profile under the distro's variable exchange a message, and
+    Fast DDS reports no XML error (it only logs a bad profile and falls back to defaults)."""
+    code = textwrap.dedent("""
+        import sys, time, rclpy
+        from std_msgs.msg import String
+        rclpy.init()
+        node = rclpy.create_node(sys.argv[1])
+        if sys.argv[1] == "pub":
+            pub = node.create_publisher(String, "dima_profile_probe", 10)
+            end = time.monotonic() + 20
+            while time.monotonic() < end:
+                pub.publish(String(data="x" * 100000))
+                rclpy.spin_once(node, timeout_sec=0.1)
+        else:
+            got = []
+            node.create_subscription(String, "dima_profile_probe", lambda m: got.append(len(m.data)), 10)
+            end = time.monotonic() + 20
+            while not got and time.monotonic() < end:
+                rclpy.spin_once(node, timeout_sec=0.1)
+            print("GOT", got[:1], flush=True)
+        rclpy.shutdown()
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ros_env.PROFILE_ENVS}
+    env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(ros_env.pid_domain_id(61)))
+    env[ros_env.profile_env_var()] = str(PROFILES[0])
+    pub = subprocess.Popen([sys.executable, "-c", code, "pub"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        sub = subprocess.run([sys.executable, "-c", code, "sub"], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        pub.kill()
+        pub_out = pub.communicate()[0]
+    out = sub.stdout + sub.stderr + pub_out
+    assert "GOT [100000]" in sub.stdout, out
+    assert not re.search(r"XMLPARSER|XML.*[Ee]rror|Problem loading", out), out
+
+
+def test_localhost_is_the_default_everywhere():
+    assert "ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST" in (REPO / "Makefile").read_text()
+    assert 'os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"' in (REPO / "tests" / "conftest.py").read_text()
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"ENV .*ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST", dockerfile)
+    # No fixed profile in the image: the entry point picks it from the range at run time.
+    assert not re.search(r"ENV .*(FASTDDS|FASTRTPS)_DEFAULT_PROFILES_FILE", dockerfile)
+    assert "dima_planner.ros.env" in (REPO / "docker" / "entrypoint.sh").read_text()
+    for svc in yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"].values():
+        assert svc["environment"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    for launch in sorted((REPO / "launch").glob("*.launch.py")):
+        text = launch.read_text()
+        assert "OpaqueFunction(function=launch_dds_environment)" in text, launch.name
+        assert "_DEFAULT_PROFILES_FILE" not in text, f"{launch.name} fixes a profile variable"
+        tree = ast.parse(text)
+        decl = {n.args[0].value: n for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"}
+        default = {k.arg: k.value for k in decl["discovery_range"].keywords}["default_value"]
+        assert default.value == "LOCALHOST", launch.name
+
+
+def test_launch_helper_exports_the_profile_for_the_launch_argument(monkeypatch, tmp_path):
+    pytest.importorskip("launch", reason="launch is not installed in the venv (ROS distro only)")
+    for k in ros_env.PROFILE_ENVS:
+        monkeypatch.delenv(k, raising=False)
+
+    class Ctx:
+        launch_configurations = {"discovery_range": "SUBNET"}
+
+    (action,) = ros_env.launch_dds_environment(Ctx(), share=tmp_path)
+    assert action.name[0].text == ros_env.profile_env_var()
+
+
+def test_env_module_prints_shell_exports(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ros_env.PROFILE_ENVS}
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
+    out = subprocess.run([sys.executable, "-m", "dima_planner.ros.env"], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout
+    assert f"export {ros_env.profile_env_var()}=" in out and ros_env.NETWORK_PROFILE in out
+    assert "export ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET" in out
+
+
+# ---- names --------------------------------------------------------------------------------
+
+
+def test_default_topics_are_relative():
+    topics = {n: s.default for n, s in PARAMS.items() if n.endswith("topic")}
+    assert len(topics) == 2 * 6 + 2 + len(OUTPUT_TOPICS)
+    absolute = sorted(n for n, v in topics.items() if v.startswith(("/", "~")))
+    assert not absolute, f"absolute default topics break namespaces: {absolute}"
+    assert PARAMS["world_path_topic"].default == "dima/path_odom"  # named after the REP-105 frame it is in
+    assert PARAMS["odom_frame"].default == "odom"
+
+
+def test_absolute_topics_file_pins_every_topic_to_its_root_name():
+    flat = flatten_ros_params(yaml.safe_load((REPO / "params" / "ros" / "absolute_topics.yaml").read_text()))
+    topics = {n: s.default for n, s in PARAMS.items() if n.endswith("topic")}
+    assert set(flat) == set(topics)
+    for name, default in topics.items():
+        assert flat[name] == "/" + default, f"{name}: {flat[name]} is not the root name of {default}"
+
+
+def test_autoware_overlay_uses_autowares_camera_order():
+    """autoware_tensorrt_vad: camera0..5 = FRONT, BACK, FRONT_LEFT, BACK_LEFT, FRONT_RIGHT, BACK_RIGHT."""
+    flat = flatten_ros_params(yaml.safe_load((REPO / "params" / "ros" / "autoware.yaml").read_text()))
+    expected = {"CAM_FRONT": 0, "CAM_BACK": 1, "CAM_FRONT_LEFT": 2, "CAM_BACK_LEFT": 3, "CAM_FRONT_RIGHT": 4,
+                "CAM_BACK_RIGHT": 5}
+    for cam, index in expected.items():
+        assert flat[f"cameras.{cam}.topic"] == f"/sensing/camera/camera{index}/image_rect_color", cam
+        assert flat[f"cameras.{cam}.info_topic"] == f"/sensing/camera/camera{index}/camera_info", cam
+    assert flat["odom_frame"] == "map" and flat["world_path_topic"] == "dima/path_map"
+
+
+def test_unknown_parameters_are_named_with_a_suggestion():
+    msgs = unknown_parameters({"sync_tolerence": 0.1, "checkpoint": "x", "use_sim_time": True, "zzz": 1})
+    assert msgs == ["unknown parameter 'sync_tolerence' is ignored (did you mean 'sync_tolerance'?)",
+                    "unknown parameter 'zzz' is ignored"]
+    assert NODE_NAME == "dima_planner"
