@@ -91,7 +91,11 @@ def _xsd() -> Path:
 def test_profile_is_valid_for_this_fast_dds(path):
     import xmlschema
 
-    xmlschema.XMLSchema(str(_xsd())).validate(str(path))
+    schema = xmlschema.XMLSchema(str(_xsd()))
+    # Fast DDS' parser ignores XML namespaces; Jazzy's XSD declares an older target namespace
+    # than the documented xmlns="http://www.eprosima.com", so validate under the schema's own.
+    text = path.read_text().replace('xmlns="http://www.eprosima.com"', f'xmlns="{schema.target_namespace}"')
+    schema.validate(text)
     root = ET.parse(path).getroot()
     descriptors = {d.findtext("d:transport_id", namespaces=NS): d for d in root.iterfind(".//d:transport_descriptor", NS)}
     shm = [d for d in descriptors.values() if d.findtext("d:type", namespaces=NS) == "SHM"]
@@ -171,7 +175,7 @@ def test_localhost_is_the_default_everywhere():
 
 
 def test_launch_helper_exports_the_profile_for_the_launch_argument(monkeypatch, tmp_path):
-    pytest.importorskip("launch", reason="launch is not installed in the venv (ROS distro only)")
+    pytest.importorskip("launch.actions", reason="ROS launch is not in the venv (a sourced distro has it)")
     for k in ros_env.PROFILE_ENVS:
         monkeypatch.delenv(k, raising=False)
 

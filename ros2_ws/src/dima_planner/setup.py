@@ -50,7 +50,6 @@ setup(
     maintainer_email="maintainers@dima.invalid",
     description="DiMA planner: model, data, evaluation, training, ROS 2 nodes and bag tools.",
     license="Apache-2.0",
-    classifiers=["License :: OSI Approved :: Apache Software License", "Programming Language :: Python :: 3.11"],
     entry_points={
         "console_scripts": [
             "dima = dima_planner.cli:main",

@@ -47,6 +47,9 @@ def read_info(path: str | Path) -> BagInfo:
                             for c in reader.connections)
             files = [path / p for p in reader.storage.files] if hasattr(reader.storage, "files") else []
             start, end, count, distro = reader.start_time, reader.end_time, reader.message_count, reader.ros_distro
+            # MCAP chunk records name their compression ('' = none); rosbags' MCAP storages index them.
+            storages = getattr(reader.storage, "storages", [])
+            chunks = sorted({c.compression or "none" for st in storages for c in getattr(st, "chunks", [])})
     except ReaderError as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     meta = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
@@ -56,21 +59,7 @@ def read_info(path: str | Path) -> BagInfo:
     return BagInfo(path=path, files=files, size_bytes=sum(f.stat().st_size for f in files if f.exists()),
                    storage_id=meta.get("storage_identifier", "?"), ros_distro=distro, start_ns=start, end_ns=end,
                    message_count=count, topics=[t for t in topics],
-                   chunk_compression=_mcap_chunk_compression(files), custom_data=dict(meta.get("custom_data") or {}))
-
-
-def _mcap_chunk_compression(files: list[Path]) -> list[str]:
-    from mcap.reader import make_reader
-
-    found: set[str] = set()
-    for f in files:
-        if f.suffix != ".mcap" or not f.exists():
-            continue
-        with f.open("rb") as stream:
-            summary = make_reader(stream).get_summary()
-        if summary is not None:
-            found |= {c.compression or "none" for c in summary.chunk_indexes}
-    return sorted(found)
+                   chunk_compression=chunks, custom_data=dict(meta.get("custom_data") or {}))
 
 
 def _stamp(ns: int) -> str:
