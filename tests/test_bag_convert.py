@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from dima_planner.data.sample import CAMERAS
-from dima_planner.ros import bag_convert, bag_io
+from dima_planner.ros import bag_convert, bag_info, bag_io
 from dima_planner.ros.bag_eval import gt_from_json
 from dima_planner.ros.frames import lidar_xy_to_base_link
 
@@ -105,9 +106,12 @@ def test_rosbags_readback(bag, world):
                 np.testing.assert_array_equal(img, ref)
                 checked_img += 1
             if c.topic == "/tf_static":
-                children = {tf.child_frame_id for tf in msg.transforms}
-                assert children == {f"{cam.lower()}_optical" for cam in CAMERAS} | {"lidar_top"}
-                assert all(tf.header.frame_id == "base_link" for tf in msg.transforms)
+                # REP-105: map -> odom (identity) -> base_link -> sensors
+                parents = {tf.child_frame_id: tf.header.frame_id for tf in msg.transforms}
+                assert parents == {"odom": "map", "lidar_top": "base_link",
+                                   **{f"{cam.lower()}_optical": "base_link" for cam in CAMERAS}}
+            if c.topic in ("/tf", "/odom"):
+                assert msg.header.frame_id == "odom" if c.topic == "/odom" else msg.transforms[0].header.frame_id == "odom"
             if c.topic == bag_io.GT_SAMPLE_TOPIC:
                 gt = json.loads(msg.data)
                 sample = nusc.get("sample", gt["token"])
@@ -220,7 +224,7 @@ def test_compressed_keyframes_only(world, tmp_path):
         for _c, t, raw in reader.messages(connections=[c]):
             msg = store.deserialize_cdr(raw, c.msgtype)
             sd = _sd_at(nusc, "CAM_BACK", t)
-            assert msg.format == "jpeg"
+            assert msg.format == "rgb8; jpeg compressed bgr8"  # compressed_image_transport's format
             assert bytes(msg.data) == (world / sd["filename"]).read_bytes()  # file bytes, no re-encode
             break
 
@@ -264,3 +268,52 @@ def test_undecodable_image_leaves_no_partial_bag(world, tmp_path, capsys):
     assert _run_cli(["--dataroot", str(broken), "--out", str(out), "--no-progress"]) != 0
     assert str(victim) in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_bag_is_zstd_compressed_and_reported_by_bag_info(bag, capsys):
+    from dima_planner.cli import main
+
+    info = bag_info.read_info(bag)
+    assert info.chunk_compression == ["zstd"]  # rosbag2's default for MCAP
+    assert info.storage_id == "mcap" and info.message_count == sum(t[2] for t in info.topics)
+    assert main(["bag", "info", str(bag)]) == 0
+    out = capsys.readouterr().out
+    assert "Chunk compression: zstd" in out and "Storage id:        mcap" in out
+    assert re.search(r"Topic: /odom\s+\| Type: nav_msgs/msg/Odometry \| Count: \d+ \| Serialization Format: cdr", out)
+    assert "dima.scenes:" in out
+    assert main(["bag", "info", str(bag.parent / "nope")]) == 2
+
+
+def test_scenes_follow_each_other_without_real_time_gaps(world, tmp_path):
+    """Real nuScenes scenes are hours apart: the bag puts them scene_gap apart, so playing
+    it never idles; keep_time keeps the recorded clock; per_scene writes one bag per scene."""
+    nusc = _nusc(world)
+    plans = [bag_convert.plan_scene(nusc, s, keyframes_only=True) for s in nusc.scene[:2]]
+    plans[1].scene = dict(plans[1].scene)
+    hours = 2 * 3600 * 10**9
+    for recs in [*plans[1].cams.values(), plans[1].lidar]:  # pretend the second scene was recorded 2 h later
+        for i, sd in enumerate(recs):
+            recs[i] = dict(sd, timestamp=sd["timestamp"] + hours // 1000)
+    bag_convert.place_scenes(plans, scene_gap=3.0)
+    assert plans[0].offset_ns == 0
+    assert plans[1].start_ns + plans[1].offset_ns - (plans[0].end_ns + plans[0].offset_ns) == 3 * 10**9
+    bag_convert.place_scenes(plans, keep_time=True)
+    assert plans[1].offset_ns == 0  # no overlap: recorded times kept
+
+    names = [s["name"] for s in nusc.scene[:2]]
+    summary = bag_convert.convert(world, tmp_path / "per_scene", scenes=names, keyframes_only=True,
+                                  per_scene=True, compression="none", progress=False)
+    assert {Path(b).name for b in summary["bags"]} == set(names)
+    for b in summary["bags"]:
+        info = bag_info.read_info(b)
+        assert info.chunk_compression == ["none"] and info.custom_data["dima.time_offsets_ns"] == "0"
+        assert info.duration_s < 30
+
+
+def test_node_and_bags_use_the_same_compressed_format():
+    from builtin_interfaces.msg import Time
+
+    from dima_planner.ros.conversions import rgb_to_compressed
+
+    msg = rgb_to_compressed(np.zeros((8, 8, 3), np.uint8), Time(), "cam_front_optical")
+    assert msg.format == bag_io.COMPRESSED_FORMATS["jpeg"] == "rgb8; jpeg compressed bgr8"

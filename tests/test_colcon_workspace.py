@@ -72,8 +72,8 @@ def _tree(root: Path, skip: Path) -> dict[str, float]:
     return out
 
 
-def _colcon(ws: Path, *args: str, timeout: float = 900) -> str:
-    proc = subprocess.run([str(VENV / "bin" / "colcon"), *args], cwd=ws, env=_env(), capture_output=True,
+def _colcon(ws: Path, *args: str, timeout: float = 900, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([str(VENV / "bin" / "colcon"), *args], cwd=ws, env=env or _env(), capture_output=True,
                           text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"colcon {' '.join(args)} failed:\n{out[-6000:]}"
@@ -98,9 +98,13 @@ def workspace(tmp_path_factory):
     before = _tree(outside, ws)
     listed = _colcon(ws, "list", "--names-only").split()
     _colcon(ws, "build", "--packages-select", *PACKAGES)
-    # The symlink install only differs for the ament_python package; dima_msgs comes from the first build.
-    _colcon(ws, "build", "--symlink-install", "--packages-select", "dima_planner",
-            "--build-base", "build_symlink", "--install-base", "install_symlink")
+    # The symlink install only differs for the ament_python package: it is built as an overlay
+    # of the first install, which provides dima_msgs (as `source install/setup.bash` would).
+    overlay = _env()
+    overlay.update(COLCON_PREFIX_PATH=str(ws / "install"),
+                   AMENT_PREFIX_PATH=f"{ws / 'install' / 'dima_msgs'}:{VENV}")
+    _colcon(ws, "build", "--symlink-install", "--packages-select", "dima_planner", "--packages-ignore", "dima_msgs",
+            "--build-base", "build_symlink", "--install-base", "install_symlink", env=overlay)
     after = _tree(outside, ws)
     return {"ws": ws, "outside": outside, "listed": listed, "written_outside": sorted(set(after) - set(before))}
 

@@ -231,3 +231,25 @@ def test_unknown_parameters_are_named_with_a_suggestion():
     assert msgs == ["unknown parameter 'sync_tolerence' is ignored (did you mean 'sync_tolerance'?)",
                     "unknown parameter 'zzz' is ignored"]
     assert NODE_NAME == "dima_planner"
+
+
+def test_foxglove_layout_names_real_panels_and_topics():
+    """launch/dima.foxglove.json (Foxglove: Layouts -> Import) shows what the node and the bags publish."""
+    import json
+
+    from dima_planner.ros import bag_io
+
+    layout = json.loads((REPO / "launch" / "dima.foxglove.json").read_text())
+
+    def leaves(node):
+        return [node] if isinstance(node, str) else leaves(node["first"]) + leaves(node["second"])
+
+    panels = leaves(layout["layout"])
+    assert sorted(panels) == sorted(layout["configById"]), "every panel placed once, every placed panel configured"
+    known = {"/" + s.default for n, s in PARAMS.items() if n.endswith("topic")}
+    known |= {bag_io.image_topic(c, compressed) for c in ("CAM_FRONT",) for compressed in (False, True)}
+    known |= {bag_io.GT_FUTURE_TOPIC, "/diagnostics"}
+    text = json.dumps(layout["configById"])
+    named = set(re.findall(r'"(/[a-z_][a-z0-9_/]*)(?:\.[a-z_]+)?"', text))
+    assert named and named <= known, f"unknown topics in the layout: {sorted(named - known)}"
+    assert "launch/*.json" in (REPO / "ros2_ws" / "src" / "dima_planner" / "setup.py").read_text()

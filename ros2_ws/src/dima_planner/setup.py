@@ -26,7 +26,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
-        ("share/" + package_name + "/launch", _rel("launch/*.py") + _rel("launch/*.rviz")),
+        ("share/" + package_name + "/launch", _rel("launch/*.py") + _rel("launch/*.rviz") + _rel("launch/*.json")),
         ("share/" + package_name + "/params", _rel("params/*.yaml") + _rel("params/*.xml")),
         ("share/" + package_name + "/params/ros", _rel("params/ros/*.yaml")),
         ("share/" + package_name + "/params/train", _rel("params/train/*.yaml")),

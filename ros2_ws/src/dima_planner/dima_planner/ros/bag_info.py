@@ -45,7 +45,6 @@ def read_info(path: str | Path) -> BagInfo:
             counts = {name: info.msgcount for name, info in reader.topics.items()}
             topics = sorted((c.topic, c.msgtype, counts.get(c.topic, 0), c.ext.serialization_format)
                             for c in reader.connections)
-            files = [path / p for p in reader.storage.files] if hasattr(reader.storage, "files") else []
             start, end, count, distro = reader.start_time, reader.end_time, reader.message_count, reader.ros_distro
             # MCAP chunk records name their compression ('' = none); rosbags' MCAP storages index them.
             storages = getattr(reader.storage, "storages", [])
@@ -53,7 +52,7 @@ def read_info(path: str | Path) -> BagInfo:
     except ReaderError as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     meta = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-    files = [path / f["path"] for f in meta.get("files", [])] or files
+    files = [path / f["path"] for f in meta.get("files", [])] or [path / p for p in meta.get("relative_file_paths", [])]
     if count == 0:
         start = end = 0
     return BagInfo(path=path, files=files, size_bytes=sum(f.stat().st_size for f in files if f.exists()),
