@@ -23,7 +23,7 @@ SETUP = REPO / "ros2_ws" / "src" / "dima_planner" / "setup.py"
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 PARAM_FILES = sorted((REPO / "params" / "ros").glob("*.yaml"))
 # params/ros also holds other nodes' files (mllm.yaml): the planner's are those with its section.
-PLANNER_PARAM_FILES = [p for p in PARAM_FILES if NODE_NAME in (yaml.safe_load(p.read_text()) or {})]
+PLANNER_PARAM_FILES = [p for p in PARAM_FILES if flatten_ros_params(yaml.safe_load(p.read_text()))]
 
 
 def console_scripts() -> dict[str, str]:

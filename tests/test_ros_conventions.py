@@ -253,3 +253,49 @@ def test_foxglove_layout_names_real_panels_and_topics():
     named = set(re.findall(r'"(/[a-z_][a-z0-9_/]*)(?:\.[a-z_]+)?"', text))
     assert named and named <= known, f"unknown topics in the layout: {sorted(named - known)}"
     assert "launch/*.json" in (REPO / "ros2_ws" / "src" / "dima_planner" / "setup.py").read_text()
+
+
+@pytest.mark.ros
+def test_namespace_moves_every_topic_and_unknown_parameters_are_reported():
+    """`-r __ns:=/car1` puts inputs and outputs under /car1 (tf stays global); absolute_topics.yaml
+    brings the root names back; a misspelt parameter is named in the log instead of ignored."""
+    from dds_harness import TestNode, start_node_process, stop_node_process
+
+    domain = ros_env.pid_domain_id(67)
+    ros = REPO / "params" / "ros"
+    runs = {"/car1": [], "/car2": ["--params-file", str(ros / "absolute_topics.yaml")]}
+    seen = {}
+    probe = TestNode("ns_probe", domain)
+    procs = {ns: start_node_process("dima_planner.ros.planner_node", domain, ros / "planner.yaml", *extra,
+                                    "-r", f"__ns:={ns}", "-p", "warmup:=false", "-p", "sync_tolerence:=0.1")
+             for ns, extra in runs.items()}
+    try:
+        for ns in runs:
+            def graph(ns=ns):
+                try:
+                    subs = {t for t, _ in probe.node.get_subscriber_names_and_types_by_node("dima_planner", ns)}
+                    pubs = {t for t, _ in probe.node.get_publisher_names_and_types_by_node("dima_planner", ns)}
+                except Exception:  # the node is not discovered yet
+                    return None
+                return (subs, pubs) if any(t.endswith("dima/path") for t in pubs) else None
+            seen[ns] = probe.wait(graph, timeout=120.0, poll=0.5)
+    finally:
+        probe.close()
+        logs = {ns: stop_node_process(p) for ns, p in procs.items()}
+    for ns in runs:
+        assert seen[ns], f"{ns}: the node's topics never appeared; its output:\n{logs[ns]}"
+    subs, pubs = seen["/car1"]
+    assert {"/car1/cam_front/image_raw", "/car1/cam_back/camera_info", "/car1/odom", "/car1/dima/command",
+            "/tf_static"} <= subs, subs
+    assert {"/car1/dima/path", "/car1/dima/path_odom", "/car1/dima/trajectory", "/diagnostics"} <= pubs, pubs
+    subs, pubs = seen["/car2"]
+    assert {"/cam_front/image_raw", "/odom", "/dima/command"} <= subs and "/dima/path" in pubs, (subs, pubs)
+    assert "unknown parameter 'sync_tolerence' is ignored (did you mean 'sync_tolerance'?)" in logs["/car1"]
+
+
+def test_params_files_apply_in_any_namespace():
+    """rcl matches a params file key `dima_planner` only to /dima_planner: the files use /**/dima_planner."""
+    for path in sorted((REPO / "params" / "ros").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        if flatten_ros_params(doc):
+            assert list(doc) == ["/**/dima_planner"], f"{path.name}: {list(doc)}"
