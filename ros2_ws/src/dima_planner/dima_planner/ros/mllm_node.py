@@ -86,9 +86,9 @@ PARAM_SPECS: list[ParamSpec] = [
               "bool"),
     ParamSpec("ask_timeout", 60.0, "seconds /dima/ask_scene waits for its answer before failing", "float",
               0.1, 3600.0),
-    ParamSpec("tokens_topic", "/dima/scene_tokens", "dima_msgs/SceneTokens input", "str", pattern=_TOPIC,
+    ParamSpec("tokens_topic", "dima/scene_tokens", "dima_msgs/SceneTokens input", "str", pattern=_TOPIC,
               on_configure=True),
-    ParamSpec("planner_trajectory_topic", "/dima/trajectory", "the planner's dima_msgs/PlannedTrajectory",
+    ParamSpec("planner_trajectory_topic", "dima/trajectory", "the planner's dima_msgs/PlannedTrajectory",
               "str", pattern=_TOPIC, on_configure=True),
     ParamSpec("rig_file", "", "rig JSON giving LIDAR_TOP in base_link for the Dual-mode trajectory (the MLLM "
               "head predicts in the LiDAR frame); empty = the packaged nuScenes rig", "str", on_configure=True),
@@ -160,10 +160,10 @@ class MLLMNode(Node):
                                  QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                                             reliability=ReliabilityPolicy.RELIABLE),
                                  callback_group=sub_group)
-        self._reasoning_pub = self.create_publisher(Reasoning, "/dima/reasoning", out)
-        self._traj_pub = self.create_publisher(PlannedTrajectory, "/dima/mllm/trajectory", out)
+        self._reasoning_pub = self.create_publisher(Reasoning, "dima/reasoning", out)
+        self._traj_pub = self.create_publisher(PlannedTrajectory, "dima/mllm/trajectory", out)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(AskScene, "/dima/ask_scene", self._on_ask, callback_group=self._srv_group)
+        self.create_service(AskScene, "dima/ask_scene", self._on_ask, callback_group=self._srv_group)
         self.create_timer(self._p["diagnostics_period"], self._publish_diagnostics, callback_group=diag_group)
         self._error_logged = False
         self._worker.start()
