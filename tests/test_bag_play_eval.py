@@ -89,7 +89,7 @@ def test_play_delivers_everything_and_latches_tf_static(one_scene_bag, tmp_path)
     assert proc.returncode == 0, out
     for t in TOPICS:
         assert got[t] == expected[t], f"{t}: got {got[t]} of {expected[t]}\n{out}"
-    assert len(late) == 1 and len(late[0].transforms) == 7
+    assert len(late) == 1 and len(late[0].transforms) == 8  # map -> odom, 6 cameras, lidar_top
     assert rec_counts["/dima/path"] == expected["/dima/gt/ego_future"]
     assert "/dima/path" in out  # the summary names the remapped topic
 
