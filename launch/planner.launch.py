@@ -5,7 +5,8 @@
 
 The node is a lifecycle node; with autostart:=true (default) it configures and activates
 itself, with autostart:=false a lifecycle manager drives /dima_planner/change_state.
-DDS discovery stays on this machine unless discovery_range:=SUBNET is given.
+DDS discovery stays on this machine unless discovery_range:=SUBNET is given; the Fast DDS
+profile follows it (params/fastdds_shm.xml or fastdds_shm_network.xml, see dima_planner.ros.env).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable

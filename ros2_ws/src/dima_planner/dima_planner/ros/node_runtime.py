@@ -55,6 +55,12 @@ def spin(make_node: Callable[[], rclpy.node.Node], prog: str, threads: int, args
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # Jazzy's rclpy (7.1) can lose the race between Ctrl-C shutting the context down and
+        # the executor building its next wait set: an RCLError ("context is not valid")
+        # instead of ExternalShutdownException. After a shutdown that is the normal exit.
+        if node is None or rclpy.ok():
+            raise
     except (ValueError, InvalidParameterValueException) as e:
         reason = str(e).removeprefix("invalid parameters: ")  # nodes may already say so: say it once
         print(f"{prog}: invalid parameters: {reason}", file=sys.stderr)
