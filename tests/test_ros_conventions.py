@@ -227,7 +227,8 @@ def test_autoware_overlay_uses_autowares_camera_order():
 
 
 def test_unknown_parameters_are_named_with_a_suggestion():
-    msgs = unknown_parameters({"sync_tolerence": 0.1, "checkpoint": "x", "use_sim_time": True, "zzz": 1})
+    msgs = unknown_parameters({"sync_tolerence": 0.1, "checkpoint": "x", "use_sim_time": True, "zzz": 1,
+                               "qos_overrides./odom.subscription.depth": 5})
     assert msgs == ["unknown parameter 'sync_tolerence' is ignored (did you mean 'sync_tolerance'?)",
                     "unknown parameter 'zzz' is ignored"]
     assert NODE_NAME == "dima_planner"

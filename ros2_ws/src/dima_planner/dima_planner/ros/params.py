@@ -178,7 +178,8 @@ def unknown_parameters(given: Any, declared: Any = None) -> list[str]:
 
     known = set(PARAMS if declared is None else declared) | BUILTIN_PARAMS
     out = []
-    for name in sorted(set(given) - known):
+    # qos_overrides.* are read by rclpy itself when a publisher/subscription is created.
+    for name in sorted(n for n in set(given) - known if not n.startswith("qos_overrides.")):
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         out.append(f"unknown parameter {name!r} is ignored{hint}")
