@@ -42,9 +42,8 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory  # noqa: E402
 from dima_planner.data.sample import CAMERAS  # noqa: E402
-from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, scale_intrinsics, stamp_to_ns  # noqa: E402
-from dima_planner.ros.extrinsics import RIG_SIZE, load_rig  # noqa: E402
-from dima_planner.ros.frames import matrix_to_quat_xyzw  # noqa: E402
+from dima_planner.data.geometry import RIG_SIZE, load_rig, matrix_to_quat_xyzw, scale_intrinsics  # noqa: E402
+from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns  # noqa: E402
 from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
