@@ -429,16 +429,19 @@ class PlannerCore:
         prev = self.last_good_arrays.get(cam)
         if prev is not None:
             return np.zeros_like(prev[0]), prev[1], prev[2], f"masked.{cam}"
+        # never seen: the rig's geometry (frame None = rig extrinsics); the image is black anyway
         k = geometry.scale_intrinsics(self.rig.intrinsics[cam], RIG_SIZE, wh)
-        return np.zeros((wh[1], wh[0], 3), np.uint8), k, self.p[f"cameras.{cam}.frame_id"] or cam, f"masked.{cam}"
+        return np.zeros((wh[1], wh[0], 3), np.uint8), k, None, f"masked.{cam}"
 
-    def _extrinsics(self, frames: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _extrinsics(self, frames: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         if self.p["extrinsics_source"] == "rig":
             return self.rig.lidar2ego, np.stack([self.rig.cam2ego[c] for c in CAMERAS])
         base, lidar = self.p["base_frame"], self.p["lidar_frame"]
         try:
             lidar2ego = self.tf.lookup(base, lidar) if lidar else self.rig.lidar2ego
-            cam2ego = np.stack([self.tf.lookup(base, f) for f in frames])
+            # a masked camera never seen has no frame: the rig's pose relative to base_link
+            cam2ego = np.stack([self.rig.cam2ego[c] if f is None else self.tf.lookup(base, f)
+                                for c, f in zip(CAMERAS, frames)])
         except InputError as e:
             raise InputError(e.category, e.reason + " (extrinsics_source: tf_static)") from None
         return lidar2ego, cam2ego

@@ -132,7 +132,7 @@ class PlannerStats:
         anchors and publishes nothing (every cycle skipped, or a cycle that never ends)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            if self.last_anchor_wall is None or now - self.last_anchor_wall > max(warn_s, 1.0):
+            if self.last_anchor_wall is None or now - self.last_anchor_wall > max(error_s, 1.0):
                 return OK, 0.0, ""
             since = max(self.since_wall, self.last_plan_wall or 0.0)
             silent = now - since
