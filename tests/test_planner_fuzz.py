@@ -22,6 +22,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from nav_msgs.msg import Odometry, Path as PathMsg
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage
 from std_msgs.msg import Header
@@ -43,6 +44,7 @@ class FuzzDriver(Driver):
         rel = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         self.jpeg_pub = self.node.create_publisher(CompressedImage, f"/{COMPRESSED.lower()}/image_raw/compressed", rel)
         self.jpeg = rgb_to_compressed(self.images[COMPRESSED], Time(), f"{COMPRESSED.lower()}_optical")
+        self.paths_map: list[PathMsg] = self.record(PathMsg, "/dima/path_map", rel)
 
     def send_frame(self, stamp_ns: int, *, compressed: CompressedImage | None = None, **kw) -> None:
         super().send_frame(stamp_ns, **kw)
@@ -103,13 +105,16 @@ def tf(parent: str, child: str, x: float = 0.0) -> TransformStamped:
     return t
 
 
-def test_fuzz_categories_against_the_node_process(checkpoint):
+@pytest.fixture(scope="module")
+def fuzz(checkpoint):
+    """One node process (and its driver) for every category below, in file order."""
     domain = pid_domain_id(41)
     proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "max_input_age:=1.0",
                       "-p", f"cameras.{COMPRESSED}.transport:=compressed",
                       "-p", f"cameras.{COMPRESSED}.topic:=/{COMPRESSED.lower()}/image_raw/compressed",
                       "-p", "no_plan_warn_after:=0.5", "-p", "no_plan_error_after:=1.5")
     drv = FuzzDriver(domain)
+    drv.proc = proc
     try:
         drv.publish_tf_static()
         assert drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60), \
@@ -120,105 +125,127 @@ def test_fuzz_categories_against_the_node_process(checkpoint):
             if drv.plans(t, 1.0):
                 break
         drv.good_frame_plans()
-
-        # encodings and sizes on the front camera: skipped with the category as key (defect 11: 1x1, 2x2)
-        for enc, key in (("yuv422", "rejected.bad_encoding"), ("16UC1", "rejected.bad_encoding")):
-            before = drv.counter(key)
-            bad = rgb_to_image(drv.images[CAMERAS[0]], Time(), "cam_front_optical")
-            bad.encoding = enc
-            t = now_ns()
-            drv.send_frame(t, front=bad)
-            drv.counted("planning", key, before)
-            assert not drv.paths_at(t)
-        for h, w in ((1, 1), (2, 2), (H, 0)):
-            before = drv.counter("rejected.bad_size")
-            small = rgb_to_image(np.zeros((max(h, 1), max(w, 1), 3), np.uint8), Time(), "cam_front_optical")
-            small.width = w
-            t = now_ns()
-            drv.send_frame(t, front=small)
-            drv.counted("planning", "rejected.bad_size", before)
-            assert not drv.paths_at(t)
-        drv.good_frame_plans()
-
-        # compressed data: garbage and a decompression bomb on the compressed side camera are
-        # masked (defect 7), and the bomb is refused from its header (defect 4)
-        peak = rss_peak_mb(proc.pid)
-        bomb = png_bomb()
-        assert len(bomb) < 2_000_000
-        for data in (b"\xff\xd8garbage", b"", bomb):
-            before = int(drv.values("planning").get(f"degraded.masked.{COMPRESSED}", 0))
-            t = now_ns()
-            drv.send_frame(t, compressed=CompressedImage(format="png", data=data))
-            assert drv.plans(t), f"a corrupt {COMPRESSED} stopped planning: {drv.values('planning')}"
-            drv.counted("planning", f"degraded.masked.{COMPRESSED}", before)
-        assert int(drv.values("inputs")[f"rejected.image.{COMPRESSED}"]) >= 3
-        assert rss_peak_mb(proc.pid) - peak < 200, "the PNG bomb was decoded"
-
-        # a bad side CameraInfo (defect 7) and a neighbour's bad CameraInfo do not stop the front (defect 8)
-        bad_info = CameraInfo(header=Header(stamp=ns_to_stamp(now_ns()), frame_id="cam_front_left_optical"),
-                              height=H, width=W, k=[float("nan")] * 9)
-        before = int(drv.values("inputs").get("rejected.camera_info.CAM_FRONT_LEFT", 0))
-        drv.info_pub["CAM_FRONT_LEFT"].publish(bad_info)
-        drv.counted("inputs", "rejected.camera_info.CAM_FRONT_LEFT", before)
-        drv.good_frame_plans()
-
-        # stamps: stale, future, out of order
-        for offset, key in ((-3_000_000_000, "rejected.stale_input"), (3_000_000_000, "rejected.future_stamp")):
-            before = drv.counter(key)
-            t = now_ns() + offset
-            drv.send_frame(t)
-            drv.counted("planning", key, before)
-        t_good = drv.good_frame_plans()
-        before = drv.counter("rejected.out_of_order")
-        drv.send_frame(t_good - 50_000_000)
-        drv.counted("planning", "rejected.out_of_order", before)
-
-        # odometry: 1e300 (defect 5) and 0.9 s in the future (defect 9) are refused on arrival,
-        # and the samples after them are still used
-        for x, ahead in ((1e300, 0), (0.0, 900_000_000)):
-            before = int(drv.values("inputs").get("rejected.odom", 0))
-            from nav_msgs.msg import Odometry
-            o = Odometry(header=Header(stamp=ns_to_stamp(now_ns() + ahead), frame_id="map"), child_frame_id="base_link")
-            o.pose.pose.position.x = x
-            o.pose.pose.orientation.w = 1.0
-            drv.odom_pub.publish(o)
-            drv.counted("inputs", "rejected.odom", before)
-            t = drv.good_frame_plans()
-        path_map = drv.wait(lambda: [p for p in drv.paths if stamp_to_ns(p.header.stamp) == t], 5)
-        assert path_map and max(abs(p.pose.position.x) for p in path_map[0].poses) < 1e4
-
-        # /tf_static: a self loop, a two-frame cycle, an absurd translation (defects 2, 5)
-        before = int(drv.values("inputs").get("rejected.tf_static", 0))
-        drv.tf_pub.publish(TFMessage(transforms=[tf("base_link", "base_link"), tf("x_a", "x_b"), tf("x_b", "x_a"),
-                                                 tf("base_link", "cam_front_optical", 1e300)]))
-        assert drv.counted("inputs", "rejected.tf_static", before) >= before + 3
-        t = drv.good_frame_plans()
-        assert max(abs(p.pose.position.x) for p in drv.paths_at(t)[0].poses) < 1e3
-        drv.publish_tf_static()  # the correct tree again
-        drv.good_frame_plans()
-
-        # defect 6: front images arrive, nothing can be planned (odometry stopped): WARN then ERROR
-        for _ in range(30):
-            drv.send_frame(now_ns(), odom_nan=True)
-            time.sleep(0.1)
-            if drv.level("planning") == 2 and float(drv.values("planning").get("no_plan_s", 0)) > 1.0:
-                break
-        assert drv.level("planning") == 2 and float(drv.values("planning")["no_plan_s"]) > 1.0, drv.values("planning")
-        assert drv.values("planning")["no_plan_reason"]
-
-        # defect 10: every third front frame never sent -> counted as lost before the node
-        t0, period = now_ns(), 83_333_333
-        for i in range(36):
-            if i % 3 != 2:
-                drv.send_frame(t0 + i * period)
-            time.sleep(0.04)
-        assert drv.wait(lambda: int((drv.diag_values("inputs") or ({},))[0].get("CAM_FRONT.lost_before_node", 0)) >= 8,
-                        5), drv.values("inputs")
-        assert proc.poll() is None
+        yield drv
     finally:
         drv.close()
         out = stop_node_process(proc)
     assert proc.returncode == 0, out
+
+
+@pytest.fixture
+def drv(fuzz):
+    fuzz.publish_tf_static()
+    fuzz.good_frame_plans()
+    yield fuzz
+    assert fuzz.proc.poll() is None, "the node died"
+
+
+def test_fuzz_encodings_and_sizes(drv):
+    """Front camera: skipped with the category as key (defect 11: 1x1, 2x2 images)."""
+    for enc, key in (("yuv422", "rejected.bad_encoding"), ("16UC1", "rejected.bad_encoding")):
+        before = drv.counter(key)
+        bad = rgb_to_image(drv.images[CAMERAS[0]], Time(), "cam_front_optical")
+        bad.encoding = enc
+        t = now_ns()
+        drv.send_frame(t, front=bad)
+        drv.counted("planning", key, before)
+        assert not drv.paths_at(t)
+    for h, w in ((1, 1), (2, 2), (H, 0)):
+        before = drv.counter("rejected.bad_size")
+        small = rgb_to_image(np.zeros((max(h, 1), max(w, 1), 3), np.uint8), Time(), "cam_front_optical")
+        small.width = w
+        t = now_ns()
+        drv.send_frame(t, front=small)
+        drv.counted("planning", "rejected.bad_size", before)
+        assert not drv.paths_at(t)
+
+
+def test_fuzz_compressed_data_on_a_side_camera(drv):
+    """Garbage and a decompression bomb on a side camera are masked (defect 7); the bomb is
+    refused from its header, without the memory (defect 4)."""
+    peak = rss_peak_mb(drv.proc.pid)
+    bomb = png_bomb()
+    assert len(bomb) < 2_000_000
+    for data in (b"\xff\xd8garbage", b"", bomb):
+        before = int(drv.values("planning").get(f"degraded.masked.{COMPRESSED}", 0))
+        t = now_ns()
+        drv.send_frame(t, compressed=CompressedImage(format="png", data=data))
+        assert drv.plans(t), f"a corrupt {COMPRESSED} stopped planning: {drv.values('planning')}"
+        drv.counted("planning", f"degraded.masked.{COMPRESSED}", before)
+    assert int(drv.values("inputs")[f"rejected.image.{COMPRESSED}"]) >= 3
+    assert rss_peak_mb(drv.proc.pid) - peak < 200, "the PNG bomb was decoded"
+
+
+def test_fuzz_camera_info(drv):
+    """A bad CameraInfo is refused on arrival and spoils no valid frame (defects 7, 8)."""
+    for cam in ("CAM_FRONT_LEFT", "CAM_FRONT"):
+        bad_info = CameraInfo(header=Header(stamp=ns_to_stamp(now_ns()), frame_id=f"{cam.lower()}_optical"),
+                              height=H, width=W, k=[float("nan")] * 9)
+        before = int(drv.values("inputs").get(f"rejected.camera_info.{cam}", 0))
+        drv.info_pub[cam].publish(bad_info)
+        drv.counted("inputs", f"rejected.camera_info.{cam}", before)
+        t = now_ns()
+        drv.send_frame(t, with_info=False)
+        assert drv.plans(t), f"a bad CameraInfo on {cam} spoiled the next frame: {drv.values('planning')}"
+
+
+def test_fuzz_stamps(drv):
+    for offset, key in ((-3_000_000_000, "rejected.stale_input"), (3_000_000_000, "rejected.future_stamp")):
+        before = drv.counter(key)
+        drv.send_frame(now_ns() + offset)
+        drv.counted("planning", key, before)
+    t_good = drv.good_frame_plans()
+    before = drv.counter("rejected.out_of_order")
+    drv.send_frame(t_good - 50_000_000)
+    drv.counted("planning", "rejected.out_of_order", before)
+
+
+def test_fuzz_odometry(drv):
+    """1e300 (defect 5) and 0.9 s in the future (defect 9) are refused on arrival, and the
+    samples after them are still used."""
+    for x, ahead in ((1e300, 0), (0.0, 900_000_000)):
+        before = int(drv.values("inputs").get("rejected.odom", 0))
+        o = Odometry(header=Header(stamp=ns_to_stamp(now_ns() + ahead), frame_id="map"), child_frame_id="base_link")
+        o.pose.pose.position.x = x
+        o.pose.pose.orientation.w = 1.0
+        drv.odom_pub.publish(o)
+        drv.counted("inputs", "rejected.odom", before)
+        t = drv.good_frame_plans()
+        path_map = drv.wait(lambda: [p for p in drv.paths_map if stamp_to_ns(p.header.stamp) == t], 5)
+        assert path_map and max(abs(p.pose.position.x) for p in path_map[0].poses) < 1e4
+
+
+def test_fuzz_tf_static(drv):
+    """A self loop, a two-frame cycle and an absurd translation are refused on arrival;
+    planning goes on (defects 2, 5)."""
+    before = int(drv.values("inputs").get("rejected.tf_static", 0))
+    drv.tf_pub.publish(TFMessage(transforms=[tf("base_link", "base_link"), tf("x_a", "x_b"), tf("x_b", "x_a"),
+                                             tf("base_link", "cam_front_optical", 1e300)]))
+    assert drv.counted("inputs", "rejected.tf_static", before) >= before + 3
+    t = drv.good_frame_plans()
+    assert max(abs(p.pose.position.x) for p in drv.paths_at(t)[0].poses) < 1e3
+
+
+def test_fuzz_no_plan_watchdog(drv):
+    """Front images arrive, nothing can be planned (odometry unusable): WARN, then ERROR (defect 6)."""
+    for _ in range(40):
+        drv.send_frame(now_ns(), odom_nan=True)
+        time.sleep(0.1)
+        if drv.level("planning") == 2 and float(drv.values("planning").get("no_plan_s", 0)) > 1.0:
+            break
+    assert drv.level("planning") == 2 and float(drv.values("planning")["no_plan_s"]) > 1.0, drv.values("planning")
+    assert drv.values("planning")["no_plan_reason"]
+
+
+def test_fuzz_frame_loss_is_counted(drv):
+    """Every third front frame never sent: counted as lost before the node (defect 10)."""
+    t0, period = now_ns(), 83_333_333
+    for i in range(36):
+        if i % 3 != 2:
+            drv.send_frame(t0 + i * period)
+        time.sleep(0.04)
+    assert drv.wait(lambda: int((drv.diag_values("inputs") or ({},))[0].get("CAM_FRONT.lost_before_node", 0)) >= 8,
+                    5), drv.values("inputs")
 
 
 def _cycle_under_load(checkpoint, cycles: int) -> None:

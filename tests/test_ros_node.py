@@ -104,7 +104,8 @@ class Driver(TestNode):
         self.tf_pub.publish(msg)
 
     def send_frame(self, stamp_ns: int, *, skip: tuple[str, ...] = (), front: Image | None = None,
-                   odom_nan: bool = False, command: int | None = None, speed: float = 5.0) -> None:
+                   odom_nan: bool = False, command: int | None = None, speed: float = 5.0,
+                   with_info: bool = True) -> None:
         """One camera sweep anchored at stamp_ns: odometry first, then the cameras ~10 ms apart."""
         odom = Odometry(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id="map"), child_frame_id="base_link")
         x = speed * stamp_ns / 1e9
@@ -120,8 +121,9 @@ class Driver(TestNode):
             s = ns_to_stamp(stamp_ns + i * 10_000_000)
             frame = f"{cam.lower()}_optical"
             k = scale_intrinsics(self.rig.intrinsics[cam], RIG_SIZE, (W, H))
-            self.info_pub[cam].publish(CameraInfo(header=Header(stamp=s, frame_id=frame), height=H, width=W,
-                                                  k=k.ravel().tolist(), distortion_model="plumb_bob"))
+            if with_info:
+                self.info_pub[cam].publish(CameraInfo(header=Header(stamp=s, frame_id=frame), height=H, width=W,
+                                                      k=k.ravel().tolist(), distortion_model="plumb_bob"))
             msg = front if (cam == CAMERAS[0] and front is not None) else rgb_to_image(self.images[cam], s, frame, "bgr8")
             if cam == CAMERAS[0] and front is not None:
                 msg.header.stamp = s
