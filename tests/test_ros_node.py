@@ -307,7 +307,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
 
 
 def _call(drv: Driver, client, request, timeout: float = 30.0):
-    assert client.wait_for_service(timeout_sec=20.0), f"service {client.srv_name} not available"
+    assert client.wait_for_service(timeout_sec=60.0), f"service {client.srv_name} not available"
     fut = client.call_async(request)
     deadline = time.monotonic() + timeout
     while not fut.done() and time.monotonic() < deadline:

@@ -42,7 +42,6 @@ import dataclasses
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
 
+from dima_planner.ros.bag_io import cdr_stamp_ns  # noqa: E402
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id  # noqa: E402
 
 FRONT_TOPICS = ("/cam_front/image_raw", "/cam_front/image_raw/compressed")
@@ -74,14 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--domain-id", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     return p.parse_args(argv)
-
-
-def cdr_stamp_ns(raw: bytes) -> int:
-    """Header stamp of a serialised message whose first field is std_msgs/Header (CDR:
-    4-byte encapsulation header, then int32 sec, uint32 nanosec)."""
-    little = raw[1] == 1  # encapsulation id 0x0001 = CDR_LE, 0x0000 = CDR_BE
-    sec, nsec = struct.unpack_from("<iI" if little else ">iI", raw, 4)
-    return sec * 1_000_000_000 + nsec
 
 
 def make_world(out: Path, seconds: float) -> tuple[Path, str]:
