@@ -88,7 +88,7 @@ _SPECS: list[ParamSpec] = [
               pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),
     ParamSpec("precision", "fp32", "model arithmetic: fp32, or fp16 / bf16 through torch.autocast (GPU)", "str",
               choices=("fp32", "fp16", "bf16"), on_configure=True),
-    ParamSpec("num_threads", 0, "torch CPU threads for the model (0 = torch's default)", "int", 0, 256,
+    ParamSpec("num_threads", 1, "torch CPU threads for the model (0 = torch's default: one per core)", "int", 0, 256,
               on_configure=True),
     ParamSpec("warmup", True, "run one forward pass on black images during configure", "bool", on_configure=True),
     ParamSpec("warmup_width", 1600, "image width of the warm-up pass", "int", 16, 8192, on_configure=True),
