@@ -151,26 +151,26 @@ def _neighbour_sd(nusc, sd: dict, key: str, min_dt_us: float) -> dict | None:
 def _ego_status(nusc, lidar_sd: dict, global2lidar: np.ndarray, min_dt: float) -> np.ndarray:
     """vx, vy, ax, ay, yaw_rate, speed in the current LiDAR frame from LIDAR_TOP poses.
 
-    Central differences over the neighbouring LIDAR_TOP sample_data (sweeps or keyframes)
-    at least `min_dt` away; one-sided velocity and zero acceleration at a log's ends.
+    Causal, as a vehicle (and the node's odometry) can know it at this instant: backward
+    differences over the previous LIDAR_TOP sample_data (sweeps or keyframes) at least
+    `min_dt` earlier, acceleration from the interval before that; zero at a log's start.
+    (Central differences would read the pose of the next keyframe, i.e. the first future
+    waypoint the planner is scored on, whenever the LiDAR has no sweeps.)
     """
     t0 = lidar_sd["timestamp"]
-    nb = {}
-    for key in ("prev", "next"):
-        sd = _neighbour_sd(nusc, lidar_sd, key, min_dt * 1e6)
-        if sd is not None:
-            rel = global2lidar @ sensor_to_global(nusc, sd["token"])
-            nb[key] = (rel[:2, 3], yaw_of(rel), (sd["timestamp"] - t0) * 1e-6)
     v, a, w = np.zeros(2), np.zeros(2), 0.0
-    if "prev" in nb and "next" in nb:
-        (pp, yp, tp), (pn, yn, tn) = nb["prev"], nb["next"]
-        v = (pn - pp) / (tn - tp)
-        a = (pn / tn - pp / tp) / ((tn - tp) / 2)  # (v_forward - v_backward) / mid-interval
-        w = float(wrap_angle(yn - yp)) / (tn - tp)
-    elif nb:
-        p, y, t = next(iter(nb.values()))
-        v = p / t
-        w = float(wrap_angle(y)) / t
+    p1 = _neighbour_sd(nusc, lidar_sd, "prev", min_dt * 1e6)
+    if p1 is not None:
+        rel1 = global2lidar @ sensor_to_global(nusc, p1["token"])
+        dt1 = (t0 - p1["timestamp"]) * 1e-6
+        v = -rel1[:2, 3] / dt1
+        w = -float(wrap_angle(yaw_of(rel1))) / dt1
+        p2 = _neighbour_sd(nusc, p1, "prev", min_dt * 1e6)
+        if p2 is not None:
+            rel2 = global2lidar @ sensor_to_global(nusc, p2["token"])
+            dt2 = (p1["timestamp"] - p2["timestamp"]) * 1e-6
+            v_prev = (rel1[:2, 3] - rel2[:2, 3]) / dt2
+            a = (v - v_prev) / ((dt1 + dt2) / 2)
     return np.array([v[0], v[1], a[0], a[1], w, np.hypot(*v)], dtype=np.float32)
 
 

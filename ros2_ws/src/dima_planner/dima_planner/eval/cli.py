@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlp-config", default=None, help="YAML with EgoMLPConfig fields (params/eval_mlp.yaml)")
     parser.add_argument("--out", default="runs/eval", help="output folder")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the metrics JSON here")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="score another planner checkpoint in the same run under NAME (repeatable), "
+                             "e.g. planner_camera_only=checkpoints/dima_tiny_camera_only")
     parser.add_argument("--convention", choices=("vad", "uniad", "both"), default="both",
                         help="metric convention(s); VAD is DiMA's main table")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -144,7 +147,16 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
             results["planner_dual" if args.dual else "planner"] = evaluate(
                 planner.predict, dataset(args.split, images=True, image_size=planner.cfg.image_size), conventions,
                 batch_size=args.batch_size, keep_predictions=True, shard=sh)
-    except (DataRootError, SplitError, ImageLoadError, FileNotFoundError, ValueError) as e:
+        for spec in args.also:
+            from ..inference import load_planner
+
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--also takes NAME=CHECKPOINT, got {spec!r}")
+            other = load_planner(str(resolve_default_checkpoint(path)), args.device)
+            results[name] = evaluate(other.predict, dataset(args.split, images=True, image_size=other.cfg.image_size),
+                                     conventions, batch_size=args.batch_size, keep_predictions=True, shard=sh)
+    except (DataRootError, SplitError, ImageLoadError, FileNotFoundError, ValueError) as e:  # CheckpointError too
         print(f"dima eval: {e}", file=sys.stderr)
         return 2
     if not shard.main:
