@@ -27,7 +27,7 @@ from dima_planner.data.sample import CAMERAS
 from dima_planner.inference import Planner
 from dima_planner.model.config import tiny_cpu
 from dima_planner.model.planner import VisionPlanner
-from dima_planner.ros.images import ImageLimits, compressed_header, decode_compressed, decode_raw, reduction_for
+from dima_planner.ros.images import ImageLimits, compressed_header, decode_compressed, decode_raw
 from dima_planner.ros.params import PARAMS
 from dima_planner.ros.planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
 from dima_planner.ros.planner_stats import ERROR, OK, WARN, PlannerStats, StreamCounter
@@ -397,14 +397,12 @@ def test_compressed_header_and_reduced_decode():
     rgb = cv2.GaussianBlur(rgb, (31, 31), 10)
     ok, jpg = cv2.imencode(".jpg", rgb)
     assert compressed_header(jpg.tobytes()) == ("jpeg", 1600, 900)
-    assert reduction_for((1600, 900), (160, 96)) == 8 and reduction_for((320, 180), (160, 96)) == 1
     msg = CompressedImage(format="jpeg", data=jpg.tobytes())
     d = decode_compressed(msg, ImageLimits(), (160, 96))
     assert d.rgb.shape == (96, 160, 3) and d.source_wh == (1600, 900)
     full = cv2.resize(cv2.cvtColor(cv2.imdecode(jpg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), (160, 96),
                       interpolation=cv2.INTER_AREA)
     assert np.abs(d.rgb.astype(int) - full).mean() < 3.0  # DCT-scaled decoding: the same picture
-    # 1/8 in the DCT (200x113: the last row is a partial block), then 200x113 -> 160x96
-    assert d.k_scale == pytest.approx((0.1, 96 / 113 / 8), rel=1e-12)
+    assert d.k_scale == pytest.approx((160 / 1600, 96 / 900), rel=1e-12)  # model/inputs.py's convention
     raw = decode_raw(image("CAM_FRONT", T0), ImageLimits(), (160, 96))
     assert raw.rgb.shape == (96, 160, 3) and raw.k_scale == (0.5, 96 / 180)

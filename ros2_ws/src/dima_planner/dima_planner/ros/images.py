@@ -7,11 +7,11 @@ Why the checks come first: a 261 KB PNG may declare 16384x16384 pixels (768 MB d
 The JPEG/PNG header is parsed here, and an image that is too large, too small or of another
 format is rejected before cv2 allocates anything.
 
-Why decode straight to the model size: the model sees 160x96 pixels. libjpeg can decode at
-1/2, 1/4 or 1/8 scale in the DCT domain (cv2.IMREAD_REDUCED_COLOR_N), which costs a fraction
-of a full decode; the largest reduction that still leaves at least the model size is used,
-then INTER_AREA resizes to the model size. `Decoded.k_scale` maps the source image's
-intrinsics to the returned image (pixel-corner convention, as inference.resize_intrinsics).
+Why decode straight to the model size: the model sees 160x96 pixels. The pixels come from
+model/inputs.py, the one model-input path training uses too: a JPEG is decoded at 1/2, 1/4
+or 1/8 scale in the DCT domain (much cheaper than a full decode), then INTER_AREA-resized;
+a raw image is INTER_AREA-resized. `Decoded.k_scale` maps the source image's intrinsics to
+the returned image with inputs.scale_intrinsics' convention.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..model import inputs
 from .errors import InputError
 
 
@@ -87,27 +88,10 @@ def check_size(w: int, h: int, limits: ImageLimits, what: str = "image") -> None
                                      f"{limits.max_pixels}; not decoded")
 
 
-def _fit(rgb: np.ndarray, source_wh: tuple[int, int], reduction: int, out_wh: tuple[int, int] | None) -> Decoded:
-    h, w = rgb.shape[:2]
-    sx, sy = 1.0 / reduction, 1.0 / reduction  # DCT scaling: reduced pixel i covers source pixels [r i, r i + r)
-    if out_wh is not None and (w, h) != tuple(out_wh):
-        rgb = cv2.resize(rgb, tuple(out_wh), interpolation=cv2.INTER_AREA)
-        sx, sy = sx * out_wh[0] / w, sy * out_wh[1] / h
-    return Decoded(rgb, source_wh, (sx, sy))
-
-
-def reduction_for(source_wh: tuple[int, int], out_wh: tuple[int, int] | None) -> int:
-    """Largest libjpeg scale 1/r (r in 8, 4, 2) whose output still covers out_wh; 1 = full size."""
-    if out_wh is None:
-        return 1
-    for r in (8, 4, 2):
-        if -(-source_wh[0] // r) >= out_wh[0] and -(-source_wh[1] // r) >= out_wh[1]:
-            return r
-    return 1
-
-
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}
+def _k_scale(source_wh: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, float]:
+    """(sx, sy) with K_out = diag(sx, sy, 1) K_source, as inputs.scale_intrinsics has it."""
+    k = inputs.scale_intrinsics(np.eye(3), (source_wh[1], source_wh[0]), out_hw)
+    return float(k[0, 0]), float(k[1, 1])
 
 
 def decode_compressed(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int] | None = None) -> Decoded:
@@ -116,14 +100,12 @@ def decode_compressed(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[in
         raise InputError("bad_compressed", "compressed image has no data")
     fmt, w, h = compressed_header(msg.data)
     check_size(w, h, limits, f"{fmt.upper()} image")
-    r = reduction_for((w, h), out_wh) if fmt == "jpeg" else 1
-    bgr = cv2.imdecode(np.frombuffer(msg.data, np.uint8), _REDUCED[r])
-    if bgr is None:
-        raise InputError("bad_compressed", f"cannot decode compressed image (format {msg.format!r}, "
-                                           f"{len(msg.data)} bytes)")
-    if bgr.shape[:2] != (-(-h // r), -(-w // r)):
-        raise InputError("bad_compressed", f"decoded {bgr.shape[1]}x{bgr.shape[0]}, header says {w}x{h}")
-    return _fit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (w, h), r, out_wh)
+    out_hw = (h, w) if out_wh is None else (out_wh[1], out_wh[0])
+    try:
+        rgb = inputs.decode_image(bytes(msg.data), out_hw)
+    except inputs.ImageDecodeError as e:
+        raise InputError("bad_compressed", f"{e} (format {msg.format!r})") from None
+    return Decoded(rgb, (w, h), _k_scale((w, h), out_hw))
 
 
 def decode_raw(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int] | None = None) -> Decoded:
@@ -146,15 +128,16 @@ def decode_raw(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int]
     # rclpy gives uint8[] as array.array (or bytes): both expose the buffer, no copy here.
     rows = np.frombuffer(msg.data, np.uint8).reshape(h, step)
     pix = rows[:, : w * ch].reshape(h, w, ch) if step == w * ch else np.ascontiguousarray(rows[:, : w * ch]).reshape(h, w, ch)
-    if out_wh is not None and (w, h) != tuple(out_wh):  # resize first: convert 100x fewer pixels
-        pix = cv2.resize(pix, tuple(out_wh), interpolation=cv2.INTER_AREA)
-        if ch == 1:
-            pix = pix[:, :, None]
-        sx, sy = out_wh[0] / w, out_wh[1] / h
+    out_hw = (h, w) if out_wh is None else (out_wh[1], out_wh[0])
+    if ch == 3:  # resize first (INTER_AREA works per channel): 100x fewer pixels to convert
+        rgb = inputs.resize_array(pix, out_hw)
+        if code is not None:
+            rgb = cv2.cvtColor(rgb, code)
+        elif np.shares_memory(rgb, rows):
+            rgb = rgb.copy()
     else:
-        pix, sx, sy = pix.copy() if code is None else pix, 1.0, 1.0
-    rgb = pix if code is None else cv2.cvtColor(pix, code)
-    return Decoded(np.ascontiguousarray(rgb), (w, h), (sx, sy))
+        rgb = inputs.resize_array(cv2.cvtColor(pix, code), out_hw)
+    return Decoded(np.ascontiguousarray(rgb), (w, h), _k_scale((w, h), out_hw))
 
 
 def decode(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int] | None = None) -> Decoded:
