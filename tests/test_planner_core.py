@@ -22,7 +22,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
-from dima_planner.data.geometry import RIG_SIZE, load_rig, matrix_to_quat_xyzw, scale_intrinsics
+from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw
+from dima_planner.model.inputs import scale_intrinsics
 from dima_planner.data.sample import CAMERAS
 from dima_planner.inference import Planner
 from dima_planner.model.config import tiny_cpu
@@ -82,7 +83,7 @@ def image(cam: str, ns: int, w: int = W, h: int = H, encoding: str = "rgb8") -> 
 
 
 def info(cam: str, ns: int, w: int = W, h: int = H, k: np.ndarray | None = None, d=(0.0,) * 5, p=None) -> CameraInfo:
-    k = scale_intrinsics(RIG.intrinsics[cam], RIG_SIZE, (w, h)) if k is None else k
+    k = scale_intrinsics(RIG.intrinsics[cam], RIG_HW, (h, w)) if k is None else k
     pm = np.zeros((3, 4))
     pm[:, :3] = k if p is None else p
     return CameraInfo(header=Header(stamp=stamp(ns), frame_id=f"{cam.lower()}_optical"), width=w, height=h,
@@ -157,7 +158,7 @@ def test_good_frame_is_planned_with_model_size_inputs(planner):
     out = expect_plan(r.step(T0))
     call = r.spy.calls[-1]
     assert all(img.shape == (96, 160, 3) for img in call["images"])  # decoded straight to the model size
-    k_front = scale_intrinsics(RIG.intrinsics["CAM_FRONT"], RIG_SIZE, (160, 96))
+    k_front = scale_intrinsics(RIG.intrinsics["CAM_FRONT"], RIG_HW, (96, 160))
     np.testing.assert_allclose(call["intrinsics"][0], k_front, rtol=1e-9)
     assert out.command == 2 and out.degraded == [] and out.world_frame == "map"
 
@@ -280,7 +281,7 @@ def test_side_camera_with_bad_camera_info_is_masked(planner):
 # ---- defect 8: intrinsics matched to their image -----------------------------------------------------------
 def test_camera_info_is_matched_by_stamp_and_a_bad_one_spoils_nothing(planner):
     r = Rig(planner)
-    k1 = scale_intrinsics(RIG.intrinsics["CAM_FRONT"], RIG_SIZE, (W, H))
+    k1 = scale_intrinsics(RIG.intrinsics["CAM_FRONT"], RIG_HW, (H, W))
     k2 = k1.copy()
     k2[0, 0] *= 1.2
     r.core.on_camera_info("CAM_FRONT", info("CAM_FRONT", T0 + 100 * MS, k=k1))
@@ -295,7 +296,7 @@ def test_camera_info_is_matched_by_stamp_and_a_bad_one_spoils_nothing(planner):
 
 
 def test_rectified_images_use_p_and_distortion_is_warned_once(planner):
-    k = scale_intrinsics(RIG.intrinsics["CAM_FRONT"], RIG_SIZE, (W, H))
+    k = scale_intrinsics(RIG.intrinsics["CAM_FRONT"], RIG_HW, (H, W))
     p = k.copy()
     p[0, 0] *= 0.9  # rectification changes the focal length
     r = Rig(planner, **{"cameras.CAM_FRONT.rectified": True})

@@ -14,7 +14,8 @@ from visualization_msgs.msg import Marker
 
 from dima_planner.ros import conversions as conv
 from dima_planner.ros.conversions import InputError
-from dima_planner.data.geometry import RIG_SIZE, load_rig, matrix_to_quat_xyzw, scale_intrinsics
+from dima_planner.data.geometry import RIG_HW, RIG_SIZE, load_rig, matrix_to_quat_xyzw
+from dima_planner.model.inputs import scale_intrinsics
 from dima_planner.ros.extrinsics import StaticTransforms
 from dima_planner.ros.frames import base_link_to_lidar_xy
 from dima_planner.ros.reasoning import decode_scene_tokens_msg
@@ -191,5 +192,5 @@ def test_static_transforms_chain_and_rig():
         tf.lookup("base_link", "cam_back_optical")
     # the packaged rig: the front camera looks along base_link +x, intrinsics for 1600x900
     assert rig.cam2ego["CAM_FRONT"][0, 2] > 0.99 and RIG_SIZE == (1600, 900)
-    k = scale_intrinsics(rig.intrinsics["CAM_FRONT"], RIG_SIZE, (800, 450))
+    k = scale_intrinsics(rig.intrinsics["CAM_FRONT"], RIG_HW, (450, 800))
     assert k[0, 0] == pytest.approx(rig.intrinsics["CAM_FRONT"][0, 0] / 2)

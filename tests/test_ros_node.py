@@ -42,7 +42,8 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory  # noqa: E402
 from dima_planner.data.sample import CAMERAS  # noqa: E402
-from dima_planner.data.geometry import RIG_SIZE, load_rig, matrix_to_quat_xyzw, scale_intrinsics  # noqa: E402
+from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw
+from dima_planner.model.inputs import scale_intrinsics  # noqa: E402
 from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns  # noqa: E402
 from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
 
@@ -120,7 +121,7 @@ class Driver(TestNode):
                 continue
             s = ns_to_stamp(stamp_ns + i * 10_000_000)
             frame = f"{cam.lower()}_optical"
-            k = scale_intrinsics(self.rig.intrinsics[cam], RIG_SIZE, (W, H))
+            k = scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, (H, W))
             if with_info:
                 self.info_pub[cam].publish(CameraInfo(header=Header(stamp=s, frame_id=frame), height=H, width=W,
                                                       k=k.ravel().tolist(), distortion_model="plumb_bob"))

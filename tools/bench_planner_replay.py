@@ -69,7 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phases", default="alone,mllm", help="comma list of: alone, mllm")
     p.add_argument("--rate", type=float, default=1.0, help="replay rate (1 = recorded timing)")
     p.add_argument("--clock-hz", type=float, default=100.0)
-    p.add_argument("--planner-threads", type=int, default=0, help="planner num_threads (0 = torch default)")
+    p.add_argument("--planner-threads", type=int, default=1, help="planner num_threads (0 = torch default)")
+    p.add_argument("--device", default="cpu", help="planner device (cpu, cuda, ...)")
+    p.add_argument("--precision", default="fp32", help="planner precision (fp32, fp16, bf16)")
     p.add_argument("--mllm-min-period", type=float, default=None, help="override mllm.yaml min_period")
     p.add_argument("--domain-id", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -117,6 +119,12 @@ def checkpoint_for(path: str, tmp_root: Path) -> tuple[Path, str]:
     return made, f"{ckpt} missing: freshly initialised tiny_cpu checkpoint (same architecture)"
 
 
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process (all threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -137,7 +145,8 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     ros = REPO / "params" / "ros"
     pcmd = [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args",
             "--params-file", str(ros / "planner.yaml"), "--params-file", str(ros / "replay.yaml"),
-            "-p", f"checkpoint:={ckpt}", "-p", f"num_threads:={args.planner_threads}"]
+            "-p", f"checkpoint:={ckpt}", "-p", f"num_threads:={args.planner_threads}",
+            "-p", f"device:={args.device}", "-p", f"precision:={args.precision}"]
     if args.compressed:
         from dima_planner.data.sample import CAMERAS
 
@@ -234,6 +243,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
         time.sleep(1.0)  # let the planner's reliable readers match every writer
         with lock:
             diag_before = dict(diag.get("dima_planner: planning", {}))
+        cpu_before = proc_cpu_s(procs["planner"].pid)
         stats = player.play()
         player.drain(5.0)
         # Plans for the last frames: wait until no Path arrived for 3 s.
@@ -245,6 +255,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
             if n == last:
                 break
             last = n
+        cpu_used = proc_cpu_s(procs["planner"].pid) - cpu_before  # replay + the last plans
         time.sleep(1.5)  # one more /diagnostics period
         player.close()
         with lock:
@@ -283,6 +294,10 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
         "node_overhead_diag_p50_ms": planning.get("node_overhead_p50_ms"),
         "node_overhead_diag_p99_ms": planning.get("node_overhead_p99_ms"),
         "drops": len(stamps) - int(len(lat)), "drop_reasons": drops,
+        # CPU seconds the node process used while the bag played (all its threads), per front
+        # image and as cores: a load-robust cost measure on a shared machine
+        "node_cpu_s": cpu_used, "node_cpu_ms_per_front": 1e3 * cpu_used / max(len(stamps), 1),
+        "node_cpu_cores": cpu_used / max(stats.wall_seconds, 1e-9),
         "player_max_lateness_ms": stats.max_lateness * 1e3, "player_wall_s": stats.wall_seconds,
         "reasonings": len(reasonings), "mllm_trajectories": len(mllm_trajs),
         "mllm_generation_p50_ms": mllm_diag.get("generation_latency_p50_ms"),
@@ -333,7 +348,8 @@ def main(argv=None) -> int:
               f"{r['player_max_lateness_ms']:>8.0f}")
     for r in rows:
         print(f"{r['phase']}: drop reasons {r['drop_reasons'] or 'none'}; node_overhead (diagnostics) p50 "
-              f"{r['node_overhead_diag_p50_ms']} ms p99 {r['node_overhead_diag_p99_ms']} ms")
+              f"{r['node_overhead_diag_p50_ms']} ms p99 {r['node_overhead_diag_p99_ms']} ms; node CPU "
+              f"{r['node_cpu_ms_per_front']:.0f} ms per front image ({r['node_cpu_cores']:.2f} cores)")
         if r["phase"] == "mllm":
             print(f"mllm: {r['reasonings']} reasonings, {r['mllm_trajectories']} Dual trajectories "
                   f"({r['mllm_dual_pooled']} pooled with the planner feature), generation p50 "

@@ -2,8 +2,8 @@
 
 Conventions: a pose is the 4x4 float64 child -> parent transform; quaternions are
 (w, x, y, z) in nuScenes records and (x, y, z, w) in ROS messages (both spelled out in the
-function names); intrinsics are 3x3 in the pixel-corner convention (cv2/PIL resize), so an
-image resized from (w, h) to (w', h') has K' = diag(w'/w, h'/h, 1) K.
+function names). Intrinsics scaling lives with the rest of the model input path:
+model/inputs.scale_intrinsics (pixel-corner convention, (H, W) axis order).
 Used by the dataset, the world generator, the bag tools and the planner node alike.
 """
 from __future__ import annotations
@@ -109,15 +109,9 @@ def wrap_angle(a):
     return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
-# ---- intrinsics --------------------------------------------------------------------------------------
-def scale_intrinsics(k: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> np.ndarray:
-    """K of an image resized from from_wh = (w, h) to to_wh (pixel-corner convention)."""
-    sx, sy = to_wh[0] / from_wh[0], to_wh[1] / from_wh[1]
-    return np.diag([sx, sy, 1.0]) @ np.asarray(k, dtype=np.float64)
-
-
 # ---- camera rig --------------------------------------------------------------------------------------
 RIG_SIZE = (1600, 900)  # (width, height) the packaged rig's intrinsics are for
+RIG_HW = (900, 1600)  # the same as (height, width), model/inputs.py's axis order
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from tqdm import tqdm
 from dima_planner.data.nuscenes_dataset import DatasetConfig, occupancy_boxes, scene_records
 from dima_planner.data.sample import CAMERAS, FUTURE_STEPS, STEP_SECONDS
 from dima_planner.ros import bag_io
-from dima_planner.data.geometry import matrix_to_quat_xyzw, pose_matrix, scale_intrinsics, yaw_of
+from dima_planner.data.geometry import matrix_to_quat_xyzw, pose_matrix, yaw_of
+from dima_planner.model.inputs import scale_intrinsics
 from dima_planner.ros.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, lidar_xy_to_base_link, optical_frame
 
 LIDAR = "LIDAR_TOP"
@@ -244,7 +245,7 @@ def camera_info(b: Builder, ns: int, cam: str, intrinsic: np.ndarray, size: tupl
                 ref_size: tuple[int, int]):
     """CameraInfo for undistorted images; K scaled from the calibration's image size to `size`."""
     w, h = size
-    k = scale_intrinsics(np.asarray(intrinsic, dtype=np.float64).reshape(3, 3), ref_size, size)
+    k = scale_intrinsics(np.asarray(intrinsic, dtype=np.float64).reshape(3, 3), ref_size[::-1], size[::-1])
     p = np.zeros((3, 4))
     p[:, :3] = k
     Roi = b.s.types["sensor_msgs/msg/RegionOfInterest"]

@@ -12,10 +12,10 @@ import threading
 
 import numpy as np
 
-from ..data.geometry import RIG_SIZE, Rig, load_rig, transform_from_msg
+from ..data.geometry import RIG_HW, RIG_SIZE, Rig, load_rig, transform_from_msg
 from .errors import InputError
 
-__all__ = ["RIG_SIZE", "Rig", "StaticTransforms", "load_rig"]
+__all__ = ["RIG_HW", "RIG_SIZE", "Rig", "StaticTransforms", "load_rig"]
 
 MAX_DEPTH = 64  # longer chains are refused on arrival; no real vehicle comes close
 

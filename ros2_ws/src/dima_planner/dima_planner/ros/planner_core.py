@@ -31,8 +31,9 @@ import torch
 
 from ..data import geometry
 from ..data.sample import CAMERAS
+from ..model.inputs import scale_intrinsics
 from .errors import InputError
-from .extrinsics import RIG_SIZE, Rig, StaticTransforms
+from .extrinsics import RIG_HW, Rig, StaticTransforms
 from .frames import trajectory_lidar_to_base
 from .images import Decoded, ImageLimits, decode
 from .planner_stats import PlannerStats
@@ -415,7 +416,7 @@ class PlannerCore:
     def _intrinsics(self, cam: str, stamp: int, img: Decoded) -> np.ndarray:
         """K of the model-size image: the source image's K (CameraInfo or rig) scaled as it was."""
         if self.p["intrinsics_source"] == "rig":
-            k = geometry.scale_intrinsics(self.rig.intrinsics[cam], RIG_SIZE, img.source_wh)
+            k = scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, img.source_wh[::-1])
         else:
             k = self.infos[cam].lookup(stamp, img.source_wh).k
         sx, sy = img.k_scale
@@ -430,7 +431,7 @@ class PlannerCore:
         if prev is not None:
             return np.zeros_like(prev[0]), prev[1], prev[2], f"masked.{cam}"
         # never seen: the rig's geometry (frame None = rig extrinsics); the image is black anyway
-        k = geometry.scale_intrinsics(self.rig.intrinsics[cam], RIG_SIZE, wh)
+        k = scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, wh[::-1])
         return np.zeros((wh[1], wh[0], 3), np.uint8), k, None, f"masked.{cam}"
 
     def _extrinsics(self, frames: list[str | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,8 @@ from visualization_msgs.msg import MarkerArray
 
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory, SceneTokens
 
-from ..data.geometry import RIG_SIZE, Rig, load_rig, scale_intrinsics
+from ..data.geometry import RIG_HW, Rig, load_rig
+from ..model.inputs import scale_intrinsics
 from ..data.sample import CAMERAS, EGO_STATUS_FIELDS
 from . import conversions as conv
 from .diagnostics import build_diagnostics
@@ -173,7 +174,7 @@ class PlannerNode(LifecycleNode):
             if p["warmup"]:
                 t0 = time.monotonic()
                 w, h = p["warmup_width"], p["warmup_height"]
-                ks = np.stack([scale_intrinsics(self._rig.intrinsics[c], RIG_SIZE, (w, h)) for c in CAMERAS])
+                ks = np.stack([scale_intrinsics(self._rig.intrinsics[c], RIG_HW, (h, w)) for c in CAMERAS])
                 c2l = np.stack([np.linalg.inv(self._rig.lidar2ego) @ self._rig.cam2ego[c] for c in CAMERAS])
                 status = np.zeros(len(EGO_STATUS_FIELDS), np.float32)
                 self._planner.plan([np.zeros((h, w, 3), np.uint8)] * len(CAMERAS), ks, c2l, p["default_command"],
