@@ -407,3 +407,17 @@ def test_compressed_header_and_reduced_decode():
     assert d.k_scale == pytest.approx((160 / 1600, 96 / 900), rel=1e-12)  # model/inputs.py's convention
     raw = decode_raw(image("CAM_FRONT", T0), ImageLimits(), (160, 96))
     assert raw.rgb.shape == (96, 160, 3) and raw.k_scale == (0.5, 96 / 180)
+
+
+# ---- import boundaries -----------------------------------------------------------------------------------------
+def test_core_and_sync_import_no_ros_and_the_node_no_torch():
+    """The core and sync.py are ROS-free; the node module loads torch only at configure, so a
+    process answers its lifecycle services at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import dima_planner.ros.planner_core, dima_planner.ros.sync; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'sensor_msgs', 'nav_msgs', "
+            "'geometry_msgs', 'tf2_msgs', 'std_msgs', 'builtin_interfaces', 'diagnostic_msgs', 'dima_msgs')]; "
+            "assert not bad, bad; import dima_planner.ros.planner_node; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

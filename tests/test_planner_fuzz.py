@@ -117,7 +117,7 @@ def fuzz(checkpoint):
     drv.proc = proc
     try:
         drv.publish_tf_static()
-        assert drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60), \
+        assert drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 180), \
             stop_node_process(proc)
         for _ in range(20):  # discovery
             t = now_ns()

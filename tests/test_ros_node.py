@@ -193,7 +193,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
     try:
         drv.publish_tf_static()
         # Wait for the node: the model status says loaded (active).
-        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
+        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 180)
         assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
 
         # 1. good inputs -> a plan stamped with the front camera stamp, in base_link
@@ -427,7 +427,7 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
     tokens = drv.record(SceneTokens, "/dima/scene_tokens", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
     try:
         drv.publish_tf_static()
-        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
+        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 180)
         assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
         t = now_ns()
         for _ in range(20):

@@ -112,12 +112,12 @@ def bench_dual(args) -> dict:
     try:
         planner = load_planner(args.dual_checkpoint, args.device, dual=True)
         model = planner.model
-        inputs = accel.example_inputs(model.planner, args.device)
-        cmd = inputs[-1]
+        images, l2i, prev_bev, p2c, has_prev, cmd, can_bus = accel.example_inputs(model.planner, args.device)
+        can_bus = can_bus if getattr(model.cfg, "can_bus", False) else None
 
         def run():
             with torch.inference_mode(), autocast(args.device, args.precision):
-                enc = model.encode(*inputs[:5])
+                enc = model.encode(images, l2i, prev_bev, p2c, has_prev, None, can_bus)
                 return model.plan(enc, cmd)
 
         row["p50_ms"], row["p99_ms"] = time_fn(run, args.device, max(args.iters // 5, 5), 3)

@@ -23,8 +23,8 @@ if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; 
   [ -f checkpoints/dima_tiny_stage2/mllm.safetensors ] && DUAL=(--dual-checkpoint checkpoints/dima_tiny_stage2)
 else
   DEVICE=cpu
-  echo "no CUDA device: CPU fallback (tiny_cpu only, eager + compiled, 10 iterations)"
-  FWD=(--device cpu --configs tiny_cpu --modes eager,compiled,tensorrt --iters 10 --warmup 2)
+  echo "no CUDA device: CPU fallback (tiny_cpu only, eager; compiled and TensorRT rows say why they need a GPU here)"
+  FWD=(--device cpu --configs tiny_cpu --modes eager,tensorrt --iters 10 --warmup 2)
   DUAL=()
 fi
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

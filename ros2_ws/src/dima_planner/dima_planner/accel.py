@@ -22,8 +22,10 @@ class PlannerGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, lidar2img, prev_bev, prev2cur, has_prev, command):
-        enc = self.model.encode(images, lidar2img, prev_bev, prev2cur, has_prev, None)
+    def forward(self, images, lidar2img, prev_bev, prev2cur, has_prev, command, can_bus):
+        uses_can_bus = bool(getattr(self.model.cfg, "can_bus", False))
+        enc = self.model.encode(images, lidar2img, prev_bev, prev2cur, has_prev, None,
+                                can_bus if uses_can_bus else None)
         out = self.model.plan(enc, command, None)
         return out["plan_all"], enc.beam.bev, out["ego_feat"]
 
@@ -37,8 +39,10 @@ def example_inputs(model: VisionPlanner, device: str | torch.device = "cpu", dty
     lidar2img[..., 0, 0] = lidar2img[..., 1, 1] = 0.5 * w
     lidar2img[..., 0, 2], lidar2img[..., 1, 2] = 0.5 * w, 0.5 * h
     prev_bev = torch.zeros(1, cfg.bev_h * cfg.bev_w, cfg.embed_dim, device=device, dtype=dtype)
+    from .model.ego_motion import CAN_BUS_DIM
+
     return (images, lidar2img, prev_bev, torch.eye(4, device=device)[None], torch.tensor([True], device=device),
-            torch.tensor([2], device=device))
+            torch.tensor([2], device=device), torch.zeros(1, CAN_BUS_DIM, device=device, dtype=dtype))
 
 
 def tensorrt_available() -> str | None:

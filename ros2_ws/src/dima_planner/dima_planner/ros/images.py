@@ -21,8 +21,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..model import inputs
 from .errors import InputError
+
+
+def _inputs():
+    """model/inputs.py, imported on first use: it brings torch, which a node loads only when
+    it configures (a node process starts, and answers its lifecycle services, in a second)."""
+    from ..model import inputs
+
+    return inputs
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def check_size(w: int, h: int, limits: ImageLimits, what: str = "image") -> None
 
 def _k_scale(source_wh: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, float]:
     """(sx, sy) with K_out = diag(sx, sy, 1) K_source, as inputs.scale_intrinsics has it."""
-    k = inputs.scale_intrinsics(np.eye(3), (source_wh[1], source_wh[0]), out_hw)
+    k = _inputs().scale_intrinsics(np.eye(3), (source_wh[1], source_wh[0]), out_hw)
     return float(k[0, 0]), float(k[1, 1])
 
 
@@ -101,6 +108,7 @@ def decode_compressed(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[in
     fmt, w, h = compressed_header(msg.data)
     check_size(w, h, limits, f"{fmt.upper()} image")
     out_hw = (h, w) if out_wh is None else (out_wh[1], out_wh[0])
+    inputs = _inputs()
     try:
         rgb = inputs.decode_image(bytes(msg.data), out_hw)
     except inputs.ImageDecodeError as e:
@@ -129,6 +137,7 @@ def decode_raw(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int]
     rows = np.frombuffer(msg.data, np.uint8).reshape(h, step)
     pix = rows[:, : w * ch].reshape(h, w, ch) if step == w * ch else np.ascontiguousarray(rows[:, : w * ch]).reshape(h, w, ch)
     out_hw = (h, w) if out_wh is None else (out_wh[1], out_wh[0])
+    inputs = _inputs()
     if ch == 3:  # resize first (INTER_AREA works per channel): 100x fewer pixels to convert
         rgb = inputs.resize_array(pix, out_hw)
         if code is not None:

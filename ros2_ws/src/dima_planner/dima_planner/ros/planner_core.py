@@ -14,7 +14,8 @@ decides *whether and with what* to plan lives here, so it is tested with plain t
   watchdog and /diagnostics read (planner_stats.PlannerStats).
 
 Messages are read by attribute (header.stamp, k, p, pose.pose, ...): no rclpy or message
-package is imported here; the tests hand it real message objects.
+package is imported here; the tests hand it real message objects. torch (and model/) are
+imported when a PlannerCore is made, i.e. at configure, never at node start.
 """
 from __future__ import annotations
 
@@ -27,11 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from ..data import geometry
 from ..data.sample import CAMERAS
-from ..model.inputs import scale_intrinsics
 from .errors import InputError
 from .extrinsics import RIG_HW, Rig, StaticTransforms
 from .frames import trajectory_lidar_to_base
@@ -195,6 +194,11 @@ class PlannerCore:
         self.rate_skips = 0
         self._prev_twist: tuple[int, np.ndarray] | None = None
         self._warned: set[str] = set()
+        import torch
+
+        from ..model.inputs import scale_intrinsics
+
+        self._torch, self._scale_intrinsics = torch, scale_intrinsics
         self._precision = self._autocast_context()
 
     # ---- inputs arriving between frames --------------------------------------------------------------
@@ -377,7 +381,7 @@ class PlannerCore:
         temporal = self.temporal.advance(anchor_ns, int(p["max_scene_gap"] * SEC))
         t_model = time.monotonic()
         try:
-            with torch.inference_mode(), self._precision:
+            with self._torch.inference_mode(), self._precision:
                 result = self.planner.plan(images, np.stack(ks), cam2lidar, command, ego_status,
                                            scene_start=temporal.scene_start, stamp_ns=anchor_ns,
                                            lidar2world=lidar2world)
@@ -416,7 +420,7 @@ class PlannerCore:
     def _intrinsics(self, cam: str, stamp: int, img: Decoded) -> np.ndarray:
         """K of the model-size image: the source image's K (CameraInfo or rig) scaled as it was."""
         if self.p["intrinsics_source"] == "rig":
-            k = scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, img.source_wh[::-1])
+            k = self._scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, img.source_wh[::-1])
         else:
             k = self.infos[cam].lookup(stamp, img.source_wh).k
         sx, sy = img.k_scale
@@ -431,7 +435,7 @@ class PlannerCore:
         if prev is not None:
             return np.zeros_like(prev[0]), prev[1], prev[2], f"masked.{cam}"
         # never seen: the rig's geometry (frame None = rig extrinsics); the image is black anyway
-        k = scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, wh[::-1])
+        k = self._scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, wh[::-1])
         return np.zeros((wh[1], wh[0], 3), np.uint8), k, None, f"masked.{cam}"
 
     def _extrinsics(self, frames: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -471,5 +475,6 @@ class PlannerCore:
         precision = self.p.get("precision", "fp32")
         if precision == "fp32" or self.planner is None:
             return contextlib.nullcontext()
+        torch = self._torch
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         return torch.autocast(device_type=self.planner.device.type, dtype=dtype)

@@ -47,7 +47,6 @@ from visualization_msgs.msg import MarkerArray
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory, SceneTokens
 
 from ..data.geometry import RIG_HW, Rig, load_rig
-from ..model.inputs import scale_intrinsics
 from ..data.sample import CAMERAS, EGO_STATUS_FIELDS
 from . import conversions as conv
 from .diagnostics import build_diagnostics
@@ -167,6 +166,7 @@ class PlannerNode(LifecycleNode):
             return self._fail(f"rig_file {p['rig_file']!r}: {e}")
         try:
             from ..inference import load_planner  # torch is imported here, not at node start
+            from ..model.inputs import scale_intrinsics
 
             t0 = time.monotonic()
             self._planner = load_planner(ckpt, p["device"], p["num_threads"] or None)
