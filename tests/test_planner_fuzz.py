@@ -266,10 +266,12 @@ def _cycle_under_load(checkpoint, cycles: int) -> None:
         change = drv.node.create_client(ChangeState, "/dima_planner/change_state")
         get = drv.node.create_client(GetState, "/dima_planner/get_state")
 
+        done = 0
+
         def go(tid: int) -> None:
-            assert proc.poll() is None, f"node died:\n{stop_node_process(proc)}"
+            assert proc.poll() is None, f"node died after {done} cycles:\n{stop_node_process(proc)}"
             res = _call(drv, change, ChangeState.Request(transition=Transition(id=tid)))
-            assert res.success, f"transition {tid} failed:\n{drv.values('model')}"
+            assert res.success, f"transition {tid} failed after {done} cycles:\n{drv.values('model')}"
 
         def plans_again() -> None:  # the feeder's frames are planned (whichever: a busy worker drops some)
             n = len(drv.paths)
@@ -279,11 +281,15 @@ def _cycle_under_load(checkpoint, cycles: int) -> None:
         go(Transition.TRANSITION_ACTIVATE)
         feeder.start()
         plans_again()
+        t0 = time.monotonic()
         for _ in range(cycles):
             go(Transition.TRANSITION_DEACTIVATE)
             go(Transition.TRANSITION_CLEANUP)
             go(Transition.TRANSITION_CONFIGURE)
             go(Transition.TRANSITION_ACTIVATE)
+            done += 1
+        print(f"{done} deactivate/cleanup/configure/activate cycles under 12 Hz input in "
+              f"{time.monotonic() - t0:.0f} s, node alive")
         assert _call(drv, get, GetState.Request()).current_state.id == State.PRIMARY_STATE_ACTIVE
         plans_again()
         assert proc.poll() is None
