@@ -32,13 +32,14 @@ def start_node_process(module: str, domain_id: int, params_file: Path, *ros_args
 
 
 def stop_node_process(proc: subprocess.Popen) -> str:
-    """SIGINT (the node's normal shutdown path), SIGKILL after 10 s; returns its output."""
+    """SIGINT (the node's normal shutdown path), SIGKILL after 30 s; returns its output."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(10)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
     return proc.stdout.read() if proc.stdout else ""
 
 

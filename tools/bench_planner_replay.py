@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mllm-min-period", type=float, default=None, help="override mllm.yaml min_period")
     p.add_argument("--domain-id", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--node-repo", default=None, help="run the planner node of another checkout (its .venv and "
+                   "source), e.g. main, for an A/B in one sitting")
     return p.parse_args(argv)
 
 
@@ -140,20 +142,25 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     from dima_planner.ros.bag_play import BagPlayer
     from dima_planner.ros.conversions import stamp_to_ns
 
+    node_repo = Path(args.node_repo).resolve() if args.node_repo else REPO
+    python = node_repo / ".venv" / "bin" / "python" if args.node_repo else Path(sys.executable)
     env = dict(os.environ, PYTHONUNBUFFERED="1", ROS_DOMAIN_ID=str(domain),
-               PYTHONPATH=str(REPO / "ros2_ws" / "src" / "dima_planner"))
-    ros = REPO / "params" / "ros"
-    pcmd = [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args",
+               PYTHONPATH=str(node_repo / "ros2_ws" / "src" / "dima_planner"))
+    ros = node_repo / "params" / "ros"
+    pcmd = [str(python), "-m", "dima_planner.ros.planner_node", "--ros-args",
             "--params-file", str(ros / "planner.yaml"), "--params-file", str(ros / "replay.yaml"),
-            "-p", f"checkpoint:={ckpt}", "-p", f"num_threads:={args.planner_threads}",
-            "-p", f"device:={args.device}", "-p", f"precision:={args.precision}"]
+            "-p", f"checkpoint:={ckpt}", "-p", f"num_threads:={args.planner_threads}"]
+    if args.device != "cpu":  # only when asked: an older node may not know these parameters
+        pcmd += ["-p", f"device:={args.device}"]
+    if args.precision != "fp32":
+        pcmd += ["-p", f"precision:={args.precision}"]
     if args.compressed:
         from dima_planner.data.sample import CAMERAS
 
         for c in CAMERAS:
             pcmd += ["-p", f"cameras.{c}.transport:=compressed",
                      "-p", f"cameras.{c}.topic:=/{c.lower()}/image_raw/compressed"]
-    procs = {"planner": subprocess.Popen(pcmd, env=env, cwd=REPO, stdout=open(logs / f"{name}_planner.log", "w"),
+    procs = {"planner": subprocess.Popen(pcmd, env=env, cwd=node_repo, stdout=open(logs / f"{name}_planner.log", "w"),
                                          stderr=subprocess.STDOUT)}
     if name == "mllm":
         mcmd = [sys.executable, "-m", "dima_planner.ros.mllm_node", "--ros-args",
@@ -285,7 +292,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     drops = {k: int(v) - int(diag_before.get(k, 0)) for k, v in planning.items()
              if k.startswith(("dropped.", "rejected.", "degraded.")) and int(v) - int(diag_before.get(k, 0))}
     return {
-        "phase": name, "front_images": len(stamps), "paths": int(len(lat)), "rate_hz": len(lat) / span,
+        "phase": name, "node_repo": str(node_repo), "front_images": len(stamps), "paths": int(len(lat)), "rate_hz": len(lat) / span,
         "input_hz": (len(stamps) - 1) / span, "e2e_p50_ms": pct(lat, 50), "e2e_p99_ms": pct(lat, 99),
         "e2e_max_ms": float(lat.max()) if len(lat) else float("nan"),
         "model_p50_ms": pct(model_ms, 50), "model_p99_ms": pct(model_ms, 99),

@@ -304,9 +304,10 @@ class PlannerNode(LifecycleNode):
         if core is None:
             return
         stamp = conv.stamp_to_ns(msg.header.stamp)
-        self._cache.put("odom", stamp, None)  # rate/age bookkeeping only; samples live in the core
-        self._stats.arrival("odom", stamp)
         core.on_odometry(msg, self.get_clock().now().nanoseconds)
+        self._stats.arrival("odom", stamp)
+        # after the core has it: the put wakes a worker waiting for odometry at its front stamp
+        self._cache.put("odom", stamp, None)
 
     def _on_command(self, msg: DrivingCommand) -> None:
         core = self._core
@@ -334,19 +335,27 @@ class PlannerNode(LifecycleNode):
                 else:
                     self._publish(out)
             except Exception as e:  # a bug or a model failure must not kill the node
+                if not self.context.ok():  # Ctrl-C: the context went down under a running cycle
+                    return
                 self._stats.reject("internal_error", f"{type(e).__name__}: {e}")
                 core.reset_temporal()
                 self.get_logger().error(f"planning cycle failed:\n{traceback.format_exc()}",
                                         throttle_duration_sec=5.0)
 
     def _frame(self, anchor: Cached) -> FrameInputs:
-        """The anchor and every side camera's cached images, after waiting up to sync_wait for them."""
+        """The anchor and every side camera's cached images, after waiting up to sync_wait for
+        them and for odometry reaching the front stamp (topics arrive in no particular order)."""
         t_start = time.monotonic()
         p = self._p
         tol = int(p["sync_tolerance"] * SEC)
+
+        def ready() -> bool:
+            odom = self._cache.latest("odom")
+            return (odom is not None and odom.stamp_ns >= anchor.stamp_ns
+                    and side_cameras_ready({c: self._cache.items(c) for c in SIDES}, anchor.stamp_ns, tol))
+
         if p["sync_wait"] > 0:
-            self._cache.wait_for(lambda: side_cameras_ready({c: self._cache.items(c) for c in SIDES},
-                                                            anchor.stamp_ns, tol), p["sync_wait"])
+            self._cache.wait_for(ready, p["sync_wait"])
         return FrameInputs(self.get_clock().now().nanoseconds, anchor, {c: self._cache.items(c) for c in SIDES},
                            t_start, time.monotonic() - t_start)
 
