@@ -109,7 +109,9 @@ def tf(parent: str, child: str, x: float = 0.0) -> TransformStamped:
 def fuzz(checkpoint):
     """One node process (and its driver) for every category below, in file order."""
     domain = pid_domain_id(41)
-    proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "max_input_age:=1.0",
+    # max_input_age 3 s: on a loaded machine a plan can take a second, and the out-of-order
+    # frame below must still be fresh when it is judged
+    proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "max_input_age:=3.0",
                       "-p", f"cameras.{COMPRESSED}.transport:=compressed",
                       "-p", f"cameras.{COMPRESSED}.topic:=/{COMPRESSED.lower()}/image_raw/compressed",
                       "-p", "no_plan_warn_after:=0.5", "-p", "no_plan_error_after:=1.5")
@@ -190,7 +192,7 @@ def test_fuzz_camera_info(drv):
 
 
 def test_fuzz_stamps(drv):
-    for offset, key in ((-3_000_000_000, "rejected.stale_input"), (3_000_000_000, "rejected.future_stamp")):
+    for offset, key in ((-8_000_000_000, "rejected.stale_input"), (8_000_000_000, "rejected.future_stamp")):
         before = drv.counter(key)
         drv.send_frame(now_ns() + offset)
         drv.counted("planning", key, before)
