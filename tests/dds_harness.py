@@ -21,21 +21,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start_node_process(module: str, domain_id: int, params_file: Path, *ros_args: str) -> subprocess.Popen:
-    """`python -m <module> --ros-args --params-file <params_file> <ros_args>`, output captured."""
+    """`python -m <module> --ros-args --params-file <params_file> <ros_args>`, output captured.
+
+    DIMA_TEST_NODE_PYTHON=<interpreter> runs the node under test from another environment
+    (e.g. an older checkout's venv, to see a regression test fail there)."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file), *ros_args]
+    cmd = [os.environ.get("DIMA_TEST_NODE_PYTHON") or sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file), *ros_args]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def stop_node_process(proc: subprocess.Popen) -> str:
-    """SIGINT (the node's normal shutdown path), SIGKILL after 10 s; returns its output."""
+    """SIGINT (the node's normal shutdown path), SIGKILL after 30 s; returns its output."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(10)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
     return proc.stdout.read() if proc.stdout else ""
 
 

@@ -42,9 +42,9 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory  # noqa: E402
 from dima_planner.data.sample import CAMERAS  # noqa: E402
-from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, scale_intrinsics, stamp_to_ns  # noqa: E402
-from dima_planner.ros.extrinsics import RIG_SIZE, load_rig  # noqa: E402
-from dima_planner.ros.frames import matrix_to_quat_xyzw  # noqa: E402
+from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw
+from dima_planner.model.inputs import scale_intrinsics  # noqa: E402
+from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns  # noqa: E402
 from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -105,7 +105,8 @@ class Driver(TestNode):
         self.tf_pub.publish(msg)
 
     def send_frame(self, stamp_ns: int, *, skip: tuple[str, ...] = (), front: Image | None = None,
-                   odom_nan: bool = False, command: int | None = None, speed: float = 5.0) -> None:
+                   odom_nan: bool = False, command: int | None = None, speed: float = 5.0,
+                   with_info: bool = True) -> None:
         """One camera sweep anchored at stamp_ns: odometry first, then the cameras ~10 ms apart."""
         odom = Odometry(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id="map"), child_frame_id="base_link")
         x = speed * stamp_ns / 1e9
@@ -120,9 +121,10 @@ class Driver(TestNode):
                 continue
             s = ns_to_stamp(stamp_ns + i * 10_000_000)
             frame = f"{cam.lower()}_optical"
-            k = scale_intrinsics(self.rig.intrinsics[cam], RIG_SIZE, (W, H))
-            self.info_pub[cam].publish(CameraInfo(header=Header(stamp=s, frame_id=frame), height=H, width=W,
-                                                  k=k.ravel().tolist(), distortion_model="plumb_bob"))
+            k = scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, (H, W))
+            if with_info:
+                self.info_pub[cam].publish(CameraInfo(header=Header(stamp=s, frame_id=frame), height=H, width=W,
+                                                      k=k.ravel().tolist(), distortion_model="plumb_bob"))
             msg = front if (cam == CAMERAS[0] and front is not None) else rgb_to_image(self.images[cam], s, frame, "bgr8")
             if cam == CAMERAS[0] and front is not None:
                 msg.header.stamp = s
@@ -177,7 +179,8 @@ def expect_rejection(drv: Driver, proc, stamp_ns: int, key: str, text: str, befo
     ok = drv.wait(lambda: int((drv.diag_values("planning") or ({},))[0].get(key, 0)) > before, timeout)
     assert ok, f"/diagnostics never counted {key}; last: {drv.diag_values('planning')}"
     values, message, _ = drv.diag_values("planning")
-    assert text in values["last_rejection"], values["last_rejection"]
+    # keys, not wording: the counter went up and last_rejection names its category
+    assert values["last_rejection"].startswith(key.removeprefix("rejected.") + ":"), values["last_rejection"]
     time.sleep(0.3)
     assert not drv.paths_at(stamp_ns), f"a path was published for the rejected stamp ({key})"
     assert proc.poll() is None, "node died on bad input"
@@ -191,7 +194,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
     try:
         drv.publish_tf_static()
         # Wait for the node: the model status says loaded (active).
-        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
+        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 180)
         assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
 
         # 1. good inputs -> a plan stamped with the front camera stamp, in base_link
@@ -271,7 +274,11 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
         for _ in range(8):
             drv.send_frame(now_ns(), skip=(CAMERAS[0],))
             time.sleep(0.12)
-        inputs = drv.wait(lambda: (d := drv.diag_values("inputs")) and "no front camera" in d[1] and d, 5)
+        def front_silent(d) -> bool:  # the front camera's age key says it stopped
+            age = d[0].get(f"{CAMERAS[0]}.age_s", "never")
+            return age == "never" or float(age) > 0.5
+
+        inputs = drv.wait(lambda: (d := drv.diag_values("inputs")) and front_silent(d) and d[2] == 2 and d, 5)
         assert inputs, f"/diagnostics did not report the missing front camera: {drv.diag_values('inputs')}"
         assert inputs[2] == 2  # ERROR
         assert len(drv.paths) == n_paths
@@ -293,7 +300,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
         def inputs_ok():
             drv.send_frame(now_ns())
             d = drv.diag_values("inputs")
-            return d is not None and "no front camera" not in d[1] and d[2] != 2
+            return d is not None and not front_silent(d) and d[2] != 2
 
         assert drv.wait(inputs_ok, 5, poll=0.1), f"inputs still in error: {drv.diag_values('inputs')}"
         time.sleep(0.5)
@@ -306,7 +313,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
 
 
 def _call(drv: Driver, client, request, timeout: float = 30.0):
-    assert client.wait_for_service(timeout_sec=20.0), f"service {client.srv_name} not available"
+    assert client.wait_for_service(timeout_sec=60.0), f"service {client.srv_name} not available"
     fut = client.call_async(request)
     deadline = time.monotonic() + timeout
     while not fut.done() and time.monotonic() < deadline:
@@ -425,7 +432,7 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
     tokens = drv.record(SceneTokens, "/dima/scene_tokens", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE))
     try:
         drv.publish_tf_static()
-        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 60)
+        ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 180)
         assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
         t = now_ns()
         for _ in range(20):

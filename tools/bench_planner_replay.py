@@ -42,7 +42,6 @@ import dataclasses
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
 
+from dima_planner.ros.bag_io import cdr_stamp_ns  # noqa: E402
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id  # noqa: E402
 
 FRONT_TOPICS = ("/cam_front/image_raw", "/cam_front/image_raw/compressed")
@@ -69,19 +69,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--phases", default="alone,mllm", help="comma list of: alone, mllm")
     p.add_argument("--rate", type=float, default=1.0, help="replay rate (1 = recorded timing)")
     p.add_argument("--clock-hz", type=float, default=100.0)
-    p.add_argument("--planner-threads", type=int, default=0, help="planner num_threads (0 = torch default)")
+    p.add_argument("--planner-threads", type=int, default=1, help="planner num_threads (0 = torch default)")
+    p.add_argument("--device", default="cpu", help="planner device (cpu, cuda, ...)")
+    p.add_argument("--precision", default="fp32", help="planner precision (fp32, fp16, bf16)")
     p.add_argument("--mllm-min-period", type=float, default=None, help="override mllm.yaml min_period")
     p.add_argument("--domain-id", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--node-repo", default=None, help="run the planner node of another checkout (its .venv and "
+                   "source), e.g. main, for an A/B in one sitting")
     return p.parse_args(argv)
-
-
-def cdr_stamp_ns(raw: bytes) -> int:
-    """Header stamp of a serialised message whose first field is std_msgs/Header (CDR:
-    4-byte encapsulation header, then int32 sec, uint32 nanosec)."""
-    little = raw[1] == 1  # encapsulation id 0x0001 = CDR_LE, 0x0000 = CDR_BE
-    sec, nsec = struct.unpack_from("<iI" if little else ">iI", raw, 4)
-    return sec * 1_000_000_000 + nsec
 
 
 def make_world(out: Path, seconds: float) -> tuple[Path, str]:
@@ -125,6 +121,12 @@ def checkpoint_for(path: str, tmp_root: Path) -> tuple[Path, str]:
     return made, f"{ckpt} missing: freshly initialised tiny_cpu checkpoint (same architecture)"
 
 
+def proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a process (all threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -140,19 +142,25 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     from dima_planner.ros.bag_play import BagPlayer
     from dima_planner.ros.conversions import stamp_to_ns
 
+    node_repo = Path(args.node_repo).resolve() if args.node_repo else REPO
+    python = node_repo / ".venv" / "bin" / "python" if args.node_repo else Path(sys.executable)
     env = dict(os.environ, PYTHONUNBUFFERED="1", ROS_DOMAIN_ID=str(domain),
-               PYTHONPATH=str(REPO / "ros2_ws" / "src" / "dima_planner"))
-    ros = REPO / "params" / "ros"
-    pcmd = [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args",
+               PYTHONPATH=str(node_repo / "ros2_ws" / "src" / "dima_planner"))
+    ros = node_repo / "params" / "ros"
+    pcmd = [str(python), "-m", "dima_planner.ros.planner_node", "--ros-args",
             "--params-file", str(ros / "planner.yaml"), "--params-file", str(ros / "replay.yaml"),
             "-p", f"checkpoint:={ckpt}", "-p", f"num_threads:={args.planner_threads}"]
+    if args.device != "cpu":  # only when asked: an older node may not know these parameters
+        pcmd += ["-p", f"device:={args.device}"]
+    if args.precision != "fp32":
+        pcmd += ["-p", f"precision:={args.precision}"]
     if args.compressed:
         from dima_planner.data.sample import CAMERAS
 
         for c in CAMERAS:
             pcmd += ["-p", f"cameras.{c}.transport:=compressed",
                      "-p", f"cameras.{c}.topic:=/{c.lower()}/image_raw/compressed"]
-    procs = {"planner": subprocess.Popen(pcmd, env=env, cwd=REPO, stdout=open(logs / f"{name}_planner.log", "w"),
+    procs = {"planner": subprocess.Popen(pcmd, env=env, cwd=node_repo, stdout=open(logs / f"{name}_planner.log", "w"),
                                          stderr=subprocess.STDOUT)}
     if name == "mllm":
         mcmd = [sys.executable, "-m", "dima_planner.ros.mllm_node", "--ros-args",
@@ -242,6 +250,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
         time.sleep(1.0)  # let the planner's reliable readers match every writer
         with lock:
             diag_before = dict(diag.get("dima_planner: planning", {}))
+        cpu_before = proc_cpu_s(procs["planner"].pid)
         stats = player.play()
         player.drain(5.0)
         # Plans for the last frames: wait until no Path arrived for 3 s.
@@ -253,6 +262,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
             if n == last:
                 break
             last = n
+        cpu_used = proc_cpu_s(procs["planner"].pid) - cpu_before  # replay + the last plans
         time.sleep(1.5)  # one more /diagnostics period
         player.close()
         with lock:
@@ -282,7 +292,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     drops = {k: int(v) - int(diag_before.get(k, 0)) for k, v in planning.items()
              if k.startswith(("dropped.", "rejected.", "degraded.")) and int(v) - int(diag_before.get(k, 0))}
     return {
-        "phase": name, "front_images": len(stamps), "paths": int(len(lat)), "rate_hz": len(lat) / span,
+        "phase": name, "node_repo": str(node_repo), "front_images": len(stamps), "paths": int(len(lat)), "rate_hz": len(lat) / span,
         "input_hz": (len(stamps) - 1) / span, "e2e_p50_ms": pct(lat, 50), "e2e_p99_ms": pct(lat, 99),
         "e2e_max_ms": float(lat.max()) if len(lat) else float("nan"),
         "model_p50_ms": pct(model_ms, 50), "model_p99_ms": pct(model_ms, 99),
@@ -291,6 +301,10 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
         "node_overhead_diag_p50_ms": planning.get("node_overhead_p50_ms"),
         "node_overhead_diag_p99_ms": planning.get("node_overhead_p99_ms"),
         "drops": len(stamps) - int(len(lat)), "drop_reasons": drops,
+        # CPU seconds the node process used while the bag played (all its threads), per front
+        # image and as cores: a load-robust cost measure on a shared machine
+        "node_cpu_s": cpu_used, "node_cpu_ms_per_front": 1e3 * cpu_used / max(len(stamps), 1),
+        "node_cpu_cores": cpu_used / max(stats.wall_seconds, 1e-9),
         "player_max_lateness_ms": stats.max_lateness * 1e3, "player_wall_s": stats.wall_seconds,
         "reasonings": len(reasonings), "mllm_trajectories": len(mllm_trajs),
         "mllm_generation_p50_ms": mllm_diag.get("generation_latency_p50_ms"),
@@ -341,7 +355,8 @@ def main(argv=None) -> int:
               f"{r['player_max_lateness_ms']:>8.0f}")
     for r in rows:
         print(f"{r['phase']}: drop reasons {r['drop_reasons'] or 'none'}; node_overhead (diagnostics) p50 "
-              f"{r['node_overhead_diag_p50_ms']} ms p99 {r['node_overhead_diag_p99_ms']} ms")
+              f"{r['node_overhead_diag_p50_ms']} ms p99 {r['node_overhead_diag_p99_ms']} ms; node CPU "
+              f"{r['node_cpu_ms_per_front']:.0f} ms per front image ({r['node_cpu_cores']:.2f} cores)")
         if r["phase"] == "mllm":
             print(f"mllm: {r['reasonings']} reasonings, {r['mllm_trajectories']} Dual trajectories "
                   f"({r['mllm_dual_pooled']} pooled with the planner feature), generation p50 "

@@ -4,6 +4,10 @@
 2. convert each validation scene to a rosbag2 (MCAP, JPEG cameras at 12 Hz, GT topics);
 3. start `dima_planner_node` as its own process with the default checkpoint;
 4. replay the bags into it with original timing and `/clock`, recording what it publishes;
+   the replay is paced on the node: before the next front image goes out, the node has
+   planned the previous one or said (in /diagnostics) why not, so every keyframe is planned
+   however slow the machine; a keyframe without a plan is listed with the node's reason
+   and fails the demo;
 5. score the node's plans (VAD convention) next to the constant-velocity and ego-status
    MLP baselines on the same keyframes, print the table and write PNG figures.
 """
@@ -46,6 +50,7 @@ class DemoConfig:
     node_params: list[str] = field(default_factory=lambda: [
         "params/ros/planner.yaml", "params/ros/replay.yaml", "params/ros/demo.yaml"])
     node_ready_timeout: float = 180.0
+    frame_timeout: float = 20.0  # longest wait for the node's answer to one front image (s)
     domain_id: int | None = None  # None: the user's ROS_DOMAIN_ID, else 42 (ros.env); a number forces it
     with_mllm: bool = True  # start dima_mllm_node beside the planner and print its reasoning
     mllm_params: list[str] = field(default_factory=lambda: ["params/ros/mllm.yaml"])
@@ -127,6 +132,67 @@ def _wait_ready(node, procs: dict[str, NodeProcess], timeout: float) -> None:
     node.destroy_subscription(sub)
 
 
+class FrameOutcomes:
+    """The planner node's answer to each replayed front image: a plan (/dima/trajectory with
+    its stamp) or a skip (a rejected.* counter of /diagnostics going up, with last_rejection
+    as the reason). `before_publish` is BagPlayer's pacing hook: the next front image waits
+    until the previous one was answered, with playback time (and /clock) standing still."""
+
+    def __init__(self, node, front_topic: str, timeout: float):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        from dima_msgs.msg import PlannedTrajectory
+
+        from .ros import bag_io
+
+        self.front_topic, self.timeout = front_topic, timeout
+        self.planned: set[int] = set()
+        self.skipped: dict[int, str] = {}  # front stamp -> the node's reason
+        self._cond = threading.Condition()
+        self._rejected = 0  # sum of the planning status' rejected.* counters
+        self._last_rejection = ""
+        self._pending: tuple[int, int] | None = None  # (front stamp, rejected count before it)
+        node.create_subscription(PlannedTrajectory, bag_io.TRAJECTORY_TOPIC, self._on_plan,
+                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+
+    def _on_plan(self, msg) -> None:
+        with self._cond:
+            self.planned.add(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+            self._cond.notify_all()
+
+    def _on_diag(self, msg) -> None:
+        for st in msg.status:
+            if st.name == "dima_planner: planning":
+                values = {kv.key: kv.value for kv in st.values}
+                with self._cond:
+                    self._rejected = sum(int(v) for k, v in values.items() if k.startswith("rejected."))
+                    self._last_rejection = values.get("last_rejection", "")
+                    self._cond.notify_all()
+
+    def before_publish(self, topic: str, raw) -> None:
+        if topic != self.front_topic:
+            return
+        from .ros.bag_io import cdr_stamp_ns
+
+        self.settle()
+        with self._cond:
+            self._pending = (cdr_stamp_ns(raw), self._rejected)
+
+    def settle(self) -> None:
+        """Wait for the answer to the front image in flight (if any)."""
+        with self._cond:
+            if self._pending is None:
+                return
+            stamp, before = self._pending
+            self._cond.wait_for(lambda: stamp in self.planned or self._rejected > before, self.timeout)
+            if stamp not in self.planned:
+                self.skipped[stamp] = (self._last_rejection if self._rejected > before else
+                                       f"no answer from the node within {self.timeout:.0f} s")
+            self._pending = None
+
+
 def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) -> dict:
     """Replay the scene bags into the running nodes and record their outputs into `run_bag`."""
     import rclpy
@@ -152,6 +218,8 @@ def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) 
         if cfg.with_mllm:
             topics[REASONING_TOPIC] = "dima_msgs/msg/Reasoning"
         recorder = TopicRecorder(node, run_bag, topics)
+        outcomes = FrameOutcomes(node, bag_io.image_topic(bag_io.CAMERAS_ORDER[0], compressed=True),
+                                 cfg.frame_timeout)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -159,9 +227,11 @@ def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) 
         played: dict[str, int] = {}
         for bag in bags:
             player = BagPlayer(node, bag, rate=cfg.rate, clock_hz=100.0)
+            player.before_publish = outcomes.before_publish
             player.wait_for_subscribers(10.0)
             console.print(f"  replaying [bold]{bag.name}[/] ({player.reader.duration * 1e-9:.1f} s of data)")
             stats = player.play()
+            outcomes.settle()  # the last front image of the bag
             player.drain(5.0)
             player.close()
             for k, v in stats.published.items():
@@ -170,7 +240,7 @@ def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) 
         executor.shutdown()
         spinner.join(timeout=5)
         recorded = recorder.close()
-        return {"played": played, "recorded": recorded}
+        return {"played": played, "recorded": recorded, "skipped": outcomes.skipped}
     finally:
         for p in procs.values():
             code = p.stop()
@@ -295,6 +365,11 @@ def run(args: argparse.Namespace) -> int:
     bag_check = bag_eval.evaluate([*bags, run_bag])
 
     console.print(f"  {len(index)} of {len(gts)} keyframes planned by the node, {len(scenes)} val scene(s)")
+    planned_stamps = {g.stamp_ns for g, p in pairs if len(p) >= 6}
+    unplanned = {stamp: counts["skipped"].get(stamp, "planned, but the plan was not recorded")
+                 for stamp in sorted(gts) if stamp not in planned_stamps}
+    for stamp, reason in unplanned.items():
+        console.print(f"  [red]keyframe {stamp / 1e9:.3f} s ({gts[stamp].token}) not planned: {reason}[/]")
     table = Table(title="open-loop planning, VAD convention")
     for col in ("method", "L2 1s", "L2 2s", "L2 3s", "L2 avg (m)", "col 1s", "col 2s", "col 3s", "col avg (%)"):
         table.add_column(col, justify="right" if col != "method" else "left")
@@ -318,7 +393,9 @@ def run(args: argparse.Namespace) -> int:
     preds_by_method = {name: res.pop("predictions") for name, res in results.items()}
     (out / "metrics.json").write_text(json.dumps(
         {"methods": results, "bag_eval": bag_check, "scenes": scenes, "keyframes": len(gts),
-         "planned_keyframes": len(index), "replay": counts, "reasoning": reasoning}, indent=2, default=float))
+         "planned_keyframes": len(index), "unplanned": {str(k): v for k, v in unplanned.items()},
+         "replay": {k: v for k, v in counts.items() if k != "skipped"}, "reasoning": reasoning},
+        indent=2, default=float))
     plot_method_bars(results, out / "bars_vad.png", "vad")
     shown = 0
     for i in index:
@@ -328,6 +405,10 @@ def run(args: argparse.Namespace) -> int:
             shown += 1
     console.print(f"  wrote {out / 'metrics.json'}, {out / 'bars_vad.png'} and {shown} BEV figure(s) "
                   f"in {time.monotonic() - t_start:.0f} s")
+    if unplanned:
+        console.print(f"[red]dima demo: {len(unplanned)} of {len(gts)} replayed keyframes were not planned "
+                      f"(listed above with the node's reasons)[/]")
+        return 1
     return 0
 
 

@@ -6,6 +6,11 @@ DiMA's LLM-free inference needs only the scene encoder + planning transformer: t
 output holds model.safetensors / config.yaml / meta.json (the checkpoint.py format,
 loadable by inference.load_planner) and no MLLM or LLM tensors. The weights are
 re-verified (hash, architecture) on the way through, and the output is read back.
+
+    dima export ... --tensorrt [--precision fp16]
+
+also builds a TensorRT engine of the planner (torch-tensorrt; needs a CUDA GPU) into
+<out>/planner_trt.ep (accel.py); without torch-tensorrt or a GPU it says so and exits 1.
 """
 from __future__ import annotations
 
@@ -39,6 +44,9 @@ def export_planner(src: str | Path, dst: str | Path) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="stage-1 or stage-2 checkpoint directory")
     parser.add_argument("--out", required=True, help="directory for the LLM-free planner")
+    parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (CUDA + torch-tensorrt)")
+    parser.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"),
+                        help="TensorRT engine precision")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +58,17 @@ def run(args: argparse.Namespace) -> int:
     size = (Path(args.out) / WEIGHTS).stat().st_size
     print(f"wrote the LLM-free planner to {args.out} ({meta['num_parameters']:,} parameters, "
           f"{size / 1e6:.1f} MB, sha256 {meta['sha256'][:12]})")
+    if getattr(args, "tensorrt", False):
+        from . import accel
+
+        try:
+            model, _ = load_checkpoint(args.out)
+            engine = Path(args.out) / accel.TRT_ENGINE
+            accel.build_tensorrt(model, args.precision, engine)
+        except RuntimeError as e:
+            print(f"dima export: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote the TensorRT engine ({args.precision}) to {engine}")
     return 0
 
 

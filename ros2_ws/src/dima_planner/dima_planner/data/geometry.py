@@ -1,14 +1,84 @@
-"""Pose helpers for nuScenes records (4x4 homogeneous matrices, float64)."""
+"""Pose and camera geometry: the one place for 4x4 pose matrices and intrinsics scaling.
+
+Conventions: a pose is the 4x4 float64 child -> parent transform; quaternions are
+(w, x, y, z) in nuScenes records and (x, y, z, w) in ROS messages (both spelled out in the
+function names). Intrinsics scaling lives with the rest of the model input path:
+model/inputs.scale_intrinsics (pixel-corner convention, (H, W) axis order).
+Used by the dataset, the world generator, the bag tools and the planner node alike.
+"""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
-from nuscenes.utils.geometry_utils import transform_matrix
-from pyquaternion import Quaternion
+import transforms3d
+
+
+# ---- poses -----------------------------------------------------------------------------------------
+def pose_from_quat(translation, rotation_wxyz) -> np.ndarray:
+    """4x4 child -> parent transform from a translation and a (w, x, y, z) quaternion
+    (normalised here, as pyquaternion does)."""
+    m = np.eye(4)
+    m[:3, :3] = transforms3d.quaternions.quat2mat(np.asarray(rotation_wxyz, dtype=np.float64))
+    m[:3, 3] = np.asarray(translation, dtype=np.float64)
+    return m
 
 
 def pose_matrix(record: dict) -> np.ndarray:
     """4x4 transform of an ego_pose / calibrated_sensor record (child frame -> parent frame)."""
-    return transform_matrix(record["translation"], Quaternion(record["rotation"]), inverse=False)
+    return pose_from_quat(record["translation"], record["rotation"])
+
+
+def checked_pose(translation, rotation_wxyz, what: str = "pose", unit_tolerance: float = 1e-3) -> np.ndarray:
+    """pose_from_quat for data from outside (messages): ValueError unless the quaternion is
+    finite and unit length and the translation finite."""
+    q = np.asarray(rotation_wxyz, dtype=np.float64)
+    t = np.asarray(translation, dtype=np.float64)
+    if not np.all(np.isfinite(q)) or abs(np.linalg.norm(q) - 1.0) > unit_tolerance:
+        raise ValueError(f"{what} has a non-unit or non-finite quaternion {q.tolist()}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"{what} has a non-finite translation {t.tolist()}")
+    return pose_from_quat(t, q / np.linalg.norm(q))
+
+
+def pose_from_msg(pose, what: str = "pose") -> np.ndarray:
+    """geometry_msgs/Pose (read by attribute) -> checked 4x4."""
+    p, r = pose.position, pose.orientation
+    return checked_pose((p.x, p.y, p.z), (r.w, r.x, r.y, r.z), what)
+
+
+def transform_from_msg(tf, what: str = "transform") -> np.ndarray:
+    """geometry_msgs/Transform (child -> parent, read by attribute) -> checked 4x4."""
+    t, r = tf.translation, tf.rotation
+    return checked_pose((t.x, t.y, t.z), (r.w, r.x, r.y, r.z), what)
+
+
+def matrix_to_quat_wxyz(matrix: np.ndarray) -> tuple[float, float, float, float]:
+    """Rotation part of a 3x3/4x4 as a (w, x, y, z) quaternion with w >= 0 (equal rotations,
+    equal quaternions)."""
+    w, x, y, z = transforms3d.quaternions.mat2quat(np.asarray(matrix, dtype=np.float64)[:3, :3])
+    if w < 0:
+        w, x, y, z = -w, -x, -y, -z
+    return float(w), float(x), float(y), float(z)
+
+
+def matrix_to_quat_xyzw(matrix: np.ndarray) -> tuple[float, float, float, float]:
+    """Rotation part of a 3x3/4x4 as a ROS (x, y, z, w) quaternion."""
+    w, x, y, z = matrix_to_quat_wxyz(matrix)
+    return x, y, z, w
+
+
+def quat_xyzw_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
+    return transforms3d.quaternions.quat2mat((w, x, y, z))
+
+
+def rigid_inverse(m: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = m[:3, :3].T
+    out[:3, 3] = -m[:3, :3].T @ m[:3, 3]
+    return out
 
 
 def sensor_to_global(nusc, sample_data_token: str) -> np.ndarray:
@@ -30,6 +100,43 @@ def yaw_of(matrix: np.ndarray) -> float:
     return float(np.arctan2(matrix[1, 0], matrix[0, 0]))
 
 
+def yaw_to_quat_xyzw(yaw: float) -> tuple[float, float, float, float]:
+    return 0.0, 0.0, float(np.sin(yaw / 2.0)), float(np.cos(yaw / 2.0))
+
+
 def wrap_angle(a):
     """Wrap angles to [-pi, pi)."""
     return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
+
+
+# ---- camera rig --------------------------------------------------------------------------------------
+RIG_SIZE = (1600, 900)  # (width, height) the packaged rig's intrinsics are for
+RIG_HW = (900, 1600)  # the same as (height, width), model/inputs.py's axis order
+
+
+@dataclass(frozen=True)
+class Rig:
+    cam2ego: dict[str, np.ndarray]  # 4x4 per camera name
+    intrinsics: dict[str, np.ndarray]  # 3x3 per camera name, for RIG_SIZE images
+    lidar2ego: np.ndarray
+
+
+def load_rig(path: str | Path | None = None) -> Rig:
+    """The rig JSON (nuscenes_rig_n015.json format); None or '' = the packaged nuScenes rig."""
+    if not path:
+        from importlib import resources
+
+        text = resources.files("dima_planner.data").joinpath("nuscenes_rig_n015.json").read_text()
+        where = "packaged nuscenes_rig_n015.json"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"rig file {p} does not exist")
+        text, where = p.read_text(), str(p)
+    doc = json.loads(text)
+    if "LIDAR_TOP" not in doc:
+        raise ValueError(f"{where}: no LIDAR_TOP entry")
+    cams = {k: v for k, v in doc.items() if k.startswith("CAM_")}
+    return Rig(cam2ego={k: pose_matrix(v) for k, v in cams.items()},
+               intrinsics={k: np.asarray(v["camera_intrinsic"], dtype=np.float64) for k, v in cams.items()},
+               lidar2ego=pose_matrix(doc["LIDAR_TOP"]))

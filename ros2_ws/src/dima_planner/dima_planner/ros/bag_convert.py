@@ -41,17 +41,9 @@ from tqdm import tqdm
 from dima_planner.data.nuscenes_dataset import DatasetConfig, occupancy_boxes, scene_records
 from dima_planner.data.sample import CAMERAS, FUTURE_STEPS, STEP_SECONDS
 from dima_planner.ros import bag_io
-from dima_planner.ros.frames import (
-    BASE_FRAME,
-    LIDAR_FRAME,
-    MAP_FRAME,
-    ODOM_FRAME,
-    lidar_xy_to_base_link,
-    matrix_to_quat_xyzw,
-    optical_frame,
-    record_matrix,
-    yaw_of,
-)
+from dima_planner.data.geometry import matrix_to_quat_xyzw, pose_matrix, yaw_of
+from dima_planner.model.inputs import scale_intrinsics
+from dima_planner.ros.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, ODOM_FRAME, lidar_xy_to_base_link, optical_frame
 
 LIDAR = "LIDAR_TOP"
 SCENE_GAP_S = 3.0
@@ -172,9 +164,9 @@ def plan_scene(nusc, scene: dict, keyframes_only: bool) -> ScenePlan:
     static = {}
     for c in CAMERAS:
         cs = nusc.get("calibrated_sensor", nusc.get("sample_data", first["data"][c])["calibrated_sensor_token"])
-        static[optical_frame(c)] = record_matrix(cs)
+        static[optical_frame(c)] = pose_matrix(cs)
     lidar_cs = nusc.get("calibrated_sensor", nusc.get("sample_data", first["data"][LIDAR])["calibrated_sensor_token"])
-    static[LIDAR_FRAME] = record_matrix(lidar_cs)
+    static[LIDAR_FRAME] = pose_matrix(lidar_cs)
     return ScenePlan(scene, cams, lidar, samples, static, static[LIDAR_FRAME])
 
 
@@ -206,7 +198,7 @@ def image_size(path: Path) -> tuple[int, int]:
 def lidar_pose(nusc, sample: dict) -> np.ndarray:
     """LIDAR_TOP -> global at the keyframe's LiDAR timestamp."""
     sd = nusc.get("sample_data", sample["data"][LIDAR])
-    return record_matrix(nusc.get("ego_pose", sd["ego_pose_token"])) @ record_matrix(
+    return pose_matrix(nusc.get("ego_pose", sd["ego_pose_token"])) @ pose_matrix(
         nusc.get("calibrated_sensor", sd["calibrated_sensor_token"]))
 
 
@@ -258,10 +250,7 @@ def camera_info(b: Builder, ns: int, cam: str, intrinsic: np.ndarray, size: tupl
                 ref_size: tuple[int, int]):
     """CameraInfo for undistorted images; K scaled from the calibration's image size to `size`."""
     w, h = size
-    sx, sy = w / ref_size[0], h / ref_size[1]
-    k = np.array(intrinsic, dtype=np.float64).reshape(3, 3).copy()
-    k[0] *= sx
-    k[1] *= sy
+    k = scale_intrinsics(np.asarray(intrinsic, dtype=np.float64).reshape(3, 3), ref_size[::-1], size[::-1])
     p = np.zeros((3, 4))
     p[:, :3] = k
     Roi = b.s.types["sensor_msgs/msg/RegionOfInterest"]
@@ -345,7 +334,7 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
         for sd in recs:
             ns = bag_io.us_to_ns(sd["timestamp"])
             if ns not in poses:
-                poses[ns] = record_matrix(nusc.get("ego_pose", sd["ego_pose_token"]))
+                poses[ns] = pose_matrix(nusc.get("ego_pose", sd["ego_pose_token"]))
     pose_list = sorted(poses.items())
     for ns, m in pose_list:
         tfm = b.transform(ns + off, ODOM_FRAME, BASE_FRAME, m)
@@ -392,7 +381,7 @@ def scene_events(nusc, b: Builder, plan: ScenePlan, compressed: bool):
         # before the LiDAR keyframe the GT is relative to (0.35 m at 10 m/s): the GT carries
         # the transform between the two, and its path is given at the image time.
         front_sd = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
-        front_lidar = record_matrix(nusc.get("ego_pose", front_sd["ego_pose_token"])) @ l2e
+        front_lidar = pose_matrix(nusc.get("ego_pose", front_sd["ego_pose_token"])) @ l2e
         front2key = cur_inv @ front_lidar
         key2front = np.linalg.inv(front2key)
         base_pts = lidar_xy_to_base_link(traj @ key2front[:2, :2].T + key2front[:2, 3], l2e)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -166,6 +167,14 @@ def us_to_ns(us: int) -> int:
 
 def ns_to_sec_nanosec(ns: int) -> tuple[int, int]:
     return int(ns) // 1_000_000_000, int(ns) % 1_000_000_000
+
+
+def cdr_stamp_ns(raw: bytes) -> int:
+    """Header stamp of a serialised message whose first field is std_msgs/Header (CDR:
+    4-byte encapsulation header, then int32 sec, uint32 nanosec)."""
+    little = raw[1] == 1  # encapsulation id 0x0001 = CDR_LE, 0x0000 = CDR_BE
+    sec, nsec = struct.unpack_from("<iI" if little else ">iI", raw, 4)
+    return sec * 1_000_000_000 + nsec
 
 
 def stamp_to_ns(stamp) -> int:

@@ -128,6 +128,11 @@ class BagPlayer:
         self.stats = PlayStats()
         self._stop = threading.Event()
         self._play_time_ns: int | None = None
+        # Pacing: `before_publish(topic, raw)` may block (e.g. until a node answered the
+        # previous frame); playback time, and /clock with it, stands still meanwhile.
+        self.before_publish = None
+        self._held_s = 0.0  # wall seconds spent in before_publish, removed from the schedule
+        self._hold_since: float | None = None
 
     def wait_for_subscribers(self, timeout: float) -> bool:
         """Block until every non-latched publisher has a subscriber (or timeout)."""
@@ -158,7 +163,12 @@ class BagPlayer:
         if anchor is None:
             return None
         bag0, wall0 = anchor
-        return bag0 + int((time.monotonic() - wall0) * self.rate * 1e9)
+        return bag0 + int((self._wall() - wall0) * self.rate * 1e9)
+
+    def _wall(self) -> float:
+        """Monotonic time minus the time held by before_publish (frozen while holding)."""
+        now = time.monotonic() if self._hold_since is None else self._hold_since
+        return now - self._held_s
 
     def play(self) -> PlayStats:
         clock_thread = None
@@ -176,13 +186,13 @@ class BagPlayer:
                     for c, _t, raw in self.reader.messages(connections=self.connections, stop=start_ns):
                         if self.publishers[self.out_topic[c.id]].qos_profile.durability.name == "TRANSIENT_LOCAL":
                             self._publish(c, raw)
-                wall0 = time.monotonic()
+                wall0 = self._wall()
                 self._play_time_ns = (start_ns, wall0)
                 for c, t, raw in self.reader.messages(connections=self.connections, start=start_ns):
                     if self._stop.is_set():
                         break
                     due = wall0 + (t - start_ns) * 1e-9 / self.rate
-                    delay = due - time.monotonic()
+                    delay = due - self._wall()
                     if delay > 0:
                         if self._stop.wait(delay):
                             break
@@ -202,6 +212,13 @@ class BagPlayer:
 
     def _publish(self, c, raw) -> None:
         topic = self.out_topic[c.id]
+        if self.before_publish is not None:
+            self._hold_since = time.monotonic()
+            try:
+                self.before_publish(topic, raw)
+            finally:
+                self._held_s += time.monotonic() - self._hold_since
+                self._hold_since = None
         self.publishers[topic].publish(bytes(raw))
         self.stats.published[topic] = self.stats.published.get(topic, 0) + 1
 

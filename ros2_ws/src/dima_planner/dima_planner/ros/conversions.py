@@ -1,8 +1,9 @@
 """ROS message <-> numpy conversions and output message building for the planner node.
 
-No cv_bridge: images are read straight from the message buffer. Every reader validates
-its input and raises `InputError` (with a short category used for the drop counters and
-a sentence saying what is wrong) instead of returning a silently wrong array.
+No cv_bridge: images are read straight from the message buffer (images.py, which checks
+sizes and formats before decoding). Every reader validates its input and raises
+`InputError` (with a short category used for the drop counters and a sentence saying what
+is wrong) instead of returning a silently wrong array.
 
 Frames: the model works in the nuScenes LiDAR frame (x right, y forward, z up; see
 data/sample.py); ROS outputs are in base_link (REP-103: x forward, y left, z up).
@@ -17,24 +18,18 @@ import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
 from nav_msgs.msg import Path
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
-from transforms3d.quaternions import mat2quat, quat2mat
 from visualization_msgs.msg import Marker, MarkerArray
 
 from dima_msgs.msg import PlannedTrajectory, SceneTokens
 
+from ..data import geometry
 from ..data.sample import AGENT_CLASSES, MAP_CLASSES, STEP_SECONDS
-from .frames import lidar_xy_to_base_link
-
-
-class InputError(ValueError):
-    """An input message that cannot be used. `category` names the drop counter."""
-
-    def __init__(self, category: str, reason: str):
-        super().__init__(reason)
-        self.category = category
-        self.reason = reason
+from . import images
+from .errors import InputError  # noqa: F401  (re-exported)
+from .frames import lidar_points_to_base, trajectory_lidar_to_base  # noqa: F401  (re-exported)
+from .images import SUPPORTED_ENCODINGS  # noqa: F401
 
 
 # ---- time ---------------------------------------------------------------------------------
@@ -52,42 +47,7 @@ def seconds_to_duration(s: float) -> Duration:
     return Duration(sec=int(sec), nanosec=int(round((s - sec) * 1e9)))
 
 
-# ---- images -------------------------------------------------------------------------------
-# encoding -> (channels, cv2 conversion to RGB or None); cv2 converts in C without the GIL.
-_ENCODINGS: dict[str, tuple[int, int | None]] = {
-    "rgb8": (3, None),
-    "bgr8": (3, cv2.COLOR_BGR2RGB),
-    "rgba8": (4, cv2.COLOR_RGBA2RGB),
-    "bgra8": (4, cv2.COLOR_BGRA2RGB),
-    "mono8": (1, cv2.COLOR_GRAY2RGB),
-}
-SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
-
-
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> uint8 (H, W, 3) RGB array (a copy; the message may be reused)."""
-    enc = msg.encoding.lower()
-    if enc not in _ENCODINGS:
-        raise InputError("bad_encoding", f"unsupported image encoding {msg.encoding!r} "
-                                         f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
-    ch, code = _ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise InputError("bad_size", f"image is {w}x{h}")
-    if step < w * ch:
-        raise InputError("bad_size", f"step {step} is less than width {w} x {ch} bytes")
-    n = len(msg.data)
-    if n != h * step:
-        what = "truncated" if n < h * step else "oversized"
-        raise InputError("bad_size", f"image data is {what}: {n} bytes, expected height {h} x step {step} = {h * step}")
-    # rclpy gives uint8[] as array.array (or bytes): both expose the buffer, no copy here.
-    rows = np.frombuffer(msg.data, np.uint8).reshape(h, step)
-    pix = np.ascontiguousarray(rows[:, : w * ch]).reshape(h, w, ch) if step != w * ch else rows.reshape(h, w, ch)
-    if code is None:
-        return pix.copy()
-    return cv2.cvtColor(pix, code)
-
-
+# ---- images (decoding and checks: images.py) ---------------------------------------------------
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str, encoding: str = "rgb8") -> Image:
     """uint8 (H, W, 3) RGB -> sensor_msgs/Image in `encoding` (rgb8 or bgr8)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -100,18 +60,6 @@ def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str, encoding: str = "r
                  is_bigendian=0, step=w * 3, data=np.ascontiguousarray(pix).tobytes())
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (JPEG/PNG) -> uint8 (H, W, 3) RGB. cv2 releases the GIL."""
-    if len(msg.data) == 0:
-        raise InputError("bad_compressed", "compressed image has no data")
-    buf = np.frombuffer(msg.data, np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError("bad_compressed", f"cannot decode compressed image (format {msg.format!r}, "
-                                           f"{len(msg.data)} bytes)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def rgb_to_compressed(rgb: np.ndarray, stamp: Time, frame_id: str, quality: int = 90) -> CompressedImage:
     ok, enc = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -120,97 +68,38 @@ def rgb_to_compressed(rgb: np.ndarray, stamp: Time, frame_id: str, quality: int 
                            data=enc.tobytes())
 
 
+_ANY_SIZE = images.ImageLimits(min_side=1)  # the node applies its own min_image_size
+
+
 def decode_image(msg: Image | CompressedImage) -> np.ndarray:
-    return compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+    """Either image message -> uint8 (H, W, 3) RGB at its own size (checked; images.decode)."""
+    return images.decode(msg, _ANY_SIZE).rgb
 
 
-def camera_info_matrix(msg: CameraInfo, image_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """K (3, 3) float64 from CameraInfo, checked to be finite, positive and for this image size."""
-    k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0 or k[2, 2] != 1.0:
-        raise InputError("bad_camera_info", f"camera_info {msg.header.frame_id!r} has an invalid K {k.ravel().tolist()}")
-    if image_hw is not None and (msg.height, msg.width) != tuple(image_hw) and msg.height and msg.width:
-        raise InputError("bad_camera_info", f"camera_info {msg.header.frame_id!r} is for {msg.width}x{msg.height}, "
-                                            f"the image is {image_hw[1]}x{image_hw[0]}")
-    return k
+def image_to_rgb(msg: Image) -> np.ndarray:
+    return images.decode_raw(msg, _ANY_SIZE).rgb
 
 
-def scale_intrinsics(k: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> np.ndarray:
-    sx, sy = to_wh[0] / from_wh[0], to_wh[1] / from_wh[1]
-    out = np.array(k, dtype=np.float64)
-    out[0] *= sx
-    out[1] *= sy
-    return out
-
-
-# ---- geometry -----------------------------------------------------------------------------
-def _quat_matrix(w: float, x: float, y: float, z: float, what: str) -> np.ndarray:
-    q = np.array([w, x, y, z], dtype=np.float64)
-    n = np.linalg.norm(q)
-    if not np.all(np.isfinite(q)) or abs(n - 1.0) > 1e-3:
-        raise InputError("bad_pose", f"{what} has a non-unit or non-finite quaternion {q.tolist()}")
-    return quat2mat(q / n)
-
-
+# ---- geometry (pose matrices: data/geometry.py; LiDAR <-> base_link: frames.py) ------------------
 def transform_to_matrix(tf, what: str = "transform") -> np.ndarray:
-    """geometry_msgs/Transform (child -> parent) -> 4x4."""
-    t, r = tf.translation, tf.rotation
-    m = np.eye(4)
-    m[:3, :3] = _quat_matrix(r.w, r.x, r.y, r.z, what)
-    m[:3, 3] = (t.x, t.y, t.z)
-    if not np.all(np.isfinite(m)):
-        raise InputError("bad_pose", f"{what} has a non-finite translation")
-    return m
+    """geometry_msgs/Transform (child -> parent) -> 4x4; InputError("bad_pose") if unusable."""
+    try:
+        return geometry.transform_from_msg(tf, what)
+    except ValueError as e:
+        raise InputError("bad_pose", str(e)) from None
 
 
 def pose_to_matrix(pose: Pose, what: str = "pose") -> np.ndarray:
-    p, r = pose.position, pose.orientation
-    m = np.eye(4)
-    m[:3, :3] = _quat_matrix(r.w, r.x, r.y, r.z, what)
-    m[:3, 3] = (p.x, p.y, p.z)
-    if not np.all(np.isfinite(m)):
-        raise InputError("bad_pose", f"{what} has a non-finite position")
-    return m
+    try:
+        return geometry.pose_from_msg(pose, what)
+    except ValueError as e:
+        raise InputError("bad_pose", str(e)) from None
 
 
 def matrix_to_pose(m: np.ndarray) -> Pose:
-    w, x, y, z = mat2quat(m[:3, :3])
-    if w < 0:  # canonical sign
-        w, x, y, z = -w, -x, -y, -z
+    w, x, y, z = geometry.matrix_to_quat_wxyz(m)
     return Pose(position=Point(x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3])),
                 orientation=Quaternion(w=float(w), x=float(x), y=float(y), z=float(z)))
-
-
-def lidar_points_to_base(points: np.ndarray, lidar2ego: np.ndarray) -> np.ndarray:
-    """(..., 2) planar LiDAR-frame points -> (..., 3) base_link points (frames.py convention:
-    the point (x, y, 0) of the LiDAR frame, so bag_eval's inverse round-trips exactly)."""
-    pts = np.asarray(points, dtype=np.float64)
-    return lidar_xy_to_base_link(pts.reshape(-1, 2), lidar2ego).reshape(pts.shape[:-1] + (3,))
-
-
-def trajectory_lidar_to_base(traj: np.ndarray, lidar2ego: np.ndarray) -> np.ndarray:
-    """LiDAR-frame waypoints (6, 2) -> base_link poses (6, 4, 4).
-
-    Positions are the predicted LiDAR-origin track (the nuScenes/VAD target) expressed in
-    base_link by frames.lidar_xy_to_base_link, the convention bag_eval inverts. The
-    orientation is the direction of travel (from the previous waypoint; the current heading
-    while the step is under 5 cm, i.e. standing still), as a yaw about base_link z.
-    """
-    traj = np.asarray(traj, dtype=np.float64)
-    pos = lidar_points_to_base(traj, lidar2ego)
-    yaw_l2e = math.atan2(lidar2ego[1, 0], lidar2ego[0, 0])
-    out = np.tile(np.eye(4), (len(traj), 1, 1))
-    heading = math.pi / 2  # straight ahead in the LiDAR frame
-    prev = np.zeros(2)
-    for i, p in enumerate(traj):
-        d = p - prev
-        if np.hypot(*d) > 0.05:
-            heading = math.atan2(d[1], d[0])
-        yaw = heading + yaw_l2e
-        out[i, :2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
-        out[i, :3, 3] = pos[i]
-        prev = p
-    return out
 
 
 def speeds(base_poses: np.ndarray, origin_xy: np.ndarray, dt: float = STEP_SECONDS) -> np.ndarray:

@@ -1,80 +1,17 @@
-"""Planner node health: counters, latency percentiles and the /diagnostics message.
+"""The planner node's /diagnostics message from a planner_stats.PlannerStats snapshot.
 
-`PlannerStats` is filled by the worker thread and read by the 1 Hz diagnostics timer, so
-it is lock-protected. `build_diagnostics` turns a snapshot into a DiagnosticArray with
-three statuses: model, inputs, planning.
+Three statuses: model, inputs, planning. Tests and tools read the *keys* (values), never
+the message text: the keys are the interface.
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-
-
-@dataclass
-class Rejection:
-    category: str
-    reason: str
-    wall: float
-
-
-@dataclass
-class PlannerStats:
-    window: int = 200
-    plans: int = 0
-    rejections: Counter = field(default_factory=Counter)
-    degraded: Counter = field(default_factory=Counter)  # masked / reused cameras
-    last_rejection: Rejection | None = None
-    last_degraded: str = ""
-    last_plan_wall: float | None = None
-    model_s: deque = field(default_factory=lambda: deque(maxlen=200))
-    total_s: deque = field(default_factory=lambda: deque(maxlen=200))  # input arrival -> published
-    overhead_s: deque = field(default_factory=lambda: deque(maxlen=200))  # node work outside model + sync wait
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def reject(self, category: str, reason: str) -> None:
-        with self._lock:
-            self.rejections[category] += 1
-            self.last_rejection = Rejection(category, reason, time.monotonic())
-
-    def degrade(self, category: str, note: str) -> None:
-        with self._lock:
-            self.degraded[category] += 1
-            self.last_degraded = note
-
-    def planned(self, model_s: float, total_s: float, overhead_s: float) -> None:
-        with self._lock:
-            self.plans += 1
-            self.last_plan_wall = time.monotonic()
-            self.model_s.append(model_s)
-            self.total_s.append(total_s)
-            self.overhead_s.append(overhead_s)
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {"plans": self.plans, "rejections": dict(self.rejections), "degraded": dict(self.degraded),
-                    "last_rejection": self.last_rejection, "last_degraded": self.last_degraded,
-                    "last_plan_wall": self.last_plan_wall, "model_s": list(self.model_s),
-                    "total_s": list(self.total_s), "overhead_s": list(self.overhead_s)}
-
-    def reset(self) -> None:
-        with self._lock:
-            self.plans = 0
-            self.rejections.clear()
-            self.degraded.clear()
-            self.last_rejection = None
-            self.last_degraded = ""
-            self.last_plan_wall = None
-            self.model_s.clear()
-            self.total_s.clear()
-            self.overhead_s.clear()
+from .planner_stats import ERROR, OK, WARN, PlannerStats, Rejection  # noqa: F401  (re-exported)
 
 
 def percentiles_ms(values: list[float]) -> tuple[float, float]:
@@ -93,7 +30,8 @@ def _kv(key: str, value) -> KeyValue:
 def build_diagnostics(stamp, node_name: str, *, state: str, model_loaded: bool, model_id: str, device: str,
                       model_error: str, snapshot: dict, input_rates: dict[str, float],
                       input_ages: dict[str, float | None], front_name: str, front_timeout: float,
-                      drops_busy: int, recent_s: float = 2.0) -> DiagnosticArray:
+                      drops_busy: int, recent_s: float = 2.0, watchdog: tuple[int, float, str] = (0, 0.0, ""),
+                      loss_warn: float = 0.05) -> DiagnosticArray:
     """The node's DiagnosticArray. Levels: ERROR = cannot plan (no model, no front camera,
     recent rejections and no recent plan); WARN = planning but degraded or dropping."""
     hw = f"{node_name}"
@@ -116,10 +54,28 @@ def build_diagnostics(stamp, node_name: str, *, state: str, model_loaded: bool, 
         inp.level = ERROR
         inp.message = (f"no front camera ({front_name}) image " +
                        ("received yet" if front_age is None else f"for {front_age:.1f} s") + "; not planning")
+    streams = snapshot.get("streams", {})
     for key in input_rates:
         age = input_ages.get(key)
         inp.values.append(_kv(f"{key}.rate_hz", input_rates[key]))
         inp.values.append(_kv(f"{key}.age_s", "never" if age is None else age))
+        if key in streams:
+            received, lost, recent = streams[key]
+            # lost = expected from the stamps but never delivered to the node (publisher,
+            # transport or the subscription queue); recent = share of the last ~200 expected
+            inp.values += [_kv(f"{key}.received", received), _kv(f"{key}.lost_before_node", lost),
+                           _kv(f"{key}.recent_loss", float(recent))]
+            if recent > loss_warn and inp.level < WARN:
+                inp.level = WARN
+                inp.message = (f"{key}: {recent:.0%} of the recent frames never reached the node (stamp gaps "
+                               f"at the subscription: publisher, transport or a full subscription queue)")
+    for key, n in sorted(snapshot.get("input_rejections", {}).items()):
+        inp.values.append(_kv(f"rejected.{key}", n))
+    inp.values.append(_kv("last_input_rejection", snapshot.get("last_input_rejection", "")))
+    for key, text in sorted(snapshot.get("warnings", {}).items()):
+        inp.values.append(_kv(f"warning.{key}", text))
+        if inp.level < WARN:
+            inp.level, inp.message = WARN, text
     arr.status.append(inp)
 
     # Planning
@@ -138,7 +94,13 @@ def build_diagnostics(stamp, node_name: str, *, state: str, model_loaded: bool, 
     elif snap["last_degraded"] and recent_plan:
         plan.level = WARN
         plan.message = f"planning degraded: {snap['last_degraded']}"
-    plan.values = [_kv("plans", snap["plans"]), _kv("dropped.busy", drops_busy)]
+    wd_level, wd_silent, wd_why = watchdog
+    if wd_level > plan.level:  # front images arrive, nothing is published
+        plan.level = wd_level
+        plan.message = f"no plan for {wd_silent:.1f} s while front images arrive: {wd_why}"
+    anchors = snap.get("anchors", 0)
+    plan.values = [_kv("plans", snap["plans"]), _kv("dropped.busy", drops_busy), _kv("anchors", anchors),
+                   _kv("no_plan_s", float(wd_silent)), _kv("no_plan_reason", wd_why)]
     plan.values += [_kv(f"rejected.{k}", v) for k, v in sorted(snap["rejections"].items())]
     plan.values += [_kv(f"degraded.{k}", v) for k, v in sorted(snap["degraded"].items())]
     plan.values += [_kv("last_rejection", f"{rej.category}: {rej.reason}" if rej else ""),
@@ -146,4 +108,6 @@ def build_diagnostics(stamp, node_name: str, *, state: str, model_loaded: bool, 
                     _kv("planner_latency_p50_ms", t50), _kv("planner_latency_p99_ms", t99),
                     _kv("node_overhead_p50_ms", o50), _kv("node_overhead_p99_ms", o99)]
     arr.status.append(plan)
+    for st in arr.status:  # levels are worked out as ints; the message field is a byte, as received
+        st.level = bytes([st.level]) if isinstance(st.level, int) else st.level
     return arr

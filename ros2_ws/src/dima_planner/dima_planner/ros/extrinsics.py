@@ -1,77 +1,66 @@
-"""Camera rig geometry for the node: the rig JSON and a static-transform graph from /tf_static.
+"""The /tf_static tree for the planner node (no rclpy: the node feeds it messages).
 
-Both give, per camera, cam2ego (optical frame -> base_link) and lidar2ego, from which the
-planner's cam2lidar = inv(lidar2ego) . cam2ego. No rclpy here: the node feeds it messages.
+Per camera the node needs cam2ego (optical frame -> base_link) and lidar2ego, from which
+cam2lidar = inv(lidar2ego) . cam2ego; from /tf_static here, or from the rig JSON
+(data.geometry.load_rig). A static tree must be a tree: a transform that would close a
+cycle (a frame its own parent, or a loop through others) or that places a sensor
+implausibly far away is rejected on arrival with the reason, so a lookup always ends.
 """
 from __future__ import annotations
 
-import json
 import threading
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
-from transforms3d.quaternions import quat2mat
 
-from .conversions import InputError, transform_to_matrix
+from ..data.geometry import RIG_HW, RIG_SIZE, Rig, load_rig, transform_from_msg
+from .errors import InputError
 
-RIG_SIZE = (1600, 900)  # (width, height) the rig intrinsics are for
+__all__ = ["RIG_HW", "RIG_SIZE", "Rig", "StaticTransforms", "load_rig"]
 
-
-@dataclass(frozen=True)
-class Rig:
-    cam2ego: dict[str, np.ndarray]  # 4x4 per camera name
-    intrinsics: dict[str, np.ndarray]  # 3x3 per camera name, for RIG_SIZE images
-    lidar2ego: np.ndarray
-
-
-def _pose(rec: dict) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3] = quat2mat(np.asarray(rec["rotation"], dtype=np.float64))
-    m[:3, 3] = rec["translation"]
-    return m
-
-
-def load_rig(path: str | Path | None = None) -> Rig:
-    """The rig JSON (nuscenes_rig_n015.json format); None or '' = the packaged nuScenes rig."""
-    if not path:
-        text = resources.files("dima_planner.data").joinpath("nuscenes_rig_n015.json").read_text()
-        where = "packaged nuscenes_rig_n015.json"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"rig file {p} does not exist")
-        text, where = p.read_text(), str(p)
-    doc = json.loads(text)
-    if "LIDAR_TOP" not in doc:
-        raise ValueError(f"{where}: no LIDAR_TOP entry")
-    cams = {k: v for k, v in doc.items() if k.startswith("CAM_")}
-    return Rig(cam2ego={k: _pose(v) for k, v in cams.items()},
-               intrinsics={k: np.asarray(v["camera_intrinsic"], dtype=np.float64) for k, v in cams.items()},
-               lidar2ego=_pose(doc["LIDAR_TOP"]))
+MAX_DEPTH = 64  # longer chains are refused on arrival; no real vehicle comes close
 
 
 class StaticTransforms:
-    """The /tf_static tree: child -> (parent, T_parent<-child). Thread-safe; chains are composed."""
+    """child -> (parent, T_parent<-child), kept acyclic. Thread-safe."""
 
     def __init__(self) -> None:
         self._edges: dict[str, tuple[str, np.ndarray]] = {}
         self._lock = threading.Lock()
 
-    def add(self, tf_msg) -> list[str]:
-        """Add a tf2_msgs/TFMessage; returns the reasons of transforms it had to skip."""
+    def add(self, tf_msg, max_translation: float = float("inf")) -> list[str]:
+        """Add a tf2_msgs/TFMessage; returns the reasons of the transforms it rejected."""
         bad = []
         for t in tf_msg.transforms:
             child, parent = t.child_frame_id.lstrip("/"), t.header.frame_id.lstrip("/")
+            what = f"/tf_static {parent} -> {child}"
             try:
-                m = transform_to_matrix(t.transform, f"/tf_static {parent} -> {child}")
-            except InputError as e:
-                bad.append(e.reason)
+                if not child or not parent:
+                    raise ValueError(f"{what}: empty frame id")
+                m = transform_from_msg(t.transform, what)
+                if np.linalg.norm(m[:3, 3]) > max_translation:
+                    raise ValueError(f"{what}: translation {np.linalg.norm(m[:3, 3]):.3g} m exceeds "
+                                     f"max_extrinsic_translation {max_translation:g} m")
+            except ValueError as e:
+                bad.append(str(e))
                 continue
             with self._lock:
+                chain = self._chain_locked(parent)
+                if child in chain:
+                    bad.append(f"{what}: would close a cycle ({' -> '.join([child, *chain[:chain.index(child) + 1]])}); "
+                               f"rejected")
+                    continue
+                if len(chain) >= MAX_DEPTH:
+                    bad.append(f"{what}: chain deeper than {MAX_DEPTH} frames; rejected")
+                    continue
                 self._edges[child] = (parent, m)
         return bad
+
+    def _chain_locked(self, frame: str) -> list[str]:
+        """frame and its ancestors, root last (the tree is acyclic by construction)."""
+        chain = [frame]
+        while chain[-1] in self._edges and len(chain) <= MAX_DEPTH:
+            chain.append(self._edges[chain[-1]][0])
+        return chain
 
     def lookup(self, target: str, source: str) -> np.ndarray:
         """T_target<-source (maps points in `source` to `target`), or InputError."""
@@ -81,8 +70,10 @@ class StaticTransforms:
 
         def to_root(frame: str) -> dict[str, np.ndarray]:
             chain, m = {frame: np.eye(4)}, np.eye(4)
-            while frame in edges and len(chain) < 64:
-                frame, t = edges[frame][0], edges[frame][1]
+            while frame in edges and len(chain) <= MAX_DEPTH:
+                frame, t = edges[frame]
+                if frame in chain:  # cannot happen (add keeps the tree acyclic); never loop anyway
+                    break
                 m = t @ m
                 chain[frame] = m
             return chain

@@ -12,11 +12,14 @@ Planar waypoints: a planning waypoint (x, y) in the LiDAR frame is the point (x,
 from base_link, the height in the message is ignored and the point is placed on the
 plane z_lidar = 0, so LiDAR -> base_link -> LiDAR round-trips exactly whatever height a
 publisher writes (the LIDAR_TOP mount is tilted by a few milliradians).
+
+Pose matrices and quaternions: data/geometry.py.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
-import transforms3d
 
 LIDAR_FRAME = "lidar_top"
 BASE_FRAME = "base_link"
@@ -29,40 +32,6 @@ ODOM_FRAME = "odom"
 def optical_frame(camera: str) -> str:
     """CAM_FRONT -> cam_front_optical."""
     return f"{camera.lower()}_optical"
-
-
-def pose_to_matrix(translation, rotation_wxyz) -> np.ndarray:
-    """4x4 child -> parent transform from a nuScenes-style translation + (w, x, y, z) quaternion."""
-    m = np.eye(4)
-    m[:3, :3] = transforms3d.quaternions.quat2mat(np.asarray(rotation_wxyz, dtype=np.float64))
-    m[:3, 3] = np.asarray(translation, dtype=np.float64)
-    return m
-
-
-def record_matrix(record: dict) -> np.ndarray:
-    """4x4 of an ego_pose / calibrated_sensor record (child frame -> parent frame)."""
-    return pose_to_matrix(record["translation"], record["rotation"])
-
-
-def matrix_to_quat_xyzw(matrix: np.ndarray) -> tuple[float, float, float, float]:
-    """Rotation part of a 3x3/4x4 as a ROS (x, y, z, w) quaternion."""
-    w, x, y, z = transforms3d.quaternions.mat2quat(np.asarray(matrix, dtype=np.float64)[:3, :3])
-    if w < 0:  # canonical sign, so equal rotations give equal messages
-        w, x, y, z = -w, -x, -y, -z
-    return float(x), float(y), float(z), float(w)
-
-
-def quat_xyzw_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    return transforms3d.quaternions.quat2mat((w, x, y, z))
-
-
-def yaw_of(matrix: np.ndarray) -> float:
-    """Heading of a frame's +x axis in its parent's xy plane (ccw, radians)."""
-    return float(np.arctan2(matrix[1, 0], matrix[0, 0]))
-
-
-def yaw_to_quat_xyzw(yaw: float) -> tuple[float, float, float, float]:
-    return 0.0, 0.0, float(np.sin(yaw / 2.0)), float(np.cos(yaw / 2.0))
 
 
 def lidar_xy_to_base_link(xy: np.ndarray, lidar2ego: np.ndarray) -> np.ndarray:
@@ -87,3 +56,35 @@ def base_link_to_lidar_xy(points: np.ndarray, lidar2ego: np.ndarray) -> np.ndarr
     z = t[2] - (n[0] * (pts[:, 0] - t[0]) + n[1] * (pts[:, 1] - t[1])) / n[2]
     full = np.concatenate([pts, z[:, None]], axis=1)
     return ((full - t) @ r)[:, :2]
+
+
+def lidar_points_to_base(points: np.ndarray, lidar2ego: np.ndarray) -> np.ndarray:
+    """(..., 2) planar LiDAR-frame points -> (..., 3) base_link points (the point (x, y, 0)
+    of the LiDAR frame, so bag_eval's inverse round-trips exactly)."""
+    pts = np.asarray(points, dtype=np.float64)
+    return lidar_xy_to_base_link(pts.reshape(-1, 2), lidar2ego).reshape(pts.shape[:-1] + (3,))
+
+
+def trajectory_lidar_to_base(traj: np.ndarray, lidar2ego: np.ndarray) -> np.ndarray:
+    """LiDAR-frame waypoints (6, 2) -> base_link poses (6, 4, 4).
+
+    Positions are the predicted LiDAR-origin track (the nuScenes/VAD target) expressed in
+    base_link by lidar_xy_to_base_link, the convention bag_eval inverts. The orientation is
+    the direction of travel (from the previous waypoint; the current heading while the step
+    is under 5 cm, i.e. standing still), as a yaw about base_link z.
+    """
+    traj = np.asarray(traj, dtype=np.float64)
+    pos = lidar_points_to_base(traj, lidar2ego)
+    yaw_l2e = math.atan2(lidar2ego[1, 0], lidar2ego[0, 0])
+    out = np.tile(np.eye(4), (len(traj), 1, 1))
+    heading = math.pi / 2  # straight ahead in the LiDAR frame
+    prev = np.zeros(2)
+    for i, p in enumerate(traj):
+        d = p - prev
+        if np.hypot(*d) > 0.05:
+            heading = math.atan2(d[1], d[0])
+        yaw = heading + yaw_l2e
+        out[i, :2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+        out[i, :3, 3] = pos[i]
+        prev = p
+    return out

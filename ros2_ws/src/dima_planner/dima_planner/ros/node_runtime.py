@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import InvalidHandle, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 from .env import apply_ros_env_defaults
 
@@ -44,15 +44,25 @@ def set_parameters(params, values: dict, validate: Callable[[str, object], str |
 
 
 def spin(make_node: Callable[[], rclpy.node.Node], prog: str, threads: int, args: list[str] | None = None) -> int:
-    """Run one node until Ctrl-C; invalid parameters at start-up exit 2 with one line."""
+    """Run one node until Ctrl-C; invalid parameters at start-up exit 2 with one line.
+
+    threads=1: a SingleThreadedExecutor. An entity destroyed between the executor's wait
+    and its dispatch (a lifecycle cleanup running on another executor thread) makes rclpy
+    raise InvalidHandle out of spin(); that is a skipped wake-up, not a reason to die, so
+    spinning resumes."""
     apply_ros_env_defaults()  # before rclpy.init: loopback-only discovery, own domain id, SHM profile
     rclpy.init(args=sys.argv if args is None else args)
     node = None
     try:
         node = make_node()
-        executor = MultiThreadedExecutor(num_threads=threads)
+        executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        executor.spin()
+        while True:
+            try:
+                executor.spin()
+                break
+            except InvalidHandle as e:
+                node.get_logger().warning(f"executor: an entity was destroyed while in use ({e}); spinning on")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:

@@ -90,6 +90,9 @@ def _camera_specs() -> list[ParamSpec]:
             ParamSpec(p + "frame_id", "",
                       f"{cam} optical frame for /tf_static look-up; empty = the image header's frame_id",
                       "str"),
+            ParamSpec(p + "rectified", False,
+                      f"{cam}: the topic carries rectified images, so CameraInfo P (not K, D) describes them "
+                      "(image_geometry's rule); false = K, and non-zero distortion is warned about once", "bool"),
         ]
     return specs
 
@@ -101,7 +104,9 @@ _SPECS: list[ParamSpec] = [
               "working directory, else to the installed share/dima_planner directory", "str", on_configure=True),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str",
               pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),
-    ParamSpec("num_threads", 0, "torch CPU threads for the model (0 = torch's default)", "int", 0, 256,
+    ParamSpec("precision", "fp32", "model arithmetic: fp32, or fp16 / bf16 through torch.autocast (GPU)", "str",
+              choices=("fp32", "fp16", "bf16"), on_configure=True),
+    ParamSpec("num_threads", 1, "torch CPU threads for the model (0 = torch's default: one per core)", "int", 0, 256,
               on_configure=True),
     ParamSpec("warmup", True, "run one forward pass on black images during configure", "bool", on_configure=True),
     ParamSpec("warmup_width", 1600, "image width of the warm-up pass", "int", 16, 8192, on_configure=True),
@@ -156,8 +161,23 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("publish_markers", True, "publish markers_topic (only when subscribed)", "bool"),
     ParamSpec("marker_score_threshold", 0.3, "agents / map elements drawn in markers_topic need this "
               "class probability", "float", 0.0, 1.0),
-    ParamSpec("decode_threads", 6, "threads decoding/validating images off the executor", "int", 1, 32,
-              on_configure=True),
+    ParamSpec("decode_threads", 2, "threads decoding/validating images off the executor (cv2 releases the "
+              "GIL; more threads than cores only compete with the model)", "int", 1, 32, on_configure=True),
+    ParamSpec("min_image_size", 32, "images narrower or lower than this (px) are rejected", "int", 1, 4096),
+    ParamSpec("max_image_pixels", 4096 * 4096, "images declaring more pixels (JPEG/PNG header or "
+              "width x height) are rejected before decoding (decompression bombs)", "int", 1, 1 << 30),
+    ParamSpec("max_extrinsic_translation", 50.0, "a /tf_static transform longer than this (m) is rejected",
+              "float", 0.0, 1e6),
+    ParamSpec("max_odom_position", 1e7, "odometry farther than this (m, any axis) from its origin is "
+              "rejected (UTM coordinates fit)", "float", 0.0, 1e12),
+    ParamSpec("max_speed", 100.0, "odometry faster than this (m/s) is rejected", "float", 0.0, 1e4),
+    ParamSpec("max_plan_distance", 200.0, "a planned waypoint farther than this (m) is not published",
+              "float", 1.0, 1e5),
+    ParamSpec("no_plan_warn_after", 1.0, "front images arrive but no plan for this long (s): planning WARN",
+              "float", 0.05, 3600.0),
+    ParamSpec("no_plan_error_after", 3.0, "... and for this long (s): planning ERROR", "float", 0.05, 3600.0),
+    ParamSpec("loss_warn_ratio", 0.05, "inputs WARN when more than this share of an input's recent frames "
+              "(expected from their stamps) never reached the node", "float", 0.0, 1.0),
     ParamSpec("diagnostics_period", 1.0, "period (s) of /diagnostics", "float", 0.05, 60.0, on_configure=True),
     ParamSpec("front_timeout", 1.0, "no front image for this long (s) while active is reported as an error",
               "float", 0.01, 60.0),

@@ -1,4 +1,5 @@
-"""Input caching and front-camera-anchored synchronisation for the planner node (no rclpy).
+"""Input caching and front-camera-anchored synchronisation for the planner node (no rclpy,
+no message packages: messages are only stored here, never read).
 
 Subscription callbacks only `put` the newest messages here (a few per camera, so the
 worker can pick the one nearest the anchor). The worker thread takes the front image
@@ -8,6 +9,7 @@ All stamps are integer nanoseconds of the message header (node/sim time).
 """
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -17,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .conversions import InputError
+from .errors import InputError
 
 SEC = 1_000_000_000
 
@@ -146,13 +148,8 @@ def side_cameras_ready(items_by_cam: dict[str, list[Cached]], anchor_ns: int, to
 
 def select_cameras(anchor_ns: int, items_by_cam: dict[str, list[Cached]], tolerance_ns: int, policy: str,
                    last_good: dict[str, Cached], max_reuse_ns: int) -> dict[str, CameraPick]:
-    """One image per side camera for the front stamp `anchor_ns`.
-
-    Policy for a camera with no image within tolerance:
-      mask       -> black image (the model sees nothing there);
-      reuse_last -> its last used image if it is at most max_reuse_ns older than the anchor,
-                    otherwise mask.
-    """
+    """One image per side camera for the front stamp `anchor_ns` (fallback_pick for a camera
+    with no image within tolerance)."""
     if policy not in ("mask", "reuse_last"):
         raise ValueError(f"unknown missing_camera_policy {policy!r}")
     out = {}
@@ -163,76 +160,126 @@ def select_cameras(anchor_ns: int, items_by_cam: dict[str, list[Cached]], tolera
             continue
         why = ("no image received" if best is None else
                f"nearest image is {(best.stamp_ns - anchor_ns) / 1e6:+.0f} ms from the front camera")
-        prev = last_good.get(cam)
-        if policy == "reuse_last" and prev is not None and 0 <= anchor_ns - prev.stamp_ns <= max_reuse_ns:
-            out[cam] = CameraPick("reused", prev, f"{why}; reusing the image from "
-                                                   f"{(anchor_ns - prev.stamp_ns) / 1e6:.0f} ms earlier")
-        else:
-            out[cam] = CameraPick("masked", None, f"{why}; masked")
+        out[cam] = fallback_pick(cam, anchor_ns, why, policy, last_good, max_reuse_ns)
     return out
 
 
+def fallback_pick(cam: str, anchor_ns: int, why: str, policy: str, last_good: dict[str, Cached],
+                  max_reuse_ns: int) -> CameraPick:
+    """A side camera without a usable image (none in time, or a corrupt one):
+      mask       -> black image (the model sees nothing there);
+      reuse_last -> its last used image if it is at most max_reuse_ns older than the anchor,
+                    otherwise mask."""
+    prev = last_good.get(cam)
+    if policy == "reuse_last" and prev is not None and 0 <= anchor_ns - prev.stamp_ns <= max_reuse_ns:
+        return CameraPick("reused", prev, f"{why}; reusing the image from {(anchor_ns - prev.stamp_ns) / 1e6:.0f} ms earlier")
+    return CameraPick("masked", None, f"{why}; masked")
+
+
+@dataclass(frozen=True)
+class OdomSample:
+    stamp_ns: int
+    pose: np.ndarray  # 4x4 base_link -> odometry frame
+    twist: np.ndarray  # (vx, vy, wz) in base_link
+    frame_id: str
+
+
+@dataclass(frozen=True)
+class PoseAt:
+    matrix: np.ndarray  # 4x4 at the requested stamp
+    sample: OdomSample  # the nearer sample (twist, frame)
+    bridged: str = ""  # reason of a rejected odometry message the interpolation spanned
+
+
 class OdomHistory:
-    """Recent odometry poses; pose_at interpolates at a stamp (positions linearly, yaw by
-    the shortest angle; roll/pitch from the nearer sample)."""
+    """Recent odometry samples in stamp order; pose_at interpolates at a stamp (positions
+    linearly, yaw by the shortest angle; roll/pitch from the nearer sample).
+
+    A late sample is inserted in order (one early/late message never makes newer ones look
+    late). Stamps of rejected messages are kept too, so that a pose interpolated across one
+    is reported as bridged. A sample `jump_reset_ns` older than the newest is another
+    timeline (bag loop): the history restarts."""
 
     def __init__(self, horizon_ns: int = 5 * SEC, jump_reset_ns: int = SEC):
-        self._items: deque[tuple[int, np.ndarray, Any]] = deque()
+        self._items: list[OdomSample] = []
+        self._bad: deque[tuple[int, str]] = deque(maxlen=64)
         self._horizon = horizon_ns
         self._jump = jump_reset_ns
         self._lock = threading.Lock()
 
-    def put(self, stamp_ns: int, pose: np.ndarray, msg: Any) -> None:
+    def put(self, sample: OdomSample) -> None:
         with self._lock:
-            if self._items and stamp_ns <= self._items[-1][0]:
-                if self._items[-1][0] - stamp_ns < self._jump:
-                    return  # a late or repeated message: the history already covers it
-                self._items.clear()  # time went backwards (bag loop / reset): old poses are another timeline
-            self._items.append((stamp_ns, pose, msg))
-            while self._items and stamp_ns - self._items[0][0] > self._horizon:
-                self._items.popleft()
+            items = self._items
+            if items and items[-1].stamp_ns - sample.stamp_ns >= self._jump:
+                items.clear()
+                self._bad.clear()
+            i = bisect.bisect_left([it.stamp_ns for it in items], sample.stamp_ns)
+            if i < len(items) and items[i].stamp_ns == sample.stamp_ns:
+                items[i] = sample  # a repeated stamp: the newer message wins
+            else:
+                items.insert(i, sample)
+            newest = items[-1].stamp_ns
+            while items and newest - items[0].stamp_ns > self._horizon:
+                items.pop(0)
+
+    def mark_bad(self, stamp_ns: int, reason: str) -> None:
+        with self._lock:
+            self._bad.append((stamp_ns, reason))
+
+    def bad_near(self, t_ns: int, window_ns: int) -> str | None:
+        """Reason of the rejected message nearest t_ns within window_ns, if any."""
+        with self._lock:
+            near = [(abs(s - t_ns), r) for s, r in self._bad if abs(s - t_ns) <= window_ns]
+        return min(near)[1] if near else None
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bad.clear()
 
-    def latest(self):
+    def latest(self) -> OdomSample | None:
         with self._lock:
             return self._items[-1] if self._items else None
 
-    def pose_at(self, t_ns: int, max_age_ns: int) -> tuple[np.ndarray, Any]:
-        """(4x4 pose, nearest Odometry msg) at t_ns, or InputError("stale_odometry")."""
+    def pose_at(self, t_ns: int, max_age_ns: int) -> PoseAt:
+        """The pose at t_ns, or InputError("stale_odometry")."""
         with self._lock:
             items = list(self._items)
+            bad = list(self._bad)
         if not items:
             raise InputError("stale_odometry", "no odometry received")
-        before = [it for it in items if it[0] <= t_ns]
-        after = [it for it in items if it[0] >= t_ns]
-        if before and after:
-            a, b = before[-1], after[0]
-            if b[0] - a[0] <= 2 * max_age_ns:
-                return _interpolate(a, b, t_ns), (a if t_ns - a[0] <= b[0] - t_ns else b)[2]
-        near = min(items, key=lambda it: abs(it[0] - t_ns))
-        gap = near[0] - t_ns
+        i = bisect.bisect_left([it.stamp_ns for it in items], t_ns)
+        a = items[i - 1] if i > 0 else None
+        b = items[i] if i < len(items) else None
+        if b is not None and b.stamp_ns == t_ns:
+            return PoseAt(b.pose, b)
+        if a is not None and b is not None and b.stamp_ns - a.stamp_ns <= 2 * max_age_ns:
+            near = a if t_ns - a.stamp_ns <= b.stamp_ns - t_ns else b
+            spanned = [r for s, r in bad if a.stamp_ns < s < b.stamp_ns]
+            return PoseAt(_interpolate(a, b, t_ns), near, spanned[-1] if spanned else "")
+        near = min((x for x in (a, b) if x is not None), key=lambda it: abs(it.stamp_ns - t_ns))
+        gap = near.stamp_ns - t_ns
         if abs(gap) > max_age_ns:
             raise InputError("stale_odometry", f"nearest odometry is {gap / 1e9:+.3f} s from the front camera "
                                                f"stamp (max {max_age_ns / 1e9:.3f} s)")
-        return near[1], near[2]
+        lo, hi = sorted((near.stamp_ns, t_ns))
+        spanned = [r for s, r in bad if lo < s <= hi]
+        return PoseAt(near.pose, near, spanned[-1] if spanned else "")
 
 
-def _interpolate(a, b, t_ns: int) -> np.ndarray:
-    if b[0] == a[0]:
-        return a[1]
-    w = (t_ns - a[0]) / (b[0] - a[0])
-    out = (a if w < 0.5 else b)[1].copy()
-    ya, yb = math.atan2(a[1][1, 0], a[1][0, 0]), math.atan2(b[1][1, 0], b[1][0, 0])
+def _interpolate(a: OdomSample, b: OdomSample, t_ns: int) -> np.ndarray:
+    if b.stamp_ns == a.stamp_ns:
+        return a.pose
+    w = (t_ns - a.stamp_ns) / (b.stamp_ns - a.stamp_ns)
+    out = (a if w < 0.5 else b).pose.copy()
+    ya, yb = math.atan2(a.pose[1, 0], a.pose[0, 0]), math.atan2(b.pose[1, 0], b.pose[0, 0])
     dyaw = (yb - ya + math.pi) % (2 * math.pi) - math.pi
     base_yaw = math.atan2(out[1, 0], out[0, 0])
     yaw = ya + w * dyaw
     c, s = math.cos(yaw - base_yaw), math.sin(yaw - base_yaw)
     rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     out[:3, :3] = rz @ out[:3, :3]
-    out[:3, 3] = (1 - w) * a[1][:3, 3] + w * b[1][:3, 3]
+    out[:3, 3] = (1 - w) * a.pose[:3, 3] + w * b.pose[:3, 3]
     return out
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pyquaternion import Quaternion
 from shapely.geometry import box as shapely_box
 from tqdm import tqdm
 
 from dima_planner.config import to_dict
+from dima_planner.data.geometry import RIG_HW, pose_from_quat, pose_matrix, rigid_inverse
+from dima_planner.model.inputs import scale_intrinsics
 
 from . import agents as ag_mod
 from . import lidar
@@ -45,27 +46,31 @@ class GenerationError(RuntimeError):
     """The dataroot cannot be (re)generated safely."""
 
 
+def scene_splits(cfg: SynthConfig, n: int) -> list[str]:
+    """Per scene "train"/"val": val_only_scenarios all go to val; of every other scenario,
+    val_fraction of its scenes (at least one where it has two or more), seeded."""
+    rng = np.random.default_rng([cfg.seed, 77])
+    out = ["train"] * n
+    for scenario in dict.fromkeys(cfg.scenarios):
+        idx = [i for i in range(n) if cfg.scenarios[i % len(cfg.scenarios)] == scenario]
+        if scenario in cfg.val_only_scenarios:
+            chosen = idx
+        else:
+            k = int(round(len(idx) * cfg.val_fraction))
+            k = max(1, min(len(idx) - 1, k)) if len(idx) >= 2 and cfg.val_fraction > 0 else k
+            chosen = rng.permutation(idx)[:k].tolist()
+        for i in chosen:
+            out[i] = "val"
+    return out
+
+
 def load_rig() -> dict:
     path = resources.files("dima_planner.data") / "nuscenes_rig_n015.json"
     return json.loads(path.read_text())
 
 
-def _pose_matrix(translation, rotation_wxyz) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    T[:3, 3] = translation
-    return T
-
-
-def _rigid_inverse(T: np.ndarray) -> np.ndarray:
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out
-
-
 def _ego_matrix(x, y, yaw) -> np.ndarray:
-    return _pose_matrix([x, y, 0.0], yaw_quat(yaw))
+    return pose_from_quat([x, y, 0.0], yaw_quat(yaw))
 
 
 def generate(cfg: SynthConfig, dataroot: str | Path, progress: bool = True, force: bool = False) -> Path:
@@ -105,11 +110,8 @@ class _Generator:
         self.W, self.H = cfg.image_size
         self.K = {}
         for ch in CAMERA_CHANNELS:
-            K = np.array(self.rig[ch]["camera_intrinsic"], float)
-            K[0] *= self.W / 1600.0
-            K[1] *= self.H / 900.0
-            self.K[ch] = K
-        self.cam2ego = {ch: _pose_matrix(self.rig[ch]["translation"], self.rig[ch]["rotation"])
+            self.K[ch] = scale_intrinsics(np.array(self.rig[ch]["camera_intrinsic"], float), RIG_HW, (self.H, self.W))
+        self.cam2ego = {ch: pose_matrix(self.rig[ch])
                         for ch in (*CAMERA_CHANNELS, "LIDAR_TOP")}
         self.renderers = {ch: Renderer(self.K[ch], self.W, self.H) for ch in CAMERA_CHANNELS}
         self.beams, self.rings = lidar.beam_directions(cfg.lidar_beams, cfg.lidar_azimuth_step_deg)
@@ -181,6 +183,9 @@ class _Generator:
         return len(CAMERA_CHANNELS) * (k + (k - 1) * sw)
 
     def _splits(self, n: int) -> list[str]:
+        cfg = self.cfg
+        if cfg.stratified_split or cfg.val_only_scenarios:
+            return scene_splits(cfg, n)
         n_val = int(round(n * self.cfg.val_fraction))
         if self.cfg.val_fraction > 0 and n >= 2:
             n_val = max(1, min(n - 1, n_val))
@@ -278,7 +283,7 @@ class _Generator:
                     t = base_t + CAMERA_OFFSETS[ch]
                     ex, ey, eyaw, _ = ag_mod.interp_state(ego, times, t)
                     boxes = self._render_boxes(others, times, t, gx, gy)
-                    world2cam = _rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
+                    world2cam = rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
                     img = self.renderers[ch].render(world2cam, ground, boxes)
                     ts = us(t)
                     fname = data_filename("samples" if key_frame else "sweeps", log["logfile"], ch, ts, "jpg")
