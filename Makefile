@@ -47,7 +47,8 @@ checkpoint-camera-only: bench
 
 eval-bench: bench
 	$(DIMA) eval --dataroot data/bench --version v1.0-dima --split val --baselines const_vel ego_mlp \
-	  --also planner_camera_only=checkpoints/dima_tiny_camera_only --out runs/eval_bench --json runs/eval_bench/metrics.json
+	  $(if $(wildcard checkpoints/dima_tiny_camera_only),--also planner_camera_only=checkpoints/dima_tiny_camera_only) \
+	  --out runs/eval_bench --json runs/eval_bench/metrics.json
 
 checkpoint-stage2: world
 	$(DIMA) train --config params/train/tiny_cpu_stage2.yaml

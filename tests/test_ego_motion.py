@@ -75,3 +75,25 @@ def test_can_bus_mlp_changes_the_bev_and_camera_only_ignores_it():
     cam = BEVEncoder(cfg).eval()
     assert cam.can_bus_mlp is None
     assert torch.equal(cam(feats, l2i, can_bus=slow), cam(feats, l2i, can_bus=fast))
+
+
+def test_nuscenes_can_bus_expansion_through_the_devkit(tmp_path):
+    """<dataroot>/can_bus read by nuscenes-devkit's NuScenesCanBus: the vehicle's own speed,
+    acceleration and yaw rate replace the pose-derived ones (scenes without data keep them)."""
+    import json
+
+    from dima_planner.data.nuscenes_dataset import CanBusSource
+
+    (tmp_path / "can_bus").mkdir()
+    msgs = [{"utime": 1_000_000 + 20_000 * k, "vel": [7.5, 0.0, 0.0], "accel": [0.8, 0.1, 9.8],
+             "rotation_rate": [0.0, 0.0, 0.05], "pos": [0, 0, 0], "orientation": [1, 0, 0, 0]} for k in range(60)]
+    (tmp_path / "can_bus" / "scene-0001_pose.json").write_text(json.dumps(msgs))
+    src = CanBusSource.find(tmp_path)
+    assert src is not None and CanBusSource.find(tmp_path / "none") is None
+    lidar2ego = pose(0, 0, -np.pi / 2)
+    base = can_bus_vector(pose(0, 3.5, 0), 1.5, pose(0, 0, 0), 1.0)
+    v = src.override(base, "scene-0001", 1_500_000, lidar2ego)
+    assert v[F["speed"]] == pytest.approx(7.5) and v[F["yaw_rate"]] == pytest.approx(0.05)
+    np.testing.assert_allclose(v[[F["ax"], F["ay"]]], [-0.1, 0.8], atol=1e-6)
+    np.testing.assert_array_equal(src.override(base, "scene-0002", 1_500_000, lidar2ego), base)  # no data
+    np.testing.assert_array_equal(src.override(base, "scene-0001", 9_000_000, lidar2ego), base)  # too old

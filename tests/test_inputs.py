@@ -110,3 +110,16 @@ def test_inference_does_not_import_training():
     code = ("import sys, dima_planner.inference; bad = [m for m in sys.modules if m.startswith('dima_planner.train')]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_scale_and_pad_keeps_the_aspect_ratio_and_the_geometry():
+    from dima_planner.model.inputs import fitted_size, prepare_frame
+
+    assert fitted_size(900, 1600, (384, 640), "pad") == (360, 640)  # VAD-Tiny
+    assert fitted_size(900, 1600, (736, 1280), "pad") == (720, 1280)  # VAD-Base
+    rng = np.random.default_rng(1)
+    img = rng.integers(1, 255, (90, 160, 3), dtype=np.uint8)
+    k = np.array([[[100.0, 0, 80], [0, 100, 45], [0, 0, 1]]])
+    out, ks, _ = prepare_frame([img], k, np.eye(4)[None], (48, 64), fit="pad")
+    assert out.shape == (1, 48, 64, 3) and out[0, 36:].max() == 0 and out[0, :36].min() > 0
+    np.testing.assert_allclose(ks[0], [[40, 0, 32], [0, 40, 18], [0, 0, 1]])  # one factor, 0.4, both axes

@@ -141,7 +141,7 @@ def _zero_worker(rank: int, world: str, out: str, ports: list[int]) -> None:
 
     def run_(tag: str, port: int, shard: bool, **kw):
         os.environ["MASTER_PORT"] = str(port)  # each train() makes (and ends) its own process group
-        cfg = config(world, f"{out}/{tag}", steps=2, batch_size=2)
+        cfg = config(world, f"{out}/{tag}", steps=2, batch_size=1)  # per process: 2 samples a step
         cfg.logging.tensorboard = False
         cfg.optim.shard_states = shard
         return train(cfg, datasets=(ds, None), **kw)

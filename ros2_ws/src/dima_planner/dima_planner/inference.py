@@ -193,7 +193,8 @@ class Planner:
         through model/inputs.py exactly as the dataset does."""
         if len(images) != len(CAMERAS):
             raise ValueError(f"plan() needs {len(CAMERAS)} images in order {', '.join(CAMERAS)}, got {len(images)}")
-        imgs, _, l2i = prepare_frame(images, intrinsics, cam2lidar, self.cfg.image_size)
+        imgs, _, l2i = prepare_frame(images, intrinsics, cam2lidar, self.cfg.image_size,
+                                     fit=getattr(self.cfg, "image_fit", "stretch"))
         x = normalise(imgs[None], channels_last=True)
         return x.to(self.device), torch.from_numpy(l2i).float()[None].to(self.device)
 

@@ -78,6 +78,7 @@ class DatasetConfig:
     version: str = "v1.0-mini"
     split: str = "train"  # train / val / test / all (mini: train, val map to mini_train / mini_val)
     image_size: list[int] | None = field(default_factory=lambda: [360, 640])  # [H, W]; None = original
+    image_fit: str = "stretch"  # "pad": keep the aspect ratio, zero-pad (the model's image_fit)
     load_images: bool = True  # False: Sample.images is an empty (6, 0, 0, 3) array (metrics, baselines)
     check_images: bool = True  # verify every camera file of the split exists before starting
     cache: bool = True
@@ -489,12 +490,12 @@ class NuScenesPlanningDataset(Dataset):
         if self.cfg.load_images:
             paths = [self.root / p for p in rec["cam_paths"]]
             try:
-                images, ks, l2i = prepare_frame(paths, rec["cam_k"], rec["cam2lidar"], size, hw0)
+                images, ks, l2i = prepare_frame(paths, rec["cam_k"], rec["cam2lidar"], size, hw0, self.cfg.image_fit)
             except ImageDecodeError as e:
                 raise ImageLoadError(f"cannot read a camera image of sample {rec['token']}: {e}") from None
         else:
             images = np.zeros((len(CAMERAS), 0, 0, 3), np.uint8)
-            ks = np.stack([scale_intrinsics(k, s, size) for k, s in zip(rec["cam_k"], hw0)])
+            ks = np.stack([scale_intrinsics(k, s, size, self.cfg.image_fit) for k, s in zip(rec["cam_k"], hw0)])
             l2i = lidar2img(ks, rec["cam2lidar"])
         return Sample(
             token=rec["token"], scene_token=rec["scene_token"], scene_name=rec["scene_name"],

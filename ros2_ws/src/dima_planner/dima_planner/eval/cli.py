@@ -100,9 +100,11 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
     if shard.main:
         out.mkdir(parents=True, exist_ok=True)
 
-    def dataset(split: str, images: bool, image_size=None) -> NuScenesPlanningDataset:
-        # The checkpoint's image size: the dataset resizes through model/inputs.py as in training.
-        kw = {"image_size": list(image_size)} if image_size else {}
+    def dataset(split: str, images: bool, model_cfg=None) -> NuScenesPlanningDataset:
+        # The checkpoint's image size and fit: the dataset resizes through model/inputs.py as in training.
+        kw = {}
+        if model_cfg is not None:
+            kw = {"image_size": list(model_cfg.image_size), "image_fit": getattr(model_cfg, "image_fit", "stretch")}
         return NuScenesPlanningDataset(DatasetConfig(dataroot=args.dataroot, version=args.version, split=split,
                                                      load_images=images, cache_dir=args.cache_dir, **kw))
 
@@ -145,7 +147,7 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
             planner = load_planner(args.checkpoint, device, dual=args.dual, mllm_checkpoint=args.mllm_checkpoint,
                                    llm_path=args.llm_path)
             results["planner_dual" if args.dual else "planner"] = evaluate(
-                planner.predict, dataset(args.split, images=True, image_size=planner.cfg.image_size), conventions,
+                planner.predict, dataset(args.split, images=True, model_cfg=planner.cfg), conventions,
                 batch_size=args.batch_size, keep_predictions=True, shard=sh)
         for spec in args.also:
             from ..inference import load_planner
@@ -154,7 +156,7 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
             if not sep or not name or not path:
                 raise ValueError(f"--also takes NAME=CHECKPOINT, got {spec!r}")
             other = load_planner(str(resolve_default_checkpoint(path)), args.device)
-            results[name] = evaluate(other.predict, dataset(args.split, images=True, image_size=other.cfg.image_size),
+            results[name] = evaluate(other.predict, dataset(args.split, images=True, model_cfg=other.cfg),
                                      conventions, batch_size=args.batch_size, keep_predictions=True, shard=sh)
     except (DataRootError, SplitError, ImageLoadError, FileNotFoundError, ValueError) as e:  # CheckpointError too
         print(f"dima eval: {e}", file=sys.stderr)

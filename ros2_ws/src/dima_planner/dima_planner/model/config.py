@@ -18,6 +18,9 @@ class ModelConfig:
     # Image input (the model resizes nothing: callers give images at this size and
     # intrinsics/lidar2img for it; inference.py does the resize for raw frames).
     image_size: tuple[int, int] = (96, 160)  # H, W
+    # How camera frames are fitted to image_size (model/inputs.py): "stretch" to it, or "pad"
+    # (VAD: scale keeping the aspect ratio, zero-pad bottom / right; VAD-Tiny 640x360 -> 640x384).
+    image_fit: Literal["stretch", "pad"] = "stretch"
     backbone: BackboneName = "tiny"
     backbone_width: int = 16  # base channels of the "tiny" conv net
     pretrained_path: str | None = None  # resnet: local .pth/.safetensors (torchvision key names)
@@ -82,7 +85,7 @@ def vad_tiny() -> ModelConfig:
     # VAD-Tiny: BEV 100x100 over 60 m x 30 m half-ranges (VAD's pc_range), embed 256,
     # 3 BEV layers, 300 agent / 100 map queries, 6 modes. ResNet-50 in VAD.
     return ModelConfig(
-        image_size=(384, 640), backbone="resnet50", feature_stride=16, frozen_stages=1, norm_eval=True, embed_dim=256, num_heads=8,
+        image_size=(384, 640), image_fit="pad", backbone="resnet50", feature_stride=16, frozen_stages=1, norm_eval=True, embed_dim=256, num_heads=8,
         ffn_dim=512, bev_h=100, bev_w=100, bev_range_x=15.0, bev_range_y=30.0,
         sca_points=2, tsa_points=4, bev_layers=3,
         num_agent_queries=300, num_map_queries=100, motion_modes=6, agent_layers=3, map_layers=3,
@@ -91,7 +94,8 @@ def vad_tiny() -> ModelConfig:
 
 
 def vad_base() -> ModelConfig:
-    return dataclasses.replace(vad_tiny(), image_size=(640, 1600), bev_h=200, bev_w=200, bev_layers=6,
+    # VAD-Base: 1600x900 scaled by 0.8 to 1280x720, padded to 1280x736 (size divisor 32)
+    return dataclasses.replace(vad_tiny(), image_size=(736, 1280), bev_h=200, bev_w=200, bev_layers=6,
                                agent_layers=6, map_layers=6)
 
 

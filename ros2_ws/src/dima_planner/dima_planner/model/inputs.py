@@ -61,56 +61,76 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def resize_array(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 (H0, W0, 3) -> (H, W, 3) with cv2.INTER_AREA (unchanged when already that size)."""
+def fitted_size(h0: int, w0: int, size: Sequence[int], fit: str = "stretch") -> tuple[int, int]:
+    """(H, W) the image content is resized to: `size` itself ("stretch"), or the largest
+    aspect-preserving size inside it ("pad": VAD scales and pads the rest with zeros)."""
+    if fit == "stretch":
+        return int(size[0]), int(size[1])
+    if fit != "pad":
+        raise ValueError(f"image fit must be 'stretch' or 'pad', got {fit!r}")
+    s = min(size[0] / h0, size[1] / w0)
+    return min(int(size[0]), int(round(h0 * s))), min(int(size[1]), int(round(w0 * s)))
+
+
+def resize_array(rgb: np.ndarray, size: tuple[int, int] | None, fit: str = "stretch") -> np.ndarray:
+    """uint8 (H0, W0, 3) -> (H, W, 3) with cv2.INTER_AREA (unchanged when already that size);
+    fit="pad" keeps the aspect ratio and zero-pads at the bottom / right."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) == 0:
         raise ImageDecodeError(f"an image must be uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
     if size is None or tuple(rgb.shape[:2]) == tuple(size):
         return np.ascontiguousarray(rgb)
-    return cv2.resize(rgb, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
+    h, w = fitted_size(rgb.shape[0], rgb.shape[1], size, fit)
+    out = rgb if (h, w) == rgb.shape[:2] else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    if (h, w) != tuple(size):
+        out = cv2.copyMakeBorder(out, 0, int(size[0]) - h, 0, int(size[1]) - w, cv2.BORDER_CONSTANT, value=0)
+    return out
 
 
 def decode_image(src: bytes | bytearray | memoryview | str | Path | np.ndarray,
-                 size: Sequence[int] | None) -> np.ndarray:
+                 size: Sequence[int] | None, fit: str = "stretch") -> np.ndarray:
     """Camera frame -> uint8 (H, W, 3) RGB at `size` (H, W); None keeps the original size.
 
     src: encoded bytes (JPEG gets DCT-scaled decoding; PNG etc. are decoded fully), a file
     path holding such bytes, or an already decoded RGB array."""
     size = None if size is None else (int(size[0]), int(size[1]))
     if isinstance(src, np.ndarray):
-        return resize_array(src, size)
+        return resize_array(src, size, fit)
     if isinstance(src, (str, Path)):
         try:
             data = Path(src).read_bytes()
         except OSError as e:
             raise ImageDecodeError(f"cannot read camera image {src}: {e}") from None
-        return _decode_bytes(data, size, str(src))
-    return _decode_bytes(bytes(src), size, "camera image bytes")
+        return _decode_bytes(data, size, str(src), fit)
+    return _decode_bytes(bytes(src), size, "camera image bytes", fit)
 
 
-def _decode_bytes(data: bytes, size: tuple[int, int] | None, what: str) -> np.ndarray:
+def _decode_bytes(data: bytes, size: tuple[int, int] | None, what: str, fit: str = "stretch") -> np.ndarray:
     flag = cv2.IMREAD_COLOR
     if size is not None and data[:2] == JPEG_MAGIC:
         hw = _jpeg_size(data)
         if hw is not None:
-            f = _reduction(hw[0], hw[1], size)
+            f = _reduction(hw[0], hw[1], fitted_size(hw[0], hw[1], size, fit))
             flag = dict(REDUCED_FLAGS).get(f, cv2.IMREAD_COLOR)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if bgr is None:
         raise ImageDecodeError(f"cannot decode {what} ({len(data)} bytes)")
     if bgr.ndim == 2:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-    return resize_array(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+    return resize_array(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, fit)
 
 
-def scale_intrinsics(k: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int] | None) -> np.ndarray:
-    """Intrinsics of an image resized from (H0, W0) to (H, W): fx, cx scale by W/W0; fy, cy by H/H0.
+def scale_intrinsics(k: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int] | None,
+                     fit: str = "stretch") -> np.ndarray:
+    """Intrinsics of an image resized from (H0, W0) to (H, W): fx, cx scale by W/W0; fy, cy by H/H0
+    (fit="pad": both by the aspect-preserving factor; the padding at the bottom / right does
+    not move the origin).
 
     Axis order is (H, W) everywhere in this module (the model's image_size order)."""
     k = np.asarray(k, np.float64)
     if to_hw is None:
         return k.copy()
+    to_hw = fitted_size(int(from_hw[0]), int(from_hw[1]), to_hw, fit)
     sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
     return np.diag([sx, sy, 1.0]) @ k
 
@@ -124,8 +144,8 @@ def lidar2img(intrinsics: np.ndarray, cam2lidar: np.ndarray) -> np.ndarray:
 
 
 def prepare_frame(images: Sequence[Any], intrinsics: np.ndarray, cam2lidar: np.ndarray,
-                  size: Sequence[int] | None,
-                  original_hw: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  size: Sequence[int] | None, original_hw: Sequence[Sequence[int]] | None = None,
+                  fit: str = "stretch") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One rig frame -> (uint8 images (N, H, W, 3), intrinsics (N, 3, 3), lidar2img (N, 4, 4)).
 
     images: per camera, encoded bytes, a path or an RGB array (decode_image). intrinsics
@@ -142,9 +162,9 @@ def prepare_frame(images: Sequence[Any], intrinsics: np.ndarray, cam2lidar: np.n
     out, ks = [], []
     for i, src in enumerate(images):
         hw0 = tuple(original_hw[i]) if original_hw is not None else _source_hw(src)
-        img = decode_image(src, size)
+        img = decode_image(src, size, fit)
         out.append(img)
-        ks.append(scale_intrinsics(intrinsics[i], hw0, img.shape[:2]))
+        ks.append(scale_intrinsics(intrinsics[i], hw0, img.shape[:2], fit))
     ks = np.stack(ks)
     return np.stack(out), ks, lidar2img(ks, cam2lidar)
 
@@ -197,5 +217,5 @@ def batch_inputs(batch: dict[str, Any], device: torch.device | str, use_ego_stat
     return out
 
 
-__all__ = ["ImageDecodeError", "batch_inputs", "decode_image", "lidar2img", "normalise", "prepare_frame",
-           "resize_array", "scale_intrinsics"]
+__all__ = ["ImageDecodeError", "batch_inputs", "decode_image", "fitted_size", "lidar2img", "normalise",
+           "prepare_frame", "resize_array", "scale_intrinsics"]

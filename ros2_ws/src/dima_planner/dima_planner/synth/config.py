@@ -86,6 +86,7 @@ class SynthConfig:
         payload = dict(to_dict(self), generator_version=GENERATOR_VERSION)
         payload.pop("workers")  # does not change the output
         for k, default in _NEW_FIELDS_DEFAULTS.items():
-            if tuple(payload.get(k) or ()) == tuple(default or ()) or payload.get(k) == default:
+            value = payload.get(k)
+            if value == default or (isinstance(default, tuple) and tuple(value or ()) == default):
                 payload.pop(k, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

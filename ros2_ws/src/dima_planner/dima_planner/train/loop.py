@@ -72,7 +72,8 @@ def build_datasets(cfg: TrainConfig):
 
     size = list(cfg.model.image_size)
     mk = lambda split: NuScenesPlanningDataset(DatasetConfig(  # noqa: E731
-        dataroot=cfg.data.dataroot, version=cfg.data.version, split=split, image_size=size))
+        dataroot=cfg.data.dataroot, version=cfg.data.version, split=split, image_size=size,
+        image_fit=cfg.model.image_fit))
     return mk(cfg.data.train_split), (mk(cfg.data.val_split) if cfg.data.val_split else None)
 
 
