@@ -92,6 +92,8 @@ def test_stage2_step_has_every_mllm_loss(world, stage1, tmp_path):
     batch = collate_pairs([pairs[0], pairs[1]])
     assert batch["stage2"]["mask"].sum() > 0  # next keyframes exist for the first samples
     joint = DiMAJoint(VisionPlanner(cfg.model), build_mllm(cfg.mllm, torch.device("cpu"))).train()
+    assert not joint.distill_open  # gated until the teacher beats the planner on validation
+    joint.distill_open = True
     dev = torch.device("cpu")
     _, losses = joint(model_inputs(batch, dev, False), batch["stage2"]["samples"], np.random.default_rng(0),
                       cfg.stage2, future_inputs(batch, dev, 2))

@@ -36,7 +36,8 @@ from torch import nn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_yaml, parse_overrides, to_dict
 from .model.config import ModelConfig
-from .model.joint import DiMAJoint, Stage2Config, future_frames
+from .model.joint import (MLLM_TERMS, DiMAJoint, LossBalancer, Stage2Config, encoder_grad_norms,
+                          encoder_parameters, future_frames)
 from .model.losses import LossWeights, planning_losses
 from .model.mllm import LLMNotFoundError, MLLMConfig
 from .model.planner import VisionPlanner, count_parameters
@@ -239,14 +240,19 @@ def future_inputs(batch: dict[str, Any], device: torch.device, steps: int) -> di
 
 # ------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def predict_sequential(model: VisionPlanner, dataset, device: torch.device, progress: bool = False) -> np.ndarray:
-    """(N, 6, 2) commanded trajectories, frames in dataset order, BEV carried within a scene."""
+def predict_sequential(model: VisionPlanner, dataset, device: torch.device, progress: bool = False,
+                       mllm: nn.Module | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """(N, 6, 2) commanded trajectories, frames in dataset order, BEV carried within a scene.
+    With `mllm`, also the MLLM planning head's (from the same BEAM tokens): (planner, mllm)."""
     from tqdm import tqdm
 
     from .data.nuscenes_dataset import collate
 
     model.eval()
-    preds, prev_bev, prev_token = [], None, None
+    if mllm is not None:
+        was_mllm = mllm.training
+        mllm.eval()
+    preds, mpreds, prev_bev, prev_token = [], [], None, None
     for i in tqdm(range(len(dataset)), desc="val", leave=False, disable=not progress):
         s = dataset[i]
         batch = collate([s])
@@ -256,21 +262,36 @@ def predict_sequential(model: VisionPlanner, dataset, device: torch.device, prog
         inp["has_prev"] = torch.tensor([chained], device=device)
         out = model(**inp)
         preds.append(out["plan"][0].float().cpu().numpy())
+        if mllm is not None:
+            dt = next(mllm.parameters()).dtype
+            feat = mllm.dual_ego_feature({k: getattr(out["beam"], k).to(dt) for k in ("bev", "ego", "agent", "map")})
+            mpreds.append(mllm.plan_from_feature(feat, inp["command"])[0].float().cpu().numpy())
         prev_bev, prev_token = out["bev"], s.token
-    return np.stack(preds)
+    if mllm is None:
+        return np.stack(preds)
+    mllm.train(was_mllm)
+    return np.stack(preds), np.stack(mpreds)
 
 
-def evaluate(model: VisionPlanner, dataset, device: torch.device, progress: bool = False) -> dict[str, float]:
-    """VAD-convention L2 / collision of the model on `dataset` (valid samples only)."""
+def evaluate(model: VisionPlanner, dataset, device: torch.device, progress: bool = False,
+             mllm: nn.Module | None = None) -> dict[str, float]:
+    """VAD-convention L2 / collision of the model on `dataset` (valid samples only); with
+    `mllm` also the MLLM planning head's L2 as "teacher_l2_avg" (the distillation gate)."""
     from .eval.metrics import planning_metrics
 
-    pred = predict_sequential(model, dataset, device, progress)
+    pred = predict_sequential(model, dataset, device, progress, mllm)
+    mpred = None
+    if mllm is not None:
+        pred, mpred = pred
     gt = np.stack([r["ego_fut_traj"] for r in dataset.records])
     mask = np.stack([r["ego_fut_mask"] for r in dataset.records]) > 0
     from .data.nuscenes_dataset import occupancy_of
 
     occ = np.stack([occupancy_of(r) for r in dataset.records])
-    return planning_metrics(pred, gt, occ, valid=mask, convention="vad")
+    out = planning_metrics(pred, gt, occ, valid=mask, convention="vad")
+    if mpred is not None:
+        out["teacher_l2_avg"] = planning_metrics(mpred, gt, occ, valid=mask, convention="vad")["l2_avg"]
+    return out
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -477,11 +498,30 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
         set_rng_state(state["rng"])
         step = int(state["step"])
     model.train()
-    joint = None
+    joint = balancer = None
     if mllm is not None:
-        joint = DiMAJoint(model, mllm.train())
+        drivelm = None
+        if cfg.stage2.drivelm_path:
+            from .qa.drivelm import load_drivelm
+
+            drivelm = load_drivelm(cfg.stage2.drivelm_path)
+            covered = sum(t in drivelm for t in train_ds.tokens)
+            if dist.main:
+                print(f"DriveLM QA {cfg.stage2.drivelm_path}: {len(drivelm)} key frames, {covered} of "
+                      f"{len(train_ds)} training samples covered", file=sys.stderr)
+        joint = DiMAJoint(model, mllm.train(), drivelm)
+        joint.distill_open = not cfg.stage2.distill_gate
+        balancer = LossBalancer(vars(cfg.mllm.loss_weights) | {"dual_plan": cfg.stage2.dual_weight},
+                                cfg.stage2.encoder_grad_fraction)
+        if resume and (run_dir / "last" / "stage2_state.json").is_file():
+            st = json.loads((run_dir / "last" / "stage2_state.json").read_text())
+            balancer.weights, joint.distill_open = st["loss_weights"], st["distill_open"]
     trained: nn.Module = joint if joint is not None else model
     params = [p for p in trained.parameters() if p.requires_grad]
+    # Clipped per group (Stage2Config.mllm_grad_clip): planner and MLLM branch.
+    planner_params = [p for p in model.parameters() if p.requires_grad]
+    mllm_params = mllm.trainable_parameters() if mllm is not None else []
+    enc_params = encoder_parameters(model)
     ddp_model: nn.Module = trained
     if dist.enabled:
         ddp_model = nn.parallel.DistributedDataParallel(
@@ -529,13 +569,30 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
                                          future_inputs(batch, device, fut_steps or 0))
         terms = planning_losses({k: v.float() if torch.is_tensor(v) else v for k, v in pred.items()},
                                 targets(batch, device), cfg.losses, (cfg.model.bev_range_x, cfg.model.bev_range_y))
+        enc_norms: dict[str, float] = {}
         if joint is not None:
             terms["planner_loss"] = terms["loss"]
+            if balancer.pending(mterms):
+                enc_norms = balancer.calibrate(terms["planner_loss"], mterms, enc_params)
+                if dist.main:
+                    bar.write(f"step {step}: MLLM loss weights {', '.join(f'{k} {v:.3g}' for k, v in balancer.weights.items())}"
+                              f" (encoder grad fraction {cfg.stage2.encoder_grad_fraction})")
+            mterms["total"] = balancer.total(mterms)
             terms.update({f"mllm_{k}": v.float() for k, v in mterms.items() if k in MLLM_LOSSES})
             terms["loss"] = terms["loss"] + cfg.stage2.mllm_weight * mterms["total"].float()
+            probe = cfg.stage2.grad_probe_every and (step + 1) % cfg.stage2.grad_probe_every == 0
+            if probe and writer is not None and not enc_norms:
+                enc_norms = encoder_grad_norms(
+                    {"planner": terms["planner_loss"],
+                     **{k: balancer.weights.get(k, 1.0) * mterms[k].float() for k in MLLM_TERMS if k in mterms}},
+                    enc_params)
         optim.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        gnorm = nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        if joint is None:
+            gnorm = nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        else:
+            gnorm = nn.utils.clip_grad_norm_(planner_params, cfg.optim.grad_clip)
+            mnorm = nn.utils.clip_grad_norm_(mllm_params, cfg.stage2.mllm_grad_clip)
         optim.step()
         sched.step()
         step += 1
@@ -555,33 +612,91 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
                 writer.add_scalar(f"train/{k}", float(v), step)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
             writer.add_scalar("train/grad_norm", float(gnorm), step)
+            if joint is not None:
+                writer.add_scalar("train/grad_norm_mllm", float(mnorm), step)
+                for k, v in balancer.weights.items():
+                    writer.add_scalar(f"loss_weight/{k}", v, step)
+        if writer is not None and enc_norms:
+            # Per-loss gradient norm on the shared encoder (weighted as in the total).
+            for k, v in enc_norms.items():
+                writer.add_scalar(f"grad_encoder/{k}", v, step)
             writer.add_scalar("train/samples_per_s", rate, step)
         last = step == cfg.schedule.steps
         interrupted = stop_after is not None and step >= stop_after and not last
         if val_ds is not None and dist.main and (last or (cfg.schedule.val_every and step % cfg.schedule.val_every == 0)):
-            metrics = evaluate(model, val_ds, device)
+            metrics = evaluate(model, val_ds, device, mllm=mllm)
             model.train()
             bar.write(f"step {step} val: L2 avg {metrics['l2_avg']:.3f} m, collision avg "
                       f"{100 * metrics['col_avg']:.2f} % over {metrics['num_samples']} samples")
+            if joint is not None:
+                was_open = joint.distill_open
+                joint.distill_open = was_open or metrics["teacher_l2_avg"] < metrics["l2_avg"]
+                metrics["distill_open"] = joint.distill_open
+                bar.write(f"step {step} val: MLLM planning head (teacher) L2 avg {metrics['teacher_l2_avg']:.3f} m "
+                          f"vs planner {metrics['l2_avg']:.3f} m: distillation "
+                          f"{'on' if joint.distill_open else 'off'}{' (gate opened)' if joint.distill_open and not was_open else ''}")
             if writer is not None:
-                for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "col_avg"):
-                    writer.add_scalar(f"val/{k}", metrics[k], step)
+                for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "col_avg", "teacher_l2_avg"):
+                    if k in metrics:
+                        writer.add_scalar(f"val/{k}", metrics[k], step)
+                if joint is not None:
+                    writer.add_scalar("val/distill_open", float(joint.distill_open), step)
         save_now = last or interrupted or bool(cfg.schedule.ckpt_every and step % cfg.schedule.ckpt_every == 0)
         if save_now and shard:
             optim.consolidate_state_dict(to=0)  # a collective: every rank, before rank 0 saves
         if dist.main and save_now:
             save_train_state(run_dir, model, cfg, optim, sched, step, metrics, mllm)
+            if joint is not None:
+                (run_dir / "last" / "stage2_state.json").write_text(json.dumps(
+                    {"loss_weights": balancer.weights, "distill_open": joint.distill_open}))
         if interrupted:
             break
     bar.close()
     if writer is not None:
         writer.close()
+    extra_meta: dict[str, Any] = {}
+    if joint is not None and dist.main and step == cfg.schedule.steps:
+        extra_meta = {"loss_weights": balancer.weights, "distill_open": joint.distill_open}
+        if cfg.stage2.qa_tune.steps > 0:
+            extra_meta["qa_tune"] = qa_finetune(model, mllm, train_ds, cfg, device, run_dir)
     if dist.main and cfg.export_dir and step == cfg.schedule.steps:
         wall = time.perf_counter() - t0
         save_model_dir(cfg.export_dir, model, cfg, mllm, {"step": step, "val": metrics,
-                                                          "train_wall_s": round(wall, 1)})
+                                                          "train_wall_s": round(wall, 1), **extra_meta})
     dist.close()
     return {"step": step, "losses": losses, "val": metrics, "model": model, "mllm": mllm, "optimizer": optim}
+
+
+def qa_finetune(model: VisionPlanner, mllm: nn.Module, train_ds, cfg: TrainConfig, device: torch.device,
+                run_dir: Path) -> dict[str, Any]:
+    """Stage 2's last phase (model/mllm/qa_tune.py): the MLLM branch learns QA on the
+    trained planner's BEAM tokens of every training frame, made by the planner node's
+    own path (inference.Planner); the planner is frozen. Returns what the run did."""
+    from .inference import Planner
+    from .model.mllm.qa_tune import tune_qa
+    from .qa.evaluate import scene_frames
+
+    t0 = time.perf_counter()
+    frames = scene_frames(Planner(model, device), train_ds, progress=cfg.logging.progress)
+    model.train()
+    k = cfg.stage2.qa_tune.free_text_per_sample
+
+    def qa_of(i: int, rng: np.random.Generator) -> list:
+        free = frames[i].free_text
+        pick = [free[j] for j in sorted(rng.choice(len(free), min(k, len(free)), replace=False))] if k > 0 else []
+        return frames[i].factual + pick
+
+    writer = None
+    if cfg.logging.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"))
+    log = (lambda st, loss: writer.add_scalar("qa_tune/loss", loss, st)) if writer is not None else None
+    losses = tune_qa(mllm, [f.beam for f in frames], qa_of, cfg.stage2.qa_tune, seed=cfg.seed, log=log,
+                     progress=cfg.logging.progress)
+    if writer is not None:
+        writer.close()
+    return {"steps": len(losses), "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -40,6 +40,16 @@ def as_beam_dict(beam: Any) -> dict[str, torch.Tensor]:
     raise TypeError(f"BEAM tokens must be a mapping or have attributes {TOKEN_TYPES}, got {type(beam).__name__}")
 
 
+def standardise(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each BEV token standardised over its channels (MAE's normalised-pixel target).
+
+    Why: raw BEV features are small (their MSE is about 1e-3), so reconstruction and
+    future prediction put almost no gradient on the encoder whatever their weight; on
+    standardised targets the losses start near 1 and their weights mean what they say.
+    """
+    return (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + eps)
+
+
 class MLLMBranch(nn.Module):
     """The MLLM branch of DiMA. Build once (loads the LLM), then call from the trainer.
 
@@ -200,10 +210,10 @@ class MLLMBranch(nn.Module):
         b = beam["bev"].shape[0]
         if qa.sample_index and (min(qa.sample_index) < 0 or max(qa.sample_index) >= b):
             raise IndexError(f"QABatch.sample_index must lie in [0, {b}), got {qa.sample_index}")
-        # One masked pass serves every task (as in MAE-style training): QA, planning and
-        # the distillation teacher all see the masked BEV; inference paths never mask.
-        bev_in, masked_cells = self._mask_bev(beam["bev"])
-        prefixes = self._prefix({**beam, "bev": bev_in})
+        # QA, planning, future prediction, edits and the distillation teacher see the
+        # unmasked BEV, as at inference; only masked reconstruction gets a masked copy, in
+        # a prefix-only pass of its own (short rows: about a third of a QA row's cost).
+        prefixes = self._prefix(beam)
 
         # One row per QA pair, plus a prefix-only row for samples without a question,
         # so every sample has a row carrying its BEAM hidden states and ego feature.
@@ -242,10 +252,14 @@ class MLLMBranch(nn.Module):
             losses["plan"] = masked_trajectory_l1(pred, targets.ego_fut_traj.to(pred), mask)
 
         beam_ctx = hid_last[rows, self._beam_start: self._readout_pos() + 1]
+        bev_in, masked_cells = self._mask_bev(beam["bev"])
         if masked_cells is not None:
-            pred = self.bev_decoder(beam_ctx, masked_cells, step=0)
+            mprefix = self._prefix({**beam, "bev": bev_in})
+            matt = torch.ones(mprefix.shape[:2], dtype=torch.long, device=self.device)
+            mctx = self._run_llm(mprefix, matt)[-1][:, self._beam_start: self._readout_pos() + 1]
+            pred = self.bev_decoder(mctx, masked_cells, step=0)
             target = torch.gather(beam["bev"], 1, masked_cells.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
-            losses["bev_recon"] = F.mse_loss(pred, target.detach())
+            losses["bev_recon"] = F.mse_loss(pred, standardise(target.detach()))
         if targets.future_bev is not None:
             losses["bev_future"] = self._future_loss(beam_ctx, targets)
         if targets.planner_ego_feature is not None:
@@ -293,10 +307,26 @@ class MLLMBranch(nn.Module):
         for k in range(steps):
             cells = torch.rand(b, hw, device=self.device).argsort(dim=1)[:, :n]
             pred = self.bev_decoder(ctx, cells, step=k + 1)
-            tgt = torch.gather(fut[:, k], 1, cells.unsqueeze(-1).expand(-1, -1, c)).detach()
+            tgt = standardise(torch.gather(fut[:, k], 1, cells.unsqueeze(-1).expand(-1, -1, c)).detach())
             per = ((pred - tgt) ** 2).mean(dim=(1, 2))
             total = total + (per * valid[:, k]).sum()
         return total / count
+
+    def answer_loss(self, beam: Any, qa: QABatch, reduce: bool = True) -> torch.Tensor:
+        """Next-token cross-entropy of the answers given the scene and the question only
+        (no surrogate task): QA fine-tuning and teacher-forced evaluation. With
+        reduce=False, (R,) per-row token accuracy (argmax = reference token) instead."""
+        beam = as_beam_dict(beam)
+        prefixes = self._prefix(beam)
+        emb, att, labels = self._rows(prefixes, list(qa.sample_index), list(qa.questions), list(qa.answers))
+        hidden = self._run_llm(emb, att)[-1]
+        if reduce:
+            return self._answer_ce(hidden, labels)
+        target = labels[:, 1:]
+        keep = target != -100
+        hit = torch.zeros_like(target, dtype=torch.bool)
+        hit[keep] = self.llm.get_output_embeddings()(hidden[:, :-1][keep]).argmax(-1) == target[keep]
+        return hit.sum(1).float() / keep.sum(1).clamp(min=1).float()
 
     @torch.no_grad()
     def dual_ego_feature(self, beam: Any) -> torch.Tensor:
@@ -312,7 +342,7 @@ class MLLMBranch(nn.Module):
         return TrajectoryHead.select(self.plan_head(feature), command)
 
     @torch.no_grad()
-    def generate(self, beam: Any, question: str, max_new_tokens: int = 48) -> str:
+    def generate(self, beam: Any, question: str, max_new_tokens: int = 128) -> str:
         """Greedy answer text about one scene (B must be 1); run-time reasoning for the node."""
         beam = as_beam_dict(beam)
         if beam["bev"].shape[0] != 1:
@@ -320,9 +350,10 @@ class MLLMBranch(nn.Module):
         prefix = self._prefix(beam)
         emb = torch.cat([prefix[0], self._embed(self._ids(self.prompt_text(question)))], dim=0)[None]
         att = torch.ones(emb.shape[:2], dtype=torch.long, device=self.device)
-        # Greedy, deterministic; small LLMs fall into loops ("will will will"), which the
-        # repetition penalty and the ban on repeated trigrams prevent.
+        # Plain greedy decoding, the distribution training fits: no repetition penalty and
+        # no n-gram ban, which would make answers that repeat words ("a car ... a car")
+        # impossible to produce.
         ids = self.llm.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=max_new_tokens,
-                                do_sample=False, repetition_penalty=1.2, no_repeat_ngram_size=3,
-                                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+                                do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                                eos_token_id=self.tokenizer.eos_token_id)
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
