@@ -18,7 +18,8 @@ in stage-1 training), so the targets follow the encoder as it trains. A missing 
 frame (scene end) is masked out of the loss.
 
 Scene edits (qa/scene_edit.py): each sample is edited with probability `edit_fraction`;
-an insertion or, when the sample has a non-lead GT agent, a removal with equal odds. A
+an insertion or, when the sample has a GT agent, a removal with equal odds (the lead
+agent in half of those removals, when there is one). A
 removal must name the agent *token* that is that GT agent: we take the agent query whose
 predicted centre is nearest to the GT box centre (no gradient), a greedy stand-in for the
 detection loss's Hungarian assignment.
@@ -105,10 +106,11 @@ def scene_edits(samples: Sequence, pred_boxes: torch.Tensor, fraction: float, de
         if rng.random() >= fraction:
             edits.append(None)
             continue
-        lead = lead_agent(s)
-        removable = [a for a in range(len(s.agent_boxes)) if a != lead]
-        if removable and rng.random() < 0.5:
-            a = int(rng.choice(removable))
+        if len(s.agent_boxes) and rng.random() < 0.5:
+            # Half of the removals take the lead agent when there is one: the edits where
+            # the plan changes (the ego is released) are the informative ones.
+            lead = lead_agent(s)
+            a = lead if lead is not None and rng.random() < 0.5 else int(rng.integers(len(s.agent_boxes)))
             edits.append(make_remove_edit(s, a, nearest_agent_token(pred_boxes[i], s.agent_boxes[a, :2])))
         else:
             edits.append(make_insert_edit(s, rng))
