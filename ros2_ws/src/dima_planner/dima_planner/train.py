@@ -263,7 +263,7 @@ def predict_sequential(model: VisionPlanner, dataset, device: torch.device, prog
         out = model(**inp)
         preds.append(out["plan"][0].float().cpu().numpy())
         if mllm is not None:
-            dt = next(mllm.parameters()).dtype
+            dt = mllm.dtype
             feat = mllm.dual_ego_feature({k: getattr(out["beam"], k).to(dt) for k in ("bev", "ego", "agent", "map")})
             mpreds.append(mllm.plan_from_feature(feat, inp["command"])[0].float().cpu().numpy())
         prev_bev, prev_token = out["bev"], s.token

@@ -152,7 +152,7 @@ class DiMAJoint(nn.Module):
         fut_bev = None
         if future is not None:
             fut_bev = self.future_bev(future["images"], future["lidar2img"])
-        dt = next(self.mllm.parameters()).dtype
+        dt = self.mllm.dtype
         beam = {k: getattr(pred["beam"], k).to(dt) for k in ("bev", "ego", "agent", "map")}
         qa = scene_qa(samples, cfg.qa_per_sample, rng, cfg.factual_qa, self.drivelm)
         edits = scene_edits(samples, pred["agent_boxes"], cfg.edit_fraction, self.mllm.cfg.edit_descriptor_dim, rng)

@@ -92,7 +92,7 @@ def teacher_forced(branch, frames: Sequence[Frame], batch: int = 8) -> dict[str,
     from ..model.mllm.batch import QABatch
     from ..model.mllm.qa_tune import stack_beams
 
-    dt = next(branch.parameters()).dtype
+    dt = branch.dtype
     beams = [f.beam for f in frames]
     other = other_scene_index(frames)
     acc = {"own": [], "other": []}

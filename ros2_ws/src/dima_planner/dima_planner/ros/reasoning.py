@@ -318,7 +318,7 @@ class MLLMEngine:
         return self._branches[key]
 
     def _beam(self, tokens: dict[str, np.ndarray], branch: Any) -> dict:
-        dt = next(branch.parameters()).dtype
+        dt = branch.dtype
         return {k: self.torch.from_numpy(np.ascontiguousarray(v))[None].to(self.device, dt)
                 for k, v in tokens.items()}
 

@@ -52,7 +52,7 @@ def tune_qa(branch, beams: Sequence[dict[str, np.ndarray]], qa_of: Callable[[int
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 20)) * 0.5 * (1 + np.cos(np.pi * s / cfg.steps)))
-    dt = next(branch.parameters()).dtype
+    dt = branch.dtype
     was = branch.training
     branch.train()
     losses = []
