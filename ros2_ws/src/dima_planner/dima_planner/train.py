@@ -478,6 +478,13 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
     shard = cfg.optim.shard_states and dist.enabled
     if cfg.optim.shard_states and not dist.enabled:
         print("note: optim.shard_states ignored: not a distributed run (world size 1)", file=sys.stderr)
+    if mllm is not None and cfg.mllm.llm.fsdp:
+        if dist.enabled:
+            from .model.mllm.llm import shard_llm
+
+            shard_llm(mllm.llm)  # FSDP2 over the decoder layers; DDP below leaves the LLM alone
+        else:
+            print("note: mllm.llm.fsdp ignored: not a distributed run (world size 1)", file=sys.stderr)
     extra = None
     if mllm is not None:
         extra = [{"params": mllm.trainable_parameters(), "lr": cfg.optim.lr * cfg.stage2.mllm_lr_mult}]
@@ -524,6 +531,11 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
     enc_params = encoder_parameters(model)
     ddp_model: nn.Module = trained
     if dist.enabled:
+        if mllm is not None and cfg.mllm.llm.fsdp:
+            # FSDP2 already reduces the LLM's (LoRA) gradients across ranks.
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                trained, [f"mllm.llm.{n}" for n, _ in mllm.llm.named_parameters()]
+                + [f"mllm.llm.{n}" for n, _ in mllm.llm.named_buffers()])
         ddp_model = nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
