@@ -8,13 +8,16 @@ DIMA := $(VENV)/bin/dima
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 
-.PHONY: setup demo test test-all world checkpoint checkpoint-stage2 export clean help
+.PHONY: setup demo test test-all world bench checkpoint checkpoint-camera-only checkpoint-stage2 eval-bench export clean help
 
 help:
 	@echo "make demo      set up, then run the main job (world -> bag -> planner node -> metrics)"
 	@echo "make test      set up, then run the default test suite"
 	@echo "make test-all  also the slow tests"
-	@echo "make checkpoint  retrain the default checkpoint from the default world (stage 1)"
+	@echo "make bench     generate the benchmark world (params/synth_bench.yaml) into data/bench"
+	@echo "make checkpoint  retrain the default checkpoint (stage 1, ego motion) on the benchmark world"
+	@echo "make checkpoint-camera-only  the strictly camera-only variant (model.can_bus: false)"
+	@echo "make eval-bench  score both and the baselines on the benchmark validation split, with CIs"
 	@echo "make checkpoint-stage2  DiMA joint training (stage 2) from it"
 	@echo "make export    the LLM-free planner of the stage-2 checkpoint"
 
@@ -33,8 +36,18 @@ test-all: setup
 world: setup
 	$(DIMA) synth --config params/synth.yaml --out data/world
 
-checkpoint: world
+bench: setup
+	$(DIMA) synth --config params/synth_bench.yaml --out data/bench
+
+checkpoint: bench
 	$(DIMA) train --config params/train/tiny_cpu.yaml
+
+checkpoint-camera-only: bench
+	$(DIMA) train --config params/train/tiny_cpu_camera_only.yaml
+
+eval-bench: bench
+	$(DIMA) eval --dataroot data/bench --version v1.0-dima --split val --baselines const_vel ego_mlp \
+	  --also planner_camera_only=checkpoints/dima_tiny_camera_only --out runs/eval_bench --json runs/eval_bench/metrics.json
 
 checkpoint-stage2: world
 	$(DIMA) train --config params/train/tiny_cpu_stage2.yaml

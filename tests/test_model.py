@@ -11,8 +11,9 @@ import torch
 from pyquaternion import Quaternion
 
 from dima_planner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dima_planner.data.sample import CAMERAS, MAP_POINTS
-from dima_planner.inference import Planner, lidar2img_from, load_planner
+from dima_planner.data.sample import CAN_BUS_DIM, CAMERAS, MAP_POINTS
+from dima_planner.inference import Planner, load_planner
+from dima_planner.model.inputs import lidar2img as lidar2img_from
 from dima_planner.model import VisionPlanner, preset
 from dima_planner.model.bev_encoder import SpatialCrossAttention, align_prev_bev, project_to_cameras
 from dima_planner.model.losses import LossWeights, planning_losses
@@ -49,8 +50,10 @@ def fake_batch(cfg, b: int = 2, seed: int = 0) -> dict:
     p2c[:, 1, 3] = -3.0
     return {
         "images": (torch.rand(b, 6, 3, h, w, generator=g) * 255).to(torch.uint8),
-        "prev_images": (torch.rand(b, 6, 3, h, w, generator=g) * 255).to(torch.uint8),
-        "lidar2img": l2i, "prev_lidar2img": l2i, "prev2cur": p2c, "has_prev": torch.tensor([True] + [False] * (b - 1)),
+        "history": [{"images": (torch.rand(b, 6, 3, h, w, generator=g) * 255).to(torch.uint8),
+                     "lidar2img": l2i, "prev2cur": p2c, "can_bus": torch.zeros(b, CAN_BUS_DIM),
+                     "valid": torch.tensor([True] + [False] * (b - 1))}],
+        "lidar2img": l2i, "prev2cur": p2c, "can_bus": torch.zeros(b, CAN_BUS_DIM),
         "command": torch.arange(b) % 3, "ego_status": torch.zeros(b, 6),
         "ego_fut_traj": torch.stack([torch.zeros(6), torch.arange(1, 7) * 3.0], -1).expand(b, 6, 2).clone(),
         "ego_fut_mask": torch.ones(b, 6),
@@ -63,8 +66,8 @@ def fake_batch(cfg, b: int = 2, seed: int = 0) -> dict:
 
 
 def inputs(batch: dict) -> dict:
-    from dima_planner.train import model_inputs
-    return model_inputs(batch, torch.device("cpu"), False)
+    from dima_planner.model.inputs import batch_inputs
+    return batch_inputs(batch, torch.device("cpu"), False, use_can_bus=True)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +93,8 @@ def test_tiny_forward_shapes_and_beam_tokens(tiny):
     for i, c in enumerate(torch.arange(2) % 3):
         assert torch.equal(out["plan"][i], out["plan_all"][i, c])
     # Dual mode: an extra (MLLM) ego feature is max-pooled in and changes the plan
-    enc = tiny.encode(inputs(fake_batch(cfg, b=2))["images"], inputs(fake_batch(cfg, b=2))["lidar2img"])
+    inp = inputs(fake_batch(cfg, b=2))
+    enc = tiny.encode(inp["images"], inp["lidar2img"], can_bus=inp["can_bus"])
     base = tiny.plan(enc, torch.zeros(2, dtype=torch.long))
     dual = tiny.plan(enc, torch.zeros(2, dtype=torch.long), extra_ego_feat=torch.full((2, cfg.embed_dim), 5.0))
     assert torch.all(dual["ego_feat"] >= base["ego_feat"]) and not torch.allclose(dual["plan"], base["plan"])
@@ -100,7 +104,7 @@ def test_reduced_vad_tiny_forward_and_presets_build():
     cfg = dataclasses.replace(preset("vad_tiny"), image_size=(64, 112), bev_h=20, bev_w=20)
     model = VisionPlanner(cfg).eval()
     with torch.no_grad():
-        out = model(**{k: v for k, v in inputs(fake_batch(cfg, b=1)).items() if not k.startswith("prev_")})
+        out = model(**{k: v for k, v in inputs(fake_batch(cfg, b=1)).items() if k != "history"})
     assert out["beam"].bev.shape == (1, 400, 256)
     assert out["beam"].agent.shape == (1, 300, 256) and out["beam"].map.shape == (1, 100, 256)
     assert out["plan"].shape == (1, 6, 2)
@@ -145,9 +149,35 @@ def test_prev_bev_is_aligned_by_ego_motion():
     # The ego moved forward 2 cells: a static thing now appears 2 cells further back (row - 2).
     p2c = torch.eye(4)[None].clone()
     p2c[0, 1, 3] = -2 * cell
-    cur = align_prev_bev(prev, p2c, cfg)
+    cur, valid = align_prev_bev(prev, p2c, cfg, "masked")
     assert int(cur[0, :, 0].argmax()) == (r - 2) * cfg.bev_w + c
     assert float(cur.max()) == pytest.approx(1.0, abs=1e-5)
+    # The two front rows have no source in the previous grid: invalid, not zero-padded.
+    rows = valid[0].view(cfg.bev_h, cfg.bev_w).all(1)
+    assert not rows[-2:].any() and rows[:-2].all()
+
+
+def test_masked_warp_leaves_no_motion_strip():
+    """With prev_bev_fill=masked the BEV encoder's temporal input at cells without a source
+    is the current query itself: a constant previous BEV carries no trace of the motion."""
+    from dima_planner.model.bev_encoder import BEVEncoder
+
+    cfg = preset("tiny_cpu")
+    cfg.can_bus = False
+    enc = BEVEncoder(cfg)
+    seen = {}
+    enc.layers[0].tsa.register_forward_hook(lambda m, a, o: seen.__setitem__("prev", a[1].detach()))
+    feats = torch.zeros(1, 6, cfg.embed_dim, 12, 20)
+    l2i = torch.eye(4).repeat(1, 6, 1, 1)
+    prev = enc.queries[None].detach().clone()  # a previous BEV equal to the queries
+    for dy in (0.0, 3.0, 7.0):
+        p2c = torch.eye(4)[None].clone()
+        p2c[0, 1, 3] = -dy
+        enc(feats, l2i, prev, p2c, torch.tensor([True]))
+        out = seen["prev"]
+        # a shifted copy of the queries where there is a source, the queries where there is none:
+        # no row of zeros whose width would give the displacement away
+        assert out.abs().sum(-1).min() > 0
 
 
 def test_losses_decrease_on_a_fixed_batch():
@@ -225,7 +255,7 @@ def test_planner_plan_keeps_temporal_state_and_resizes(tiny, tmp_path):
     k, c2l = rig(225, 400)  # raw frames at another resolution than the model's
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (225, 400, 3), dtype=np.uint8) for _ in range(6)]
-    r1 = planner.plan(images, k, c2l, command=1, scene_start=True)
+    r1 = planner.plan(images, k, c2l, command=1, scene_start=True, can_bus=np.zeros(CAN_BUS_DIM))
     assert r1.trajectory.shape == (6, 2) and r1.trajectories.shape == (3, 6, 2)
     np.testing.assert_array_equal(r1.trajectory, r1.trajectories[1])
     assert not r1.used_prev_bev and r1.latency_ms > 0
@@ -234,9 +264,16 @@ def test_planner_plan_keeps_temporal_state_and_resizes(tiny, tmp_path):
     assert r1.agent_boxes.shape == (tiny.cfg.num_agent_queries, 7)
     assert r1.agent_motion.shape == (tiny.cfg.num_agent_queries, tiny.cfg.motion_modes, 6, 2)
     assert r1.map_points.shape == (tiny.cfg.num_map_queries, MAP_POINTS, 2)
-    r2 = planner.plan(images, k, c2l, command=1, prev2cur=np.eye(4))
-    assert r2.used_prev_bev
-    r3 = planner.plan(images, k, c2l, command=1, prev2cur=np.eye(4), scene_start=True)
+    with pytest.raises(ValueError, match="ego motion"):
+        planner.plan(images, k, c2l, command=1)  # a can_bus model without odometry
+    pose = np.eye(4)
+    r0 = planner.plan(images, k, c2l, command=1, scene_start=True, stamp_ns=0, lidar2world=pose)
+    assert not r0.used_prev_bev and r0.can_bus is not None and r0.can_bus[9] == 0  # no history yet
+    pose2 = pose.copy()
+    pose2[1, 3] = 4.0  # 4 m forward in 0.5 s
+    r2 = planner.plan(images, k, c2l, command=1, stamp_ns=500_000_000, lidar2world=pose2)
+    assert r2.used_prev_bev and r2.can_bus[5] == pytest.approx(8.0)
+    r3 = planner.plan(images, k, c2l, command=1, scene_start=True, stamp_ns=10**9, lidar2world=pose)
     assert not r3.used_prev_bev
     np.testing.assert_allclose(r3.trajectory, r1.trajectory, atol=1e-5)  # reset = same as the first frame
     with pytest.raises(ValueError, match="6 images"):

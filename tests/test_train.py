@@ -65,35 +65,55 @@ def test_cli_rejects_bad_config(tmp_path, capsys):
     assert "embed_dimm" in capsys.readouterr().err
 
 
-def _ddp_worker(rank: int, world: str, out: str, port: int) -> None:
+def _ddp_worker(rank: int, world: str, out: str, ports: list[int]) -> None:
     import hashlib
     import os
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
-    cfg = config(world, out, steps=2, batch_size=2)
-    cfg.logging.tensorboard = False
-    model = train(cfg)["model"]
-    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters()))
+
+    def cfg_():
+        cfg = config(world, out, steps=2, batch_size=1)  # batch_size is per process (VAD configs use 1)
+        cfg.logging.tensorboard = False
+        return cfg
+
+    os.environ["MASTER_PORT"] = str(ports[0])
+    first = train(cfg_(), stop_after=1)
+    os.environ["MASTER_PORT"] = str(ports[1])  # each train() makes (and ends) its own process group
+    result = train(cfg_(), resume=True)
+    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in result["model"].parameters()))
     with open(f"{out}/rank{rank}.sha", "w") as f:
-        f.write(digest.hexdigest())
+        f.write(f"{first['step']} {result['step']} {digest.hexdigest()}")
 
 
-def test_ddp_two_cpu_processes_stay_in_sync(world, tmp_path):
-    """torchrun-style env (WORLD_SIZE=2): gloo DDP, batches sharded, replicas identical."""
-    import socket
-
+def test_ddp_two_cpu_processes_batch_one_train_and_resume(world, tmp_path):
+    """torchrun-style env (WORLD_SIZE=2) with batch_size 1 per process: gloo DDP, each rank its
+    own sample, replicas identical, and an interrupted run resumes to the end."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
     out.mkdir()
-    mp.spawn(_ddp_worker, args=(str(world), str(out), port), nprocs=2, join=True)
-    assert (out / "rank0.sha").read_text() == (out / "rank1.sha").read_text()
+    mp.spawn(_ddp_worker, args=(str(world), str(out), _free_ports(2)), nprocs=2, join=True)
+    a, b = (out / "rank0.sha").read_text(), (out / "rank1.sha").read_text()
+    assert a == b and a.startswith("1 2 ")
     assert (out / "last" / "model.safetensors").is_file()  # only rank 0 writes checkpoints
+
+
+def test_per_process_batches_partition_each_world_step():
+    from dima_planner.train import ResumableBatches
+
+    ranks = [list(ResumableBatches(10, 2, seed=0, start_step=0, total_steps=4, rank=r, world=2)) for r in (0, 1)]
+    for step in range(4):
+        b0, b1 = ranks[0][step], ranks[1][step]
+        assert len(b0) == len(b1) == 2 and not set(b0) & set(b1)
+    assert ResumableBatches(10, 2, 0, 0, 4).per_epoch == 5 and ResumableBatches(10, 2, 0, 0, 4, 0, 2).per_epoch == 2
+
+
+def test_epochs_set_the_step_count_by_world_size():
+    from dima_planner.train import ScheduleConfig
+
+    s = ScheduleConfig(epochs=2)
+    assert s.total_steps(100, 4, 1) == 50 and s.total_steps(100, 4, 2) == 25 and s.total_steps(100, 1, 8) == 25
 
 
 def _free_ports(n: int) -> list[int]:

@@ -116,7 +116,12 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint weights {directory / WEIGHTS} cannot be read: {e}") from None
     try:
-        model = VisionPlanner(cfg)
+        # The weights come from this checkpoint: don't read the ImageNet initialisation again
+        # (its file need not exist where the checkpoint is deployed).
+        import dataclasses
+
+        model = VisionPlanner(dataclasses.replace(cfg, pretrained_path=None, pretrained=False))
+        model.cfg = cfg
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise CheckpointError(f"checkpoint {directory} describes a model that cannot be built: {e}") from None
     check_state_matches(model, state, str(directory / WEIGHTS))

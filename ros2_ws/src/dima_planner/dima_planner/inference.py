@@ -1,13 +1,17 @@
 """Inference wrapper around a trained VisionPlanner: plain pre/post-processing, no rclpy.
 
     planner = load_planner("checkpoints/dima_tiny")
-    result = planner.plan(images, intrinsics, cam2lidar, command, prev2cur=T, scene_start=False)
+    result = planner.plan(images, intrinsics, cam2lidar, command, stamp_ns=t, lidar2world=T)
     result.trajectory            # (6, 2) LiDAR frame, x right, y forward, metres
-    planner.predict(batch)       # (B, 6, 2) for a collated batch (dima eval)
+    planner.predict(batch)       # (B, 6, 2) for a collated dataset batch (dima eval)
 
-`plan` keeps the temporal BEV between calls (one stream); `reset()` or scene_start=True
-clears it. Nothing is global except torch's thread count, which is only changed when
-`num_threads` is given.
+Inputs go through model/inputs.py, the function training uses. Temporal input has ONE
+rule for `plan` and `predict`, the one training's chained history queue follows: the BEV of
+the frame about 0.5 s earlier (TemporalMemory), itself made from its predecessor's,
+aligned by the two frames' poses; ego motion (model/ego_motion.py) comes from the poses
+the planner was given (`add_odometry` for a denser odometry stream). `reset()` or
+scene_start=True forgets both. Nothing is global except torch's thread count, which is
+only changed when `num_threads` is given.
 """
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
 from .data.sample import AGENT_CLASSES, CAMERAS, MAP_CLASSES, STEP_SECONDS
+from .model.ego_motion import CAN_BUS_DIM, PoseHistory
+from .model.inputs import batch_inputs, normalise, prepare_frame
 from .model.planner import VisionPlanner
 
 
@@ -42,6 +47,7 @@ class PlanResult:
     map_scores: np.ndarray  # (Nm,)
     latency_ms: float  # model forward only (pre/post-processing excluded)
     used_prev_bev: bool  # whether the temporal BEV from the previous call was used
+    can_bus: np.ndarray | None = None  # (CAN_BUS_DIM,) the ego motion input, None for camera-only models
     extras: dict[str, Any] = field(default_factory=dict)
 
     def confident_agents(self, threshold: float = 0.3) -> np.ndarray:
@@ -50,19 +56,6 @@ class PlanResult:
 
     def confident_map(self, threshold: float = 0.3) -> np.ndarray:
         return np.flatnonzero(self.map_scores >= threshold)
-
-
-def resize_intrinsics(k: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
-    """Intrinsics of an image resized from (H, W) to (H', W') (pixel-corner convention, as PIL/cv2)."""
-    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
-    return np.diag([sx, sy, 1.0]) @ k
-
-
-def lidar2img_from(intrinsics: np.ndarray, cam2lidar: np.ndarray) -> np.ndarray:
-    """(6, 4, 4) LiDAR point -> homogeneous pixel, K @ inverse(cam2lidar)."""
-    k4 = np.tile(np.eye(4), (intrinsics.shape[0], 1, 1))
-    k4[:, :3, :3] = intrinsics
-    return k4 @ np.linalg.inv(cam2lidar)
 
 
 @dataclass
@@ -75,11 +68,11 @@ class _BevMemory:
 class TemporalMemory:
     """The BEVs of recent frames, so that the temporal input matches training.
 
-    The model learns temporal self-attention from keyframe pairs 0.5 s apart (nuScenes
-    keyframes at 2 Hz): how far the scene moved in the warped previous BEV is how it reads
-    motion. A node planning at 12 Hz must therefore not feed the BEV of the frame 83 ms
-    ago; it feeds the remembered BEV closest to `interval` before the current stamp,
-    aligned with the ego motion between the two (odometry poses).
+    Training chains a queue of keyframes 0.5 s apart (nuScenes keyframes at 2 Hz): the
+    previous BEV is that of the frame 0.5 s earlier. A node planning at 12 Hz must
+    therefore not feed the BEV of the frame 83 ms ago; it feeds the remembered BEV closest
+    to `interval` before the current stamp, aligned with the ego motion between the two
+    (odometry poses). `dima eval` walks keyframes through the same memory.
     """
 
     def __init__(self, interval_s: float = STEP_SECONDS, tolerance_s: float = 0.25, horizon_s: float = 1.5):
@@ -110,94 +103,115 @@ class Planner:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
-        self._prev_bev: torch.Tensor | None = None  # plan()'s temporal state without poses
-        self.memory = TemporalMemory()  # plan()'s temporal state with stamps and poses
-        self._stream: tuple[str, int, torch.Tensor] | None = None  # predict()'s (scene, stamp, bev)
+        self.memory = TemporalMemory()  # the one temporal state: BEVs by stamp and pose
+        self.poses = PoseHistory()  # odometry seen, for the ego motion (CAN bus) input
+        self._scene: str | None = None  # predict(): the scene being walked
+
+    @property
+    def uses_can_bus(self) -> bool:
+        return bool(getattr(self.cfg, "can_bus", False))
 
     def reset(self) -> None:
-        """Forget the temporal BEV of plan() and predict() (next frame = scene start)."""
-        self._prev_bev = None
+        """Forget the temporal BEV and the odometry (next frame = scene start)."""
         self.memory.clear()
-        self._stream = None
+        self.poses.clear()
+        self._scene = None
+
+    def add_odometry(self, stamp_ns: int, lidar2world: np.ndarray) -> None:
+        """Feed an odometry pose (LiDAR frame -> world) between plan() calls. Optional:
+        plan() records the pose of every frame it plans; a denser stream only makes the
+        poses 0.5 s and 1 s back (model/ego_motion.py) nearer their nominal stamps."""
+        self.poses.add(int(stamp_ns), lidar2world)
+
+    def can_bus(self, stamp_ns: int, lidar2world: np.ndarray) -> np.ndarray:
+        """The ego motion vector plan() feeds for a frame at `stamp_ns` with this pose."""
+        return self.poses.can_bus(int(stamp_ns), lidar2world)
+
+    def _step(self, x: torch.Tensor, l2i: torch.Tensor, command: int, stamp_ns: int | None,
+              lidar2world: np.ndarray | None, ego_status: torch.Tensor | None, can_bus: np.ndarray | None,
+              extra: torch.Tensor | None):
+        """One frame through the temporal rule and the model -> (enc, out, used_prev, latency_ms)."""
+        prev_bev, p2c = None, None
+        if stamp_ns is not None:
+            picked = self.memory.select(stamp_ns, lidar2world)
+            if picked is not None:
+                prev_bev, p2c = picked[0], torch.from_numpy(picked[1].astype(np.float32))[None].to(self.device)
+        used = prev_bev is not None
+        cb = None
+        if self.uses_can_bus:
+            if can_bus is None:
+                raise ValueError("this checkpoint takes ego motion (model.can_bus): plan() needs stamp_ns "
+                                 "and lidar2world (odometry), or can_bus")
+            cb = torch.as_tensor(np.asarray(can_bus, np.float32)).reshape(1, CAN_BUS_DIM).to(self.device)
+        t0 = time.perf_counter()
+        enc = self.model.encode(x, l2i, prev_bev, p2c, torch.tensor([used], device=self.device), ego_status, cb)
+        out = self.model.plan(enc, torch.tensor([int(command)], device=self.device), extra)
+        latency = (time.perf_counter() - t0) * 1e3
+        if stamp_ns is not None:
+            self.memory.add(stamp_ns, lidar2world, enc.beam.bev)
+        return enc, out, used, latency
 
     # ---- batched (dima eval) ------------------------------------------------------------
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> np.ndarray:
-        """(B, 6, 2) commanded trajectories for a collated batch (`dima eval`).
+        """(B, 6, 2) commanded trajectories for a collated dataset batch (`dima eval`).
 
-        Images of another size are resized here (lidar2img rescaled to match). With the
-        batch's own `prev_images` (train.collate_pairs) the batch runs in one forward.
-        Otherwise samples are streamed one by one in batch order, carrying the BEV across
-        calls while consecutive samples are keyframes of one scene (same scene_token,
-        0 < dt <= 1 s, history present): feed the dataset in order, unshuffled, as
-        `dima eval` does. This stream is separate from plan()'s state.
+        Images must be at the model's size (build the dataset with image_size =
+        planner.cfg.image_size: the dataset resizes through model/inputs.py). Samples are
+        walked one by one in batch order through the same temporal rule as plan(), keyed
+        by their timestamps and LiDAR poses, with the dataset's ego motion vector: feed the
+        dataset in order, unshuffled, as `dima eval` does. A new scene token resets it.
         """
-        from .train import model_inputs
-
-        inp = model_inputs(batch, self.device, self.cfg.use_ego_status)
-        inp["images"], inp["lidar2img"] = self._fit_size(inp["images"], inp["lidar2img"])
-        if "prev_images" in inp:
-            inp["prev_images"], inp["prev_lidar2img"] = self._fit_size(inp["prev_images"], inp["prev_lidar2img"])
-            return self.model(**inp)["plan"].float().cpu().numpy()
+        h, w = self.cfg.image_size
+        if tuple(batch["images"].shape[-2:]) != (h, w):
+            raise ValueError(f"batch images are {tuple(batch['images'].shape[-2:])}, this checkpoint takes "
+                             f"{(h, w)}: build the dataset with image_size={[h, w]}")
+        inp = batch_inputs(batch, self.device, self.cfg.use_ego_status, self.uses_can_bus)
+        lidar2world = (batch["ego2global"].double() @ batch["lidar2ego"].double()).numpy()
         out = []
         for i in range(inp["images"].shape[0]):
-            scene, stamp = batch["scene_token"][i], int(batch["timestamp"][i])
-            has_hist = bool(batch["ego_hist_mask"][i, 0] > 0) if "ego_hist_mask" in batch else True
-            last = self._stream
-            chained = (last is not None and last[0] == scene and 0 < stamp - last[1] <= 1_000_000 and has_hist)
-            one = {k: (v[i:i + 1] if torch.is_tensor(v) else v) for k, v in inp.items()}
-            res = self.model(**one, prev_bev=last[2] if chained else None,
-                             has_prev=torch.tensor([chained], device=self.device))
-            self._stream = (scene, stamp, res["bev"])
+            if batch["scene_token"][i] != self._scene:
+                self.reset()
+                self._scene = batch["scene_token"][i]
+            stamp = int(batch["timestamp"][i]) * 1000
+            status = None if inp["ego_status"] is None else inp["ego_status"][i:i + 1]
+            cb = None
+            if self.uses_can_bus:
+                if "can_bus" not in batch:
+                    raise ValueError("this checkpoint takes ego motion but the batch has no can_bus")
+                cb = batch["can_bus"][i].numpy()
+            self.poses.add(stamp, lidar2world[i])
+            _, res, _, _ = self._step(inp["images"][i:i + 1], inp["lidar2img"][i:i + 1], int(batch["command"][i]),
+                                      stamp, lidar2world[i], status, cb, None)
             out.append(res["plan"][0].float().cpu().numpy())
         return np.stack(out)
 
-    def _fit_size(self, images: torch.Tensor, lidar2img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, w = self.cfg.image_size
-        h0, w0 = images.shape[-2:]
-        if (h0, w0) == (h, w):
-            return images, lidar2img
-        b, n = images.shape[:2]
-        images = torch.nn.functional.interpolate(images.flatten(0, 1), size=(h, w), mode="bilinear",
-                                                 antialias=True, align_corners=False).view(b, n, 3, h, w)
-        scale = torch.diag(lidar2img.new_tensor([w / w0, h / h0, 1.0, 1.0]))
-        return images, scale @ lidar2img
-
     # ---- one frame (ROS node) -----------------------------------------------------------------
-    def preprocess(self, images: list[np.ndarray], intrinsics: np.ndarray,
+    def preprocess(self, images: list, intrinsics: np.ndarray,
                    cam2lidar: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Camera frames (encoded bytes or RGB arrays, CAMERAS order) -> model tensors,
+        through model/inputs.py exactly as the dataset does."""
         if len(images) != len(CAMERAS):
             raise ValueError(f"plan() needs {len(CAMERAS)} images in order {', '.join(CAMERAS)}, got {len(images)}")
-        intrinsics = np.asarray(intrinsics, dtype=np.float64)
-        cam2lidar = np.asarray(cam2lidar, dtype=np.float64)
-        if intrinsics.shape != (6, 3, 3) or cam2lidar.shape != (6, 4, 4):
-            raise ValueError(f"intrinsics must be (6, 3, 3) and cam2lidar (6, 4, 4), got {intrinsics.shape} and {cam2lidar.shape}")
-        if not (np.isfinite(intrinsics).all() and np.isfinite(cam2lidar).all()):
-            raise ValueError("intrinsics / cam2lidar contain NaN or infinite values")
-        h, w = self.cfg.image_size
-        resized, ks = [], []
-        for name, img, k in zip(CAMERAS, images, intrinsics):
-            img = np.asarray(img)
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or min(img.shape[:2]) == 0:
-                raise ValueError(f"{name} image must be uint8 HxWx3 RGB, got {img.dtype} {img.shape}")
-            resized.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if img.shape[:2] != (h, w) else img)
-            ks.append(resize_intrinsics(k, img.shape[:2], (h, w)))
-        l2i = lidar2img_from(np.stack(ks), cam2lidar)
-        x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float().div_(255.0)[None]
+        imgs, _, l2i = prepare_frame(images, intrinsics, cam2lidar, self.cfg.image_size,
+                                     fit=getattr(self.cfg, "image_fit", "stretch"))
+        x = normalise(imgs[None], channels_last=True)
         return x.to(self.device), torch.from_numpy(l2i).float()[None].to(self.device)
 
     @torch.no_grad()
-    def plan(self, images: list[np.ndarray], intrinsics: np.ndarray, cam2lidar: np.ndarray, command: int,
-             ego_status: np.ndarray | None = None, prev2cur: np.ndarray | None = None,
-             scene_start: bool = False, extra_ego_feat: np.ndarray | None = None,
-             stamp_ns: int | None = None, lidar2world: np.ndarray | None = None) -> PlanResult:
+    def plan(self, images: list, intrinsics: np.ndarray, cam2lidar: np.ndarray, command: int,
+             ego_status: np.ndarray | None = None, *, stamp_ns: int | None = None,
+             lidar2world: np.ndarray | None = None, scene_start: bool = False,
+             extra_ego_feat: np.ndarray | None = None, can_bus: np.ndarray | None = None) -> PlanResult:
         """Plan one frame.
 
-        Temporal input, preferred: `stamp_ns` and `lidar2world` (4, 4, from odometry) of
-        every frame; the BEV remembered closest to 0.5 s earlier is used, as in training
-        (TemporalMemory). Otherwise `prev2cur` (4, 4) maps the previous call's LiDAR frame
-        into this one, which matches training only when calls are 0.5 s apart. Without
-        either, or at a scene start, the temporal BEV is not used.
+        images: per camera (CAMERAS order) JPEG/PNG bytes (as in sensor_msgs/CompressedImage)
+        or uint8 RGB arrays; intrinsics are those of the images as given.
+        stamp_ns and lidar2world (4, 4, LiDAR -> world, from odometry) of every frame give
+        the temporal BEV (the one remembered closest to 0.5 s earlier, as in training) and
+        the ego motion input; without them the frame is planned alone (and a model with
+        model.can_bus needs `can_bus` explicitly). `can_bus` overrides the vector computed
+        from the odometry history (model/ego_motion.py).
         """
         if int(command) not in (0, 1, 2):
             raise ValueError(f"command must be 0 (right), 1 (left) or 2 (straight), got {command}")
@@ -209,33 +223,26 @@ class Planner:
             lidar2world = np.asarray(lidar2world, dtype=np.float64)
             if lidar2world.shape != (4, 4) or not np.isfinite(lidar2world).all():
                 raise ValueError(f"lidar2world must be a finite 4x4 matrix, got shape {lidar2world.shape}")
+        if can_bus is not None:
+            can_bus = np.asarray(can_bus, np.float32)
+            if can_bus.shape != (CAN_BUS_DIM,) or not np.isfinite(can_bus).all():
+                raise ValueError(f"can_bus must be {CAN_BUS_DIM} finite values, got shape {can_bus.shape}")
         x, l2i = self.preprocess(images, intrinsics, cam2lidar)
         if scene_start:
             self.reset()
-        prev_bev = self._prev_bev
         if stamp_ns is not None:
-            picked = self.memory.select(int(stamp_ns), lidar2world)
-            prev_bev, prev2cur = picked if picked is not None else (None, None)
-        use_prev = prev_bev is not None and prev2cur is not None
-        p2c = None
-        if use_prev:
-            p2c = np.asarray(prev2cur, dtype=np.float32)
-            if p2c.shape != (4, 4) or not np.isfinite(p2c).all():
-                raise ValueError(f"prev2cur must be a finite 4x4 matrix, got shape {p2c.shape}")
-            p2c = torch.from_numpy(p2c)[None].to(self.device)
+            self.poses.add(int(stamp_ns), lidar2world)
+            if can_bus is None:
+                can_bus = self.poses.can_bus(int(stamp_ns), lidar2world)
         status = None
         if ego_status is not None and self.cfg.use_ego_status:
             status = torch.as_tensor(np.asarray(ego_status, np.float32))[None].to(self.device)
         extra = None if extra_ego_feat is None else torch.as_tensor(np.asarray(extra_ego_feat, np.float32))[None].to(self.device)
-        t0 = time.perf_counter()
-        enc = self.model.encode(x, l2i, prev_bev if use_prev else None, p2c,
-                                torch.tensor([use_prev], device=self.device), status)
-        out = self.model.plan(enc, torch.tensor([int(command)], device=self.device), extra)
-        latency = (time.perf_counter() - t0) * 1e3
-        self._prev_bev = enc.beam.bev
-        if stamp_ns is not None:
-            self.memory.add(int(stamp_ns), lidar2world, enc.beam.bev)
-        return self._result(enc, out, int(command), latency, use_prev)
+        enc, out, used, latency = self._step(x, l2i, int(command), None if stamp_ns is None else int(stamp_ns),
+                                             lidar2world, status, can_bus, extra)
+        res = self._result(enc, out, int(command), latency, used)
+        res.can_bus = None if not self.uses_can_bus else np.asarray(can_bus, np.float32)
+        return res
 
     @staticmethod
     def _result(enc, out, command: int, latency: float, used_prev: bool) -> PlanResult:
@@ -336,9 +343,9 @@ class DualModel(torch.nn.Module):
         return self.planner.plan(enc, command, feat)
 
     def forward(self, images, lidar2img, command, prev_bev=None, prev2cur=None, has_prev=None, ego_status=None,
-                prev_images=None, prev_lidar2img=None, extra_ego_feat=None) -> dict[str, Any]:
-        if prev_images is not None and self.cfg.use_temporal:
-            prev_bev = self.planner.encode_bev(prev_images, prev_lidar2img)
-        enc = self.planner.encode(images, lidar2img, prev_bev, prev2cur, has_prev, ego_status)
+                can_bus=None, history=None, extra_ego_feat=None) -> dict[str, Any]:
+        if history:
+            prev_bev, has_prev = self.planner.history_bev(history)
+        enc = self.planner.encode(images, lidar2img, prev_bev, prev2cur, has_prev, ego_status, can_bus)
         out = self.plan(enc, command, extra_ego_feat)
         return {**enc.perception, **out, "beam": enc.beam, "bev": enc.beam.bev}

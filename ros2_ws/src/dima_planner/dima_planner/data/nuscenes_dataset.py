@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from pyquaternion import Quaternion
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..eval.metrics import occupancy_from_boxes
+from ..model.ego_motion import can_bus_override, can_bus_vector
+from ..model.inputs import ImageDecodeError, decode_image, lidar2img, prepare_frame, scale_intrinsics
 from .geometry import sensor_to_global, wrap_angle, yaw_of
 from .map_vectors import MAP_RANGE, MapSource, local_map_vectors
 from .sample import (
@@ -59,7 +60,7 @@ NAME_MAPPING: dict[str, str] = {
 }
 TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
           "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map")
-CACHE_FORMAT = 1  # bump when the cached record layout or its computation changes
+CACHE_FORMAT = 2  # bump when the cached record layout or its computation changes
 _OCC_IDX = np.array([AGENT_CLASSES.index(c) for c in sorted(OCCUPANCY_CLASSES)])
 
 
@@ -77,6 +78,7 @@ class DatasetConfig:
     version: str = "v1.0-mini"
     split: str = "train"  # train / val / test / all (mini: train, val map to mini_train / mini_val)
     image_size: list[int] | None = field(default_factory=lambda: [360, 640])  # [H, W]; None = original
+    image_fit: str = "stretch"  # "pad": keep the aspect ratio, zero-pad (the model's image_fit)
     load_images: bool = True  # False: Sample.images is an empty (6, 0, 0, 3) array (metrics, baselines)
     check_images: bool = True  # verify every camera file of the split exists before starting
     cache: bool = True
@@ -150,27 +152,69 @@ def _neighbour_sd(nusc, sd: dict, key: str, min_dt_us: float) -> dict | None:
 def _ego_status(nusc, lidar_sd: dict, global2lidar: np.ndarray, min_dt: float) -> np.ndarray:
     """vx, vy, ax, ay, yaw_rate, speed in the current LiDAR frame from LIDAR_TOP poses.
 
-    Central differences over the neighbouring LIDAR_TOP sample_data (sweeps or keyframes)
-    at least `min_dt` away; one-sided velocity and zero acceleration at a log's ends.
+    Causal, as a vehicle (and the node's odometry) can know it at this instant: backward
+    differences over the previous LIDAR_TOP sample_data (sweeps or keyframes) at least
+    `min_dt` earlier, acceleration from the interval before that; zero at a log's start.
+    (Central differences would read the pose of the next keyframe, i.e. the first future
+    waypoint the planner is scored on, whenever the LiDAR has no sweeps.)
     """
     t0 = lidar_sd["timestamp"]
-    nb = {}
-    for key in ("prev", "next"):
-        sd = _neighbour_sd(nusc, lidar_sd, key, min_dt * 1e6)
-        if sd is not None:
-            rel = global2lidar @ sensor_to_global(nusc, sd["token"])
-            nb[key] = (rel[:2, 3], yaw_of(rel), (sd["timestamp"] - t0) * 1e-6)
     v, a, w = np.zeros(2), np.zeros(2), 0.0
-    if "prev" in nb and "next" in nb:
-        (pp, yp, tp), (pn, yn, tn) = nb["prev"], nb["next"]
-        v = (pn - pp) / (tn - tp)
-        a = (pn / tn - pp / tp) / ((tn - tp) / 2)  # (v_forward - v_backward) / mid-interval
-        w = float(wrap_angle(yn - yp)) / (tn - tp)
-    elif nb:
-        p, y, t = next(iter(nb.values()))
-        v = p / t
-        w = float(wrap_angle(y)) / t
+    p1 = _neighbour_sd(nusc, lidar_sd, "prev", min_dt * 1e6)
+    if p1 is not None:
+        rel1 = global2lidar @ sensor_to_global(nusc, p1["token"])
+        dt1 = (t0 - p1["timestamp"]) * 1e-6
+        v = -rel1[:2, 3] / dt1
+        w = -float(wrap_angle(yaw_of(rel1))) / dt1
+        p2 = _neighbour_sd(nusc, p1, "prev", min_dt * 1e6)
+        if p2 is not None:
+            rel2 = global2lidar @ sensor_to_global(nusc, p2["token"])
+            dt2 = (p1["timestamp"] - p2["timestamp"]) * 1e-6
+            v_prev = (rel1[:2, 3] - rel2[:2, 3]) / dt2
+            a = (v - v_prev) / ((dt1 + dt2) / 2)
     return np.array([v[0], v[1], a[0], a[1], w, np.hypot(*v)], dtype=np.float32)
+
+
+class CanBusSource:
+    """The nuScenes CAN bus expansion (<dataroot>/can_bus) through the devkit's NuScenesCanBus.
+
+    Speed, acceleration and yaw rate of the ego motion input come from the vehicle's own
+    `pose` messages (50 Hz: vel, accel, rotation_rate in the ego frame) at or just before the
+    keyframe; the displacement since the previous frame stays pose-derived (as VAD's
+    delta). Scenes without CAN data (the devkit's blacklist, a missing file) keep the
+    pose-derived vector."""
+
+    MAX_AGE_US = 100_000  # a pose message older than this at the keyframe is not used
+
+    def __init__(self, dataroot: str | Path):
+        from nuscenes.can_bus.can_bus_api import NuScenesCanBus
+
+        self.api = NuScenesCanBus(dataroot=str(dataroot))
+        self._msgs: dict[str, list[dict] | None] = {}
+
+    @classmethod
+    def find(cls, dataroot: str | Path) -> "CanBusSource | None":
+        return cls(dataroot) if (Path(dataroot) / "can_bus").is_dir() else None
+
+    def _pose_messages(self, scene_name: str) -> list[dict] | None:
+        if scene_name not in self._msgs:
+            try:
+                msgs = self.api.get_messages(scene_name, "pose", print_warnings=False)
+                self._msgs[scene_name] = sorted(msgs, key=lambda m: m["utime"]) or None
+            except (Exception, AssertionError):  # the devkit raises bare Exception for missing data
+                self._msgs[scene_name] = None
+        return self._msgs[scene_name]
+
+    def override(self, vector: np.ndarray, scene_name: str, t_us: int, lidar2ego: np.ndarray) -> np.ndarray:
+        msgs = self._pose_messages(scene_name)
+        if not msgs or vector[9] == 0:  # no CAN data, or a scene start (the vector stays zero there)
+            return vector
+        stamps = np.fromiter((m["utime"] for m in msgs), np.int64, len(msgs))
+        k = int(np.searchsorted(stamps, t_us, side="right")) - 1
+        if k < 0 or t_us - stamps[k] > self.MAX_AGE_US:
+            return vector
+        m = msgs[k]
+        return can_bus_override(vector, float(m["vel"][0]), m["accel"][:2], float(m["rotation_rate"][2]), lidar2ego)
 
 
 def _box_in_lidar(nusc, ann_token: str, global2lidar: np.ndarray):
@@ -180,7 +224,8 @@ def _box_in_lidar(nusc, ann_token: str, global2lidar: np.ndarray):
     return box
 
 
-def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene_tags: dict) -> dict:
+def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene_tags: dict,
+                  canbus: "CanBusSource | None" = None) -> dict:
     scene = nusc.get("scene", sample["scene_token"])
     location = nusc.get("log", scene["log_token"])["location"]
     lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
@@ -253,9 +298,17 @@ def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene
         cam2lidar.append(global2lidar @ sensor_to_global(nusc, sd["token"]))
 
     prev2cur = np.eye(4)
+    # Ego motion input from the previous keyframes' LiDAR poses (model/ego_motion.py, the rule
+    # the node applies to odometry), or the CAN bus expansion where the dataroot has it.
+    hist_sd = [nusc.get("sample_data", s["data"]["LIDAR_TOP"])
+               for s in _chain(nusc, "sample", sample["token"], "prev", 2)]
+    poses = [(sensor_to_global(nusc, sd["token"]), sd["timestamp"] * 1e-6) for sd in hist_sd]
+    poses += [(None, None)] * (2 - len(poses))
+    can_bus = can_bus_vector(lidar2global, lidar_sd["timestamp"] * 1e-6, *poses[0], *poses[1])
+    if canbus is not None:
+        can_bus = canbus.override(can_bus, scene["name"], lidar_sd["timestamp"], lidar2ego)
     if sample["prev"]:
-        prev = nusc.get("sample", sample["prev"])
-        prev2cur = global2lidar @ sensor_to_global(nusc, prev["data"]["LIDAR_TOP"])
+        prev2cur = global2lidar @ poses[0][0]
 
     return {
         "token": sample["token"],
@@ -287,6 +340,7 @@ def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene
         "map_labels": map_lab,
         "prev_token": sample["prev"] or None,
         "prev2cur": prev2cur.astype(np.float32),
+        "can_bus": can_bus,
     }
 
 
@@ -348,6 +402,7 @@ def build_records(cfg: DatasetConfig, nusc=None) -> list[dict]:
     chosen = scenes_in_split(cfg.split, cfg.version, names, [s["token"] for s in nusc.scene], meta)
     tags = {name: rec.get("tags", []) for name, rec in scene_meta(meta).items()}
     maps = MapSource(cfg.dataroot)
+    canbus = CanBusSource.find(cfg.dataroot)
     samples = []
     for scene in nusc.scene:
         if scene["name"] not in chosen:
@@ -357,7 +412,7 @@ def build_records(cfg: DatasetConfig, nusc=None) -> list[dict]:
             s = nusc.get("sample", tok)
             samples.append(s)
             tok = s["next"]
-    return [_build_record(nusc, s, cfg, maps, tags)
+    return [_build_record(nusc, s, cfg, maps, tags, canbus)
             for s in tqdm(samples, desc=f"annotations {cfg.split}", unit="sample", leave=False)]
 
 
@@ -368,7 +423,7 @@ def scene_records(nusc, scene: dict, cfg: DatasetConfig, maps: MapSource | None 
     records, tok = [], scene["first_sample_token"]
     while tok:
         s = nusc.get("sample", tok)
-        records.append(_build_record(nusc, s, cfg, maps, tags))
+        records.append(_build_record(nusc, s, cfg, maps, tags, CanBusSource.find(cfg.dataroot)))
         tok = s["next"]
     return records
 
@@ -395,23 +450,12 @@ def load_records(cfg: DatasetConfig, nusc=None) -> list[dict]:
 # --------------------------------------------------------------------------- dataset
 
 
-def _scaled_intrinsics(k: np.ndarray, size: tuple[int, int], image_size) -> np.ndarray:
-    if image_size is None:
-        return k.copy()
-    w0, h0 = size
-    h, w = image_size
-    return np.diag([w / w0, h / h0, 1.0]) @ k
-
-
 def load_image(path: Path, image_size, sample_token: str) -> np.ndarray:
-    """RGB uint8 (H, W, 3), resized to image_size; ImageLoadError naming the file otherwise."""
+    """RGB uint8 (H, W, 3) at image_size through the one model-input path (model.inputs);
+    ImageLoadError naming the file otherwise."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if image_size is not None:
-                img = img.resize((image_size[1], image_size[0]), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return decode_image(path, image_size)
+    except ImageDecodeError as e:
         raise ImageLoadError(f"cannot read camera image {path} of sample {sample_token}: {e}") from None
 
 
@@ -442,19 +486,22 @@ class NuScenesPlanningDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         rec = self.records[i]
         size = self.cfg.image_size
-        ks = np.stack([_scaled_intrinsics(k, tuple(s), size) for k, s in zip(rec["cam_k"], rec["cam_size"])])
-        k4 = np.tile(np.eye(4), (len(CAMERAS), 1, 1))
-        k4[:, :3, :3] = ks
-        lidar2img = k4 @ np.linalg.inv(rec["cam2lidar"])
+        hw0 = [(int(h), int(w)) for w, h in rec["cam_size"]]  # the tables store (width, height)
         if self.cfg.load_images:
-            images = np.stack([load_image(self.root / p, size, rec["token"]) for p in rec["cam_paths"]])
+            paths = [self.root / p for p in rec["cam_paths"]]
+            try:
+                images, ks, l2i = prepare_frame(paths, rec["cam_k"], rec["cam2lidar"], size, hw0, self.cfg.image_fit)
+            except ImageDecodeError as e:
+                raise ImageLoadError(f"cannot read a camera image of sample {rec['token']}: {e}") from None
         else:
             images = np.zeros((len(CAMERAS), 0, 0, 3), np.uint8)
+            ks = np.stack([scale_intrinsics(k, s, size, self.cfg.image_fit) for k, s in zip(rec["cam_k"], hw0)])
+            l2i = lidar2img(ks, rec["cam2lidar"])
         return Sample(
             token=rec["token"], scene_token=rec["scene_token"], scene_name=rec["scene_name"],
             timestamp=rec["timestamp"], images=images,
             intrinsics=ks.astype(np.float32), cam2lidar=rec["cam2lidar"].astype(np.float32),
-            lidar2img=lidar2img.astype(np.float32), lidar2ego=rec["lidar2ego"].astype(np.float32),
+            lidar2img=l2i.astype(np.float32), lidar2ego=rec["lidar2ego"].astype(np.float32),
             ego2global=rec["ego2global"].astype(np.float32),
             ego_fut_traj=rec["ego_fut_traj"], ego_fut_mask=rec["ego_fut_mask"],
             ego_hist_traj=rec["ego_hist_traj"], ego_hist_mask=rec["ego_hist_mask"],
@@ -464,7 +511,7 @@ class NuScenesPlanningDataset(Dataset):
             agent_fut_mask=rec["agent_fut_mask"],
             map_vectors=rec["map_vectors"], map_labels=rec["map_labels"],
             occupancy=occupancy_of(rec),
-            prev_token=rec["prev_token"], prev2cur=rec["prev2cur"],
+            prev_token=rec["prev_token"], prev2cur=rec["prev2cur"], can_bus=rec["can_bus"],
             extras={"tags": list(rec["tags"]), "location": rec["location"], "agent_tokens": list(rec["agent_tokens"])},
         )
 
@@ -472,7 +519,7 @@ class NuScenesPlanningDataset(Dataset):
 # --------------------------------------------------------------------------- batching
 
 _FIXED = ("intrinsics", "cam2lidar", "lidar2img", "lidar2ego", "ego2global", "ego_fut_traj", "ego_fut_mask",
-          "ego_hist_traj", "ego_hist_mask", "ego_status", "occupancy", "prev2cur")
+          "ego_hist_traj", "ego_hist_mask", "ego_status", "occupancy", "prev2cur", "can_bus")
 _AGENT = ("agent_boxes", "agent_vel", "agent_fut_traj", "agent_fut_yaw", "agent_fut_mask")
 
 

@@ -50,6 +50,18 @@ STEP_SECONDS = 0.5
 # Ego status vector ("+" variants only), in the current LiDAR frame:
 EGO_STATUS_FIELDS: tuple[str, ...] = ("vx", "vy", "ax", "ay", "yaw_rate", "speed")
 
+# CAN-bus-style ego motion input of the BEV encoder (VAD's can_bus), from the current pose
+# and those 0.5 s / 1 s earlier only (causal; model/ego_motion.py computes it), current LiDAR frame:
+CAN_BUS_FIELDS: tuple[str, ...] = (
+    "dx", "dy",  # displacement since the previous frame (m)
+    "dyaw",  # heading change since the previous frame (rad, ccw)
+    "vx", "vy", "speed",  # velocity (m/s) over the last interval
+    "ax", "ay",  # acceleration (m/s^2): change of velocity between the last two intervals
+    "yaw_rate",  # rad/s over the last interval
+    "has_prev", "has_prev2",  # 1 where the pose 0.5 s / 1 s earlier exists, else 0 (and the rest 0)
+)
+CAN_BUS_DIM = len(CAN_BUS_FIELDS)
+
 
 @dataclass
 class Sample:
@@ -90,6 +102,8 @@ class Sample:
     prev_token: str | None = None
     # Transform from the previous keyframe's LiDAR frame to this one (for BEV alignment).
     prev2cur: np.ndarray = field(default_factory=lambda: np.eye(4, dtype=np.float32))
+    # Ego motion input (CAN_BUS_FIELDS), zeros at a scene start.
+    can_bus: np.ndarray = field(default_factory=lambda: np.zeros(CAN_BUS_DIM, dtype=np.float32))
 
     extras: dict[str, Any] = field(default_factory=dict)
 

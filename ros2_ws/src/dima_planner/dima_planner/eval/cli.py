@@ -5,8 +5,13 @@ Sharded: under torchrun (`torchrun --nproc_per_node=2 -m dima_planner.eval.cli .
 rank 0 gathers the per-sample results and writes everything: the metrics equal a
 single-process run's.
 
-Writes <out>/metrics.json (every method, both conventions, long-tail subsets),
-<out>/metrics.md (tables), <out>/bars_<convention>.png and <out>/bev_<i>.png.
+Writes <out>/metrics.json (every method, both conventions, every scenario subset, each
+number with a 95 % confidence interval from a block bootstrap over scenes), <out>/metrics.md
+(tables), <out>/bars_<convention>.png and <out>/bev_<i>.png; `--json FILE` writes the
+metrics JSON there too. Methods are named `planner` (`planner_dual` with --dual),
+`const_vel`, `ego_mlp`, `ego_mlp_noego`.
+
+    dima eval --dataroot DIR --version V --split val --baselines const_vel ego_mlp --json FILE
 """
 from __future__ import annotations
 
@@ -15,8 +20,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BASELINES = ("const_vel", "ego_mlp", "ego_mlp_noego")
-DEFAULT_STAGE2_CHECKPOINT = "checkpoints/dima_tiny_stage2"
+DEFAULT_STAGE2_CHECKPOINT = "checkpoints/dima_tiny_stage2"  # dima eval --qa: the MLLM lives there
+DEFAULT_CHECKPOINT = "checkpoints/dima_tiny"
+REPO = Path(__file__).resolve().parents[5]  # a source checkout: <repo>/ros2_ws/src/dima_planner/dima_planner/eval
+
+
+def resolve_default_checkpoint(value: str) -> Path:
+    """A relative checkpoint path from the working directory, else from the repository."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.is_dir():
+        return p
+    return REPO / p if (REPO / p).is_dir() else p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,17 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="v1.0-mini", help="table folder, e.g. v1.0-mini, v1.0-trainval")
     parser.add_argument("--split", default="val", help="scene split to score (train, val, test, all)")
     parser.add_argument("--train-split", default="train", help="split the ego-MLP baseline is fitted on")
-    parser.add_argument("--checkpoint", default=None, help="planner checkpoint (dima_planner.inference)")
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help=f"planner checkpoint (default {DEFAULT_CHECKPOINT}; 'none': baselines only)")
     parser.add_argument("--baselines", nargs="*", default=["const_vel", "ego_mlp"], choices=BASELINES,
                         help="baselines to score (none: --baselines with no value)")
     parser.add_argument("--mlp-weights", default=None,
                         help="ego-MLP safetensors to load; trained on --train-split and saved in --out if absent")
     parser.add_argument("--mlp-config", default=None, help="YAML with EgoMLPConfig fields (params/eval_mlp.yaml)")
     parser.add_argument("--out", default="runs/eval", help="output folder")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the metrics JSON here")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="score another planner checkpoint in the same run under NAME (repeatable), "
+                             "e.g. planner_camera_only=checkpoints/dima_tiny_camera_only")
     parser.add_argument("--convention", choices=("vad", "uniad", "both"), default="both",
                         help="metric convention(s); VAD is DiMA's main table")
-    parser.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                        help="image size for the checkpoint (default: the dataset config's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-plots", type=int, default=4, help="BEV figures of the first valid samples")
     parser.add_argument("--cache-dir", default=None, help="annotation cache folder (default ~/.cache/dima)")
@@ -68,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         return run_qa(args)
     out = Path(args.out)
     conventions = ("vad", "uniad") if args.convention == "both" else (args.convention,)
+    if args.checkpoint and args.checkpoint.lower() != "none":
+        args.checkpoint = str(resolve_default_checkpoint(args.checkpoint))
+    else:
+        args.checkpoint = None
     if not args.checkpoint and not args.baselines:
         print("dima eval: nothing to score (give --checkpoint and/or --baselines)", file=sys.stderr)
         return 2
@@ -89,8 +113,11 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
     if shard.main:
         out.mkdir(parents=True, exist_ok=True)
 
-    def dataset(split: str, images: bool) -> NuScenesPlanningDataset:
-        kw = {"image_size": list(args.image_size)} if args.image_size else {}
+    def dataset(split: str, images: bool, model_cfg=None) -> NuScenesPlanningDataset:
+        # The checkpoint's image size and fit: the dataset resizes through model/inputs.py as in training.
+        kw = {}
+        if model_cfg is not None:
+            kw = {"image_size": list(model_cfg.image_size), "image_fit": getattr(model_cfg, "image_fit", "stretch")}
         return NuScenesPlanningDataset(DatasetConfig(dataroot=args.dataroot, version=args.version, split=split,
                                                      load_images=images, cache_dir=args.cache_dir, **kw))
 
@@ -132,19 +159,39 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
             device = f"cuda:{shard.rank % max(1, _cuda_count())}" if args.device.startswith("cuda") and sh else args.device
             planner = load_planner(args.checkpoint, device, dual=args.dual, mllm_checkpoint=args.mllm_checkpoint,
                                    llm_path=args.llm_path)
-            results["dual" if args.dual else "planner"] = evaluate(
-                planner.predict, dataset(args.split, images=True), conventions,
+            results["planner_dual" if args.dual else "planner"] = evaluate(
+                planner.predict, dataset(args.split, images=True, model_cfg=planner.cfg), conventions,
                 batch_size=args.batch_size, keep_predictions=True, shard=sh)
-    except (DataRootError, SplitError, ImageLoadError, FileNotFoundError, ValueError) as e:
+        for spec in args.also:
+            from ..inference import load_planner
+
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"--also takes NAME=CHECKPOINT, got {spec!r}")
+            other = load_planner(str(resolve_default_checkpoint(path)), args.device)
+            results[name] = evaluate(other.predict, dataset(args.split, images=True, model_cfg=other.cfg),
+                                     conventions, batch_size=args.batch_size, keep_predictions=True, shard=sh)
+    except (DataRootError, SplitError, ImageLoadError, FileNotFoundError, ValueError) as e:  # CheckpointError too
         print(f"dima eval: {e}", file=sys.stderr)
         return 2
     if not shard.main:
         return 0
 
     preds = {name: res.pop("predictions") for name, res in results.items()}
-    (out / "metrics.json").write_text(json.dumps({"split": args.split, "version": args.version,
-                                                  "dataroot": str(args.dataroot), "methods": results}, indent=2))
+    speed = speed_errors(plain, preds)
+    for name, v in speed.items():
+        results[name]["speed_mae"] = v  # |planned - true| speed over the first 0.5 s, m/s
+    doc = json.dumps({"split": args.split, "version": args.version, "dataroot": str(args.dataroot),
+                      "checkpoint": args.checkpoint, "methods": results}, indent=2)
+    (out / "metrics.json").write_text(doc)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(doc)
+    tags = sorted({t for res in results.values() for t in res[conventions[0]]["subsets"]})
     tables = [format_table(results, c) for c in conventions]
+    tables += [format_table(results, conventions[0], t) for t in tags]
+    tables.append("Speed error over the first 0.5 s (m/s, mean absolute): "
+                  + ", ".join(f"{n} {v:.3f}" for n, v in speed.items()))
     (out / "metrics.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
     for c in conventions:
@@ -172,11 +219,9 @@ def run_qa(args: argparse.Namespace) -> int:
     from ..qa.factual import QTYPES
     from ..ros.reasoning import DEFAULT_MAX_NEW_TOKENS, MLLMEngine, ModelLoadError
 
-    ckpt = args.checkpoint or DEFAULT_STAGE2_CHECKPOINT
-    if not Path(ckpt).is_dir():
-        from ..ros.params import resolve_checkpoint
-
-        ckpt = str(resolve_checkpoint(ckpt)[0])
+    # --qa scores the MLLM branch: without an explicit --checkpoint, the stage-2 one.
+    given = args.checkpoint and args.checkpoint not in (DEFAULT_CHECKPOINT, "none")
+    ckpt = str(resolve_default_checkpoint(args.checkpoint if given else DEFAULT_STAGE2_CHECKPOINT))
     max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     torch.set_num_threads(max(1, args.threads))
     try:
@@ -229,6 +274,20 @@ def run_qa(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({"qa": res}, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def speed_errors(dataset, preds: dict[str, dict[str, list]]) -> dict[str, float]:
+    """Mean |planned speed - true speed| over the first 0.5 s step of valid samples (m/s):
+    how well a method knows how fast the ego goes (a camera-only planner must see it)."""
+    from ..data.sample import STEP_SECONDS
+
+    out = {}
+    recs = [r for r in dataset.records if np.all(r["ego_fut_mask"] > 0)]
+    for name, p in preds.items():
+        errs = [abs(np.hypot(*np.asarray(p[r["token"]])[0]) - np.hypot(*r["ego_fut_traj"][0])) / STEP_SECONDS
+                for r in recs if r["token"] in p]
+        out[name] = float(np.mean(errs)) if errs else float("nan")
+    return out
 
 
 def _cuda_count() -> int:

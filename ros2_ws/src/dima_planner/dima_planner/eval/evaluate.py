@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.nuscenes_dataset import collate
-from .metrics import aggregate_per_sample, planning_metrics
+from .metrics import aggregate_per_sample, planning_metrics, scene_bootstrap_ci
 
 PredictFn = Callable[[dict[str, Any]], np.ndarray]
 
@@ -53,6 +53,7 @@ def collect(predict_fn: PredictFn, dataset, conventions: Sequence[str], batch_si
     per: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in conventions}
     masks: dict[str, list[np.ndarray]] = {c: [] for c in conventions}
     tags: list[list[str]] = []
+    scenes: list[str] = []
     preds: dict[str, list[float]] = {}
     num_valid = 0
     if len(dataset):
@@ -71,19 +72,21 @@ def collect(predict_fn: PredictFn, dataset, conventions: Sequence[str], batch_si
                 per[c].append(out["per_sample"])
                 masks[c].append(out["sample_mask"])
             tags.extend(batch["tags"])
+            scenes.extend(batch["scene_token"])
             if keep_predictions:
                 preds.update({t: p.tolist() for t, p in zip(batch["token"], pred)})
-    return {"per": per, "masks": masks, "tags": tags, "preds": preds, "num_valid": num_valid}
+    return {"per": per, "masks": masks, "tags": tags, "scenes": scenes, "preds": preds, "num_valid": num_valid}
 
 
 def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Concatenate collect() results in the given (rank = dataset) order."""
-    out = {"per": {}, "masks": {}, "tags": [], "preds": {}, "num_valid": 0}
+    out = {"per": {}, "masks": {}, "tags": [], "scenes": [], "preds": {}, "num_valid": 0}
     for p in parts:
         for c in p["per"]:
             out["per"].setdefault(c, []).extend(p["per"][c])
             out["masks"].setdefault(c, []).extend(p["masks"][c])
         out["tags"].extend(p["tags"])
+        out["scenes"].extend(p["scenes"])
         out["preds"].update(p["preds"])
         out["num_valid"] += p["num_valid"]
     return out
@@ -91,15 +94,22 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarize(part: dict[str, Any], num_samples: int, conventions: Sequence[str],
               keep_predictions: bool) -> dict[str, Any]:
-    per, masks, tags = part["per"], part["masks"], part["tags"]
+    per, masks, tags, scenes = part["per"], part["masks"], part["tags"], part["scenes"]
     all_tags = sorted({t for ts in tags for t in ts})
     result: dict[str, Any] = {"num_samples": num_samples}
     for c in conventions:
         merged = {k: np.concatenate([p[k] for p in per[c]]) for k in per[c][0]}
         mask = np.concatenate(masks[c])
-        res = aggregate_per_sample(merged, mask)
-        res["subsets"] = {tag: aggregate_per_sample(merged, mask, np.array([tag in ts for ts in tags]))
-                          for tag in all_tags}
+
+        def scored(subset=None):
+            res = aggregate_per_sample(merged, mask, subset)
+            res["ci95"] = scene_bootstrap_ci(merged, mask, scenes, subset)  # block bootstrap over scenes
+            res["num_scenes"] = len({s for s, m, k in zip(scenes, mask, subset if subset is not None
+                                                             else np.ones(len(mask), bool)) if m and k})
+            return res
+
+        res = scored()
+        res["subsets"] = {tag: scored(np.array([tag in ts for ts in tags])) for tag in all_tags}
         result[c] = res
     result["num_valid"] = part["num_valid"]  # samples with all 6 future keyframes (the VAD denominator)
     if keep_predictions:
@@ -170,13 +180,23 @@ class Shard:
             self.dist.destroy_process_group()
 
 
-def format_table(results: dict[str, dict[str, Any]], convention: str = "vad") -> str:
-    """Markdown table: one row per method, L2 in metres and collisions in percent."""
-    head = "| method | L2 1s | L2 2s | L2 3s | L2 avg | col 1s % | col 2s % | col 3s % | col avg % | n |"
-    lines = [f"Convention: {convention}", head, "|" + " --- |" * 10]
+def format_table(results: dict[str, dict[str, Any]], convention: str = "vad", subset: str | None = None) -> str:
+    """Markdown table: one row per method, L2 in metres and collisions in percent, each with
+    its 95 % CI (block bootstrap over scenes) for the averages. subset: a scenario tag."""
+    head = ("| method | L2 1s | L2 2s | L2 3s | L2 avg [95% CI] | col 1s % | col 2s % | col 3s % "
+            "| col avg % [95% CI] | n | scenes |")
+    title = f"Convention: {convention}" + (f", subset: {subset}" if subset else "")
+    lines = [title, head, "|" + " --- |" * 11]
     for name, res in results.items():
-        r = res[convention]
-        l2 = [f"{r[k]:.3f}" for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg")]
-        col = [f"{100 * r[k]:.2f}" for k in ("col_1s", "col_2s", "col_3s", "col_avg")]
-        lines.append(f"| {name} | " + " | ".join(l2 + col) + f" | {r['num_samples']} |")
+        r = res[convention] if subset is None else res[convention]["subsets"].get(subset)
+        if r is None:
+            continue
+        ci = r.get("ci95", {})
+        l2 = [f"{r[k]:.3f}" for k in ("l2_1s", "l2_2s", "l2_3s")]
+        l2.append(f"{r['l2_avg']:.3f} [{ci['l2_avg'][0]:.3f}, {ci['l2_avg'][1]:.3f}]" if "l2_avg" in ci
+                  else f"{r['l2_avg']:.3f}")
+        col = [f"{100 * r[k]:.2f}" for k in ("col_1s", "col_2s", "col_3s")]
+        col.append(f"{100 * r['col_avg']:.2f} [{100 * ci['col_avg'][0]:.2f}, {100 * ci['col_avg'][1]:.2f}]"
+                   if "col_avg" in ci else f"{100 * r['col_avg']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(l2 + col) + f" | {r['num_samples']} | {r.get('num_scenes', '')} |")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ Frames: trajectories and boxes are in the current LiDAR frame, x right, y forwar
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import cv2
@@ -225,4 +226,33 @@ def aggregate_per_sample(per: dict[str, np.ndarray], sample_mask: np.ndarray, su
     out: dict = {"num_samples": count}
     for key in METRIC_KEYS:
         out[key] = float(np.mean(per[key][sel])) if count else float("nan")
+    return out
+
+
+def scene_bootstrap_ci(per: dict[str, np.ndarray], sample_mask: np.ndarray, scenes: Sequence[str],
+                       subset: np.ndarray | None = None, num: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, list[float]]:
+    """95 % confidence interval of every metric mean by block bootstrap over scenes.
+
+    Frames of one scene are strongly correlated, so scenes (not frames) are resampled with
+    replacement; each replicate's metric is the sample-weighted mean over its scenes, like
+    the point estimate. Returns {key: [lo, hi]} (NaN where no sample is selected)."""
+    sel = np.asarray(sample_mask, dtype=bool)
+    if subset is not None:
+        sel = sel & np.asarray(subset, dtype=bool)
+    names, inv = np.unique(np.asarray(scenes), return_inverse=True)
+    counts = np.bincount(inv, weights=sel.astype(float), minlength=len(names))
+    used = counts > 0
+    if not used.any():
+        return {k: [float("nan"), float("nan")] for k in METRIC_KEYS}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, int(used.sum()), size=(num, int(used.sum())))
+    n = counts[used][idx].sum(1)
+    out = {}
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    for key in METRIC_KEYS:
+        vals = np.where(sel, np.nan_to_num(np.asarray(per[key], np.float64)), 0.0)
+        sums = np.bincount(inv, weights=vals, minlength=len(names))[used]
+        rep = sums[idx].sum(1) / np.maximum(n, 1)
+        out[key] = [float(np.quantile(rep, lo_q)), float(np.quantile(rep, hi_q))]
     return out

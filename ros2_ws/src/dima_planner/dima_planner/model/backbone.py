@@ -118,6 +118,19 @@ class ResNet(nn.Module):
         c4 = self.layer3(c3)
         return [c3, c4, self.layer4(c4)]
 
+    def freeze(self, frozen_stages: int, norm_eval: bool) -> None:
+        """VAD/mmdet: stem + the first `frozen_stages` stages without gradients; with norm_eval
+        every BatchNorm without gradients (its statistics are held by ImageEncoder.train)."""
+        if frozen_stages >= 0:
+            for m in (self.conv1, self.bn1, *[getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)]):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        if norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+
     def load_local(self, path: str | Path) -> None:
         """Load a local torchvision-style state dict (.pth or .safetensors); fc.* is ignored."""
         path = Path(path)
@@ -195,13 +208,23 @@ class ImageEncoder(nn.Module):
             self.trunk = ResNet(cfg.backbone)
             if cfg.pretrained_path:
                 self.trunk.load_local(cfg.pretrained_path)
+            self.trunk.freeze(cfg.frozen_stages, cfg.norm_eval)
         elif cfg.backbone == "efficientnet_lite0":
             self.trunk = EfficientNetLite0(cfg.image_size, cfg.pretrained)
         else:
             raise ValueError(f"unknown backbone {cfg.backbone!r}")
         self.fpn = FPN(self.trunk.out_channels, cfg.embed_dim, cfg.feature_stride)
+        self.norm_eval = bool(getattr(cfg, "norm_eval", False)) and cfg.backbone.startswith("resnet")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        if mode and self.norm_eval:  # BatchNorm keeps the ImageNet statistics (mmdet norm_eval)
+            for m in self.trunk.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, n = images.shape[:2]

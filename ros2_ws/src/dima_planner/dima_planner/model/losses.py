@@ -15,15 +15,16 @@ Choices (vs VAD):
   closed polygons are optional, `map_closed_shifts`); loss = CE + points L1;
 * motion: winner-takes-all: for each matched GT agent the mode with the lowest masked
   ADE gets the L1 loss, and the mode logits get CE towards that winner;
-* planning: L1 between the commanded trajectory and the GT, masked by ego_fut_mask;
-* constraints use *GT* agents and map elements (VAD uses confident predictions, which
-  are noise early in training on a small model):
-  - ego-agent collision: at each step, for every GT agent whose future is valid,
-    relu(dx_thr - |dx|) * [|dy| < dy_thr] + relu(dy_thr - |dy|) * [|dx| < dx_thr] with
-    VAD's thresholds (1.0 m lateral, 3.0 m longitudinal), summed over agents, mean over steps;
-  - ego-boundary overstep: relu(thr - distance(waypoint, nearest boundary segment)), thr 1.0 m;
-  - ego-lane direction: for each step whose nearest divider segment lies within 2 m,
-    |sin(angle between ego heading and the segment)| (dividers are undirected polylines).
+* planning: L1 between the commanded trajectory's per-step offsets and the GT's, masked by
+  ego_fut_mask (VAD regresses offsets; `plan_target: positions` = L1 on cumulative positions);
+* constraints, as VAD, on the model's own *predicted* agents and map (detached):
+  agents whose best class probability is >= 0.5 with their most likely motion mode, map
+  elements with probability >= 0.5 (`constraint_source: gt` uses the annotations instead):
+  - ego-agent collision: at each step, the nearest agent within 3 m:
+    relu(1.5 - |dx|) + relu(3.0 - |dy|) (VAD's x / y / distance thresholds), mean over steps;
+  - ego-boundary overstep: relu(1.0 - distance(waypoint, nearest boundary segment));
+  - ego-lane direction (map direction): for each step whose nearest divider segment lies
+    within 2 m, |sin(angle between ego heading and the segment)| (dividers are undirected).
 """
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ class LossWeights:
     direction: float = 0.5
     no_object: float = 0.1  # CE weight of the "no object" class
     map_closed_shifts: bool = False  # also match cyclic shifts of pedestrian crossings
+    # Constraint losses on the model's predicted agents / map (VAD) or on the annotations ("gt").
+    # Absent from older configs: "gt", their behaviour.
+    constraint_source: str = "gt"
+    agent_score_thr: float = 0.5  # VAD's agent_thresh / map_thresh
+    map_score_thr: float = 0.5
+    # Planning L1 on per-step offsets (VAD) or cumulative positions (older configs).
+    plan_target: str = "positions"
+
+    def __post_init__(self) -> None:
+        if self.constraint_source not in ("pred", "gt"):
+            raise ValueError(f"losses.constraint_source must be 'pred' or 'gt', got {self.constraint_source!r}")
+        if self.plan_target not in ("offsets", "positions"):
+            raise ValueError(f"losses.plan_target must be 'offsets' or 'positions', got {self.plan_target!r}")
 
 
 def _box_target(boxes: torch.Tensor) -> torch.Tensor:
@@ -166,24 +180,55 @@ def planning_losses(pred: dict, batch: dict, w: LossWeights, map_scale: tuple[fl
     plan = pred["plan"]
     gt = batch["ego_fut_traj"].float()
     emask = batch["ego_fut_mask"].float()
-    out["plan"] = w.plan * ((plan - gt).abs().sum(-1) * emask).sum() / emask.sum().clamp(min=1)
-    out["collision"] = w.collision * collision_loss(plan, batch, emask)
-    out["boundary"] = w.boundary * boundary_loss(plan, batch, emask)
-    out["direction"] = w.direction * direction_loss(plan, batch, emask)
+    if w.plan_target == "offsets":
+        diff = _offsets(plan) - _offsets(gt)
+    else:
+        diff = plan - gt
+    out["plan"] = w.plan * (diff.abs().sum(-1) * emask).sum() / emask.sum().clamp(min=1)
+    scene = batch if w.constraint_source == "gt" else predicted_scene(pred, w.agent_score_thr, w.map_score_thr)
+    out["collision"] = w.collision * collision_loss(plan, scene, emask)
+    out["boundary"] = w.boundary * boundary_loss(plan, scene, emask)
+    out["direction"] = w.direction * direction_loss(plan, scene, emask)
     out["loss"] = sum(out.values())
     return out
 
 
-def collision_loss(plan: torch.Tensor, batch: dict, emask: torch.Tensor, dx_thr: float = 1.0,
-                   dy_thr: float = 3.0) -> torch.Tensor:
-    """VAD's ego-agent constraint with GT agent futures, (B, 6, 2) plan."""
+def _offsets(traj: torch.Tensor) -> torch.Tensor:
+    """(B, T, 2) positions -> per-step offsets (the first from the origin)."""
+    return traj - torch.cat([torch.zeros_like(traj[:, :1]), traj[:, :-1]], 1)
+
+
+@torch.no_grad()
+def predicted_scene(pred: dict, agent_thr: float = 0.5, map_thr: float = 0.5) -> dict[str, torch.Tensor]:
+    """The model's own agents and map as constraint targets (VAD): confident agent queries with
+    their most likely motion mode, confident map queries; detached."""
+    n_cls, n_map = len(AGENT_CLASSES), len(MAP_CLASSES)
+    score, _ = pred["agent_logits"].float().softmax(-1)[..., :n_cls].max(-1)  # (B, Na)
+    mode = pred["motion_logits"].argmax(-1)  # (B, Na)
+    traj = pred["motion_traj"].float()  # (B, Na, M, 6, 2)
+    idx = mode[..., None, None, None].expand(-1, -1, 1, *traj.shape[-2:])
+    fut = traj.gather(2, idx)[:, :, 0]  # (B, Na, 6, 2)
+    agent_mask = score >= agent_thr
+    mprob = pred["map_logits"].float().softmax(-1)[..., :n_map]
+    mscore, mlabel = mprob.max(-1)
+    return {"agent_fut_traj": fut, "agent_fut_mask": agent_mask[..., None].float().expand(-1, -1, fut.shape[2]),
+            "agent_mask": agent_mask, "map_vectors": pred["map_points"].float(), "map_labels": mlabel,
+            "map_mask": mscore >= map_thr}
+
+
+def collision_loss(plan: torch.Tensor, batch: dict, emask: torch.Tensor, x_thr: float = 1.5,
+                   y_thr: float = 3.0, dis_thr: float = 3.0) -> torch.Tensor:
+    """VAD's ego-agent constraint (PlanCollisionLoss), (B, 6, 2) plan: per step the nearest
+    valid agent within dis_thr, relu(x_thr - |dx|) + relu(y_thr - |dy|)."""
     fut = batch["agent_fut_traj"].float()  # (B, K, 6, 2)
-    valid = batch["agent_fut_mask"].float() * batch["agent_mask"].float()[..., None]  # (B, K, 6)
+    if fut.shape[1] == 0:
+        return plan.sum() * 0
+    valid = (batch["agent_fut_mask"].float() * batch["agent_mask"].float()[..., None]) > 0  # (B, K, 6)
     d = plan[:, None] - fut  # (B, K, 6, 2)
-    dx, dy = d[..., 0].abs(), d[..., 1].abs()
-    lat = F.relu(dx_thr - dx) * (dy < dy_thr).float()
-    lon = F.relu(dy_thr - dy) * (dx < dx_thr).float()
-    per_step = ((lat + lon) * valid).sum(1)  # (B, 6)
+    dist = d.detach().norm(dim=-1).masked_fill(~valid, float("inf"))
+    dmin, k = dist.min(1)  # (B, 6)
+    near = d.gather(1, k[:, None, :, None].expand(-1, 1, -1, 2))[:, 0]  # (B, 6, 2)
+    per_step = (F.relu(x_thr - near[..., 0].abs()) + F.relu(y_thr - near[..., 1].abs())) * (dmin < dis_thr).float()
     return (per_step * emask).sum() / emask.sum().clamp(min=1)
 
 

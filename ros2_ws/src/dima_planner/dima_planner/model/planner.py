@@ -52,17 +52,37 @@ class VisionPlanner(nn.Module):
 
     # ---- scene encoder -------------------------------------------------------------
     def encode_bev(self, images: torch.Tensor, lidar2img: torch.Tensor, prev_bev: torch.Tensor | None = None,
-                   prev2cur: torch.Tensor | None = None, has_prev: torch.Tensor | None = None) -> torch.Tensor:
+                   prev2cur: torch.Tensor | None = None, has_prev: torch.Tensor | None = None,
+                   can_bus: torch.Tensor | None = None) -> torch.Tensor:
         """images float (B, 6, 3, H, W) in [0, 1] at cfg.image_size -> BEV (B, H*W, C)."""
         h, w = self.cfg.image_size
         if tuple(images.shape[-2:]) != (h, w):
             raise ValueError(f"images are {tuple(images.shape[-2:])}, this model takes {(h, w)} (H, W)")
-        return self.bev_encoder(self.image_encoder(images), lidar2img, prev_bev, prev2cur, has_prev)
+        return self.bev_encoder(self.image_encoder(images), lidar2img, prev_bev, prev2cur, has_prev, can_bus)
+
+    @torch.no_grad()
+    def history_bev(self, history: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """VAD's temporal training: the BEV of a queue of earlier frames (oldest first), each
+        computed without gradients from the one before it, exactly as evaluation and the node
+        chain the BEV frame after frame. Each entry: images, lidar2img, prev2cur (from the entry
+        before), can_bus, valid (B,) bool (False: no such frame, the chain restarts).
+        Returns (BEV of the newest entry, its validity) for the current frame's prev_bev/has_prev."""
+        if not history or not self.cfg.use_temporal:
+            return None, None
+        was = self.training
+        self.eval()  # dropout off: the queue stands in for what inference carried (VAD: eval mode)
+        bev, valid = None, None
+        for h in history:
+            bev = self.encode_bev(h["images"], h["lidar2img"], bev, h["prev2cur"] if bev is not None else None,
+                                  valid, h.get("can_bus"))
+            valid = h["valid"].bool()
+        self.train(was)
+        return bev, valid
 
     def encode(self, images: torch.Tensor, lidar2img: torch.Tensor, prev_bev: torch.Tensor | None = None,
                prev2cur: torch.Tensor | None = None, has_prev: torch.Tensor | None = None,
-               ego_status: torch.Tensor | None = None) -> SceneEncoding:
-        bev = self.encode_bev(images, lidar2img, prev_bev, prev2cur, has_prev)
+               ego_status: torch.Tensor | None = None, can_bus: torch.Tensor | None = None) -> SceneEncoding:
+        bev = self.encode_bev(images, lidar2img, prev_bev, prev2cur, has_prev, can_bus)
         bev_pos = self.bev_encoder.pos[None]
         agent, det = self.agent_head(bev, bev_pos)
         map_tokens, vec = self.map_head(bev, bev_pos)
@@ -83,15 +103,14 @@ class VisionPlanner(nn.Module):
     def forward(self, images: torch.Tensor, lidar2img: torch.Tensor, command: torch.Tensor,
                 prev_bev: torch.Tensor | None = None, prev2cur: torch.Tensor | None = None,
                 has_prev: torch.Tensor | None = None, ego_status: torch.Tensor | None = None,
-                prev_images: torch.Tensor | None = None, prev_lidar2img: torch.Tensor | None = None,
+                can_bus: torch.Tensor | None = None, history: list[dict[str, torch.Tensor]] | None = None,
                 extra_ego_feat: torch.Tensor | None = None) -> dict[str, torch.Tensor | BeamTokens]:
-        """One step. For training, pass the previous keyframe's images: its BEV is computed
-        without gradients (as VAD does) and used as the temporal input. At inference pass
-        the carried `prev_bev` instead."""
-        if prev_images is not None and self.cfg.use_temporal:
-            with torch.no_grad():
-                prev_bev = self.encode_bev(prev_images, prev_lidar2img)
-        enc = self.encode(images, lidar2img, prev_bev, prev2cur, has_prev, ego_status)
+        """One step. For training pass `history`, the chained queue of earlier frames
+        (history_bev); at inference pass the carried `prev_bev` instead."""
+        if history:
+            prev_bev, hist_valid = self.history_bev(history)
+            has_prev = hist_valid if has_prev is None or hist_valid is None else has_prev.bool() & hist_valid
+        enc = self.encode(images, lidar2img, prev_bev, prev2cur, has_prev, ego_status, can_bus)
         out = self.plan(enc, command, extra_ego_feat)
         return {**enc.perception, **out, "beam": enc.beam, "bev": enc.beam.bev}
 

@@ -53,7 +53,8 @@ def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
         lidar2world = np.asarray(s.ego2global, np.float64) @ np.asarray(s.lidar2ego, np.float64)
         res = planner.plan(list(s.images), s.intrinsics, s.cam2lidar, int(s.command), ego_status=s.ego_status,
                            scene_start=s.scene_token != last_scene, stamp_ns=int(s.timestamp) * 1000,
-                           lidar2world=lidar2world)
+                           lidar2world=lidar2world,
+                           can_bus=s.can_bus if getattr(planner, "uses_can_bus", False) else None)
         last_scene = s.scene_token
         vals = factual_values(s)
         frames.append(Frame(s.token, s.scene_token, res.beam, {t: answer_text(t, v) for t, v in vals.items()},

@@ -158,7 +158,7 @@ class PlannerNode(LifecycleNode):
                 c2l = np.stack([np.linalg.inv(self._rig.lidar2ego) @ self._rig.cam2ego[c] for c in CAMERAS])
                 status = np.zeros(len(EGO_STATUS_FIELDS), np.float32)
                 self._planner.plan([np.zeros((h, w, 3), np.uint8)] * len(CAMERAS), ks, c2l, p["default_command"],
-                                   status, None, True)
+                                   status, scene_start=True, stamp_ns=0, lidar2world=np.eye(4))
                 self._planner.reset()
                 self.get_logger().info(f"warm-up forward pass {time.monotonic() - t0:.2f} s")
         except Exception as e:  # CheckpointError, bad device (RuntimeError), missing torch, ...

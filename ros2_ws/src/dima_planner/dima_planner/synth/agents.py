@@ -65,6 +65,13 @@ class Agent:
     stop_s: float | None = None  # virtual stop line (red light) on its path
     green_t: float = 0.0
     crossing: tuple[float, np.ndarray] | None = None  # pedestrian: kerb s and crosswalk centre
+    # Scripted hard braking (lead_brake): from brake_t for brake_hold s at brake_decel m/s^2
+    # (to a stop at most), then the car-following model again.
+    brake_t: float | None = None
+    brake_hold: float = 0.0
+    brake_decel: float = 6.0
+    # Pedestrian stepping out (ped_step_out): stands until the ego is this close, then walks.
+    step_out_dist: float | None = None
     # Filled by simulate(): (K, 2), (K,), (K,)
     xy: np.ndarray = field(default=None, repr=False)
     yaw: np.ndarray = field(default=None, repr=False)
@@ -157,6 +164,11 @@ def make_scene_agents(net: RoadNetwork, cfg, scenario: str, rng: np.random.Gener
             turn = scenario.split("_")[1]
             seq = random_route(net, rng, a, b, need, first_turn=turn)
             lane = 0 if turn == "left" else LANES - 1
+        elif scenario in ("lead_brake", "ped_step_out", "cut_in"):
+            if straight_len < 90:
+                continue
+            seq = random_route(net, rng, a, b, need, allowed_first=("straight",), prefer="straight")
+            lane = LANES - 1
         elif scenario == "overtake":
             if straight_len < 72:
                 continue
@@ -190,6 +202,44 @@ def make_scene_agents(net: RoadNetwork, cfg, scenario: str, rng: np.random.Gener
         lead.green_t = float(rng.uniform(7.5, 11.0))
         agents.append(lead)
         occupied.append(path.at(lead.s0)[0])
+    if scenario == "lead_brake":
+        gap = float(rng.uniform(16, 24))
+        lead = Agent("car", _vehicle_size("car", rng), _pick(CAR_COLORS, rng), path=path, s0=start + gap,
+                     v0=ego.v0, vmax=float(rng.uniform(9.5, 12.0)))
+        lead.brake_t = float(rng.uniform(3.0, 11.0))
+        lead.brake_hold = float(rng.uniform(1.5, 3.5))
+        lead.brake_decel = float(rng.uniform(5.0, 7.0))
+        agents.append(lead)
+        occupied.append(path.at(lead.s0)[0])
+    if scenario == "ped_step_out":
+        s_ped = start + float(rng.uniform(45, 75))
+        xy, h = path.at(s_ped)
+        u = np.array([np.cos(h), np.sin(h)])
+        right = np.array([u[1], -u[0]])
+        # from a sidewalk (mostly the near, right one, between parked cars) across the road
+        side = 1.0 if rng.random() < 0.7 else -1.0
+        kerb = HALF_W - side * LANE_W * (LANES - 0.5) - PARK_W / 2  # lane centre -> parking strip centre
+        p0 = xy + right * side * kerb
+        p1 = p0 - right * side * (2 * HALF_W)
+        speed = float(rng.uniform(1.3, 2.0))
+        ped = Agent("pedestrian", np.array([rng.uniform(0.55, 0.7), rng.uniform(0.6, 0.8), rng.uniform(1.6, 1.9)]),
+                    _pick(PED_COLORS, rng), path=Path(np.array([p0, p1])), v0=speed, vmax=speed)
+        ped.step_out_dist = float(rng.uniform(24, 38))
+        agents.append(ped)
+        occupied.append(p0)
+    if scenario == "cut_in":
+        s_car = start + float(rng.uniform(6, 12))
+        s_cut = s_car + float(rng.uniform(12, 28))
+        other = route_path(net, seq, 0)  # the adjacent (left) lane of the same road
+        other = other.shifted(lambda s: -LANE_W * (LANES - 1) * _smoothstep((s - s_cut) / 12))
+        car = Agent("car", _vehicle_size("car", rng), _pick(CAR_COLORS, rng), path=other, s0=s_car,
+                    v0=ego.v0 + 0.5, vmax=float(rng.uniform(10.0, 12.0)))
+        # cuts in, then brakes firmly in front of the ego
+        car.brake_t = (s_cut - s_car) / max(car.v0, 1.0) + float(rng.uniform(0.8, 1.6))
+        car.brake_hold = float(rng.uniform(0.5, 2.0))
+        car.brake_decel = float(rng.uniform(3.5, 5.0))
+        agents.append(car)
+        occupied.append(other.at(s_car)[0])
     ego_xy0 = occupied[0]
     near = [e for e in edges
             if np.linalg.norm((net.nodes[e[0]] + net.nodes[e[1]]) / 2 - ego_xy0) < 140]
@@ -303,6 +353,8 @@ def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
     v_hist = np.zeros((A, K))
     moving_veh = [i for i, ag in enumerate(agents) if ag.path is not None and ag.kind != "pedestrian"]
     look = np.arange(0.0, 40.0, 1.0)
+    stopped_at: dict[int, float] = {}  # scripted brakers: when they came to a stop
+    released: set[int] = set()
     for k, t in enumerate(times):
         xy = np.zeros((A, 2))
         yaw = np.zeros(A)
@@ -363,6 +415,15 @@ def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
                 s_star = 2.5 + max(0.0, v[i] * 1.2 + v[i] * (v[i] - v_lead) / (2 * np.sqrt(a_max * b)))
                 inter = (s_star / max(gap, 0.1)) ** 2
             acc[i] = np.clip(a_max * (free - inter), -7.0, a_max)
+            if ag.brake_t is not None and t >= ag.brake_t and i not in released:
+                # scripted: brakes hard to a stop, holds it for brake_hold s, then drives on
+                if v[i] > 0.05 and i not in stopped_at:
+                    acc[i] = -ag.brake_decel
+                else:
+                    stopped_at.setdefault(i, t)
+                    acc[i], v[i] = 0.0, 0.0
+                    if t - stopped_at[i] >= ag.brake_hold:
+                        released.add(i)
             if s[i] >= ag.path.length - 1.0:
                 acc[i], v[i] = 0.0, 0.0
         for i, ag in enumerate(agents):
@@ -370,6 +431,9 @@ def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
                 continue
             if ag.kind == "pedestrian":
                 vi = ag.vmax
+                if ag.step_out_dist is not None:
+                    if np.linalg.norm(xy[0] - xy[i]) > ag.step_out_dist and s[i] == 0.0:
+                        vi = 0.0  # waits, unseen by the ego's history, until it is close
                 if ag.crossing is not None and abs(s[i] - ag.crossing[0]) < 0.3:
                     # Wait at the kerb while a vehicle approaches the crosswalk.
                     rel = xy[moving_veh] - ag.crossing[1]
@@ -402,6 +466,8 @@ def scene_tags(ego: Agent, times: np.ndarray, seconds: float, scenario: str) -> 
         tags.add("turn_left")
     if -np.sum(dyaw[dyaw < 0]) > np.radians(60):
         tags.add("turn_right")
+    if scenario in ("lead_brake", "ped_step_out", "cut_in"):
+        tags.add("perception_critical")  # ego history alone cannot predict what follows
     sp = ego.speed[m]
     stopped = np.nonzero(sp < 0.3)[0]
     if len(stopped) and np.any(sp[stopped[0]:] > 3.0) and np.any(sp[:stopped[0] + 1] > 3.0):

@@ -45,6 +45,24 @@ class GenerationError(RuntimeError):
     """The dataroot cannot be (re)generated safely."""
 
 
+def scene_splits(cfg: SynthConfig, n: int) -> list[str]:
+    """Per scene "train"/"val": val_only_scenarios all go to val; of every other scenario,
+    val_fraction of its scenes (at least one where it has two or more), seeded."""
+    rng = np.random.default_rng([cfg.seed, 77])
+    out = ["train"] * n
+    for scenario in dict.fromkeys(cfg.scenarios):
+        idx = [i for i in range(n) if cfg.scenarios[i % len(cfg.scenarios)] == scenario]
+        if scenario in cfg.val_only_scenarios:
+            chosen = idx
+        else:
+            k = int(round(len(idx) * cfg.val_fraction))
+            k = max(1, min(len(idx) - 1, k)) if len(idx) >= 2 and cfg.val_fraction > 0 else k
+            chosen = rng.permutation(idx)[:k].tolist()
+        for i in chosen:
+            out[i] = "val"
+    return out
+
+
 def load_rig() -> dict:
     path = resources.files("dima_planner.data") / "nuscenes_rig_n015.json"
     return json.loads(path.read_text())
@@ -181,6 +199,9 @@ class _Generator:
         return len(CAMERA_CHANNELS) * (k + (k - 1) * sw)
 
     def _splits(self, n: int) -> list[str]:
+        cfg = self.cfg
+        if cfg.stratified_split or cfg.val_only_scenarios:
+            return scene_splits(cfg, n)
         n_val = int(round(n * self.cfg.val_fraction))
         if self.cfg.val_fraction > 0 and n >= 2:
             n_val = max(1, min(n - 1, n_val))
