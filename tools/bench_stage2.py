@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from dima_planner.inference import load_planner
 
     torch.set_num_threads(args.threads)
-    ds = dataset_from_args(args.dataroot, args.version, args.split)
+    ds = dataset_from_args(args.dataroot, args.version, args.split, load_images=False)
     recs = ds.records
     gt = np.stack([r["ego_fut_traj"] for r in recs])
     mask = np.stack([r["ego_fut_mask"] for r in recs]) > 0
@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         dual = ck.endswith(":dual")
         ck = ck[: -len(":dual")] if dual else ck
         planner = load_planner(ck, "cpu", dual=dual)
-        res = evaluate(planner.predict, ds, ("vad",), batch_size=8, keep_predictions=True)
+        m = planner.cfg  # images at the checkpoint's size and fit, as `dima eval` builds them
+        images = dataset_from_args(args.dataroot, args.version, args.split, image_size=list(m.image_size),
+                                   image_fit=getattr(m, "image_fit", "stretch"))
+        res = evaluate(planner.predict, images, ("vad",), batch_size=8, keep_predictions=True)
         pred = np.stack([np.asarray(res["predictions"][r["token"]]) for r in recs])
         m = planning_metrics(pred, gt, occ, valid=mask, convention="vad", return_per_sample=True)
         per[name] = np.where(m["sample_mask"], m["per_sample"]["l2_avg"], np.nan)

@@ -227,12 +227,15 @@ def run_qa(args: argparse.Namespace) -> int:
     try:
         from ..inference import load_planner
 
+        planner = load_planner(ckpt, args.device)
+
         def dataset(split: str, images: bool) -> NuScenesPlanningDataset:
-            kw = {"image_size": list(args.image_size)} if args.image_size else {}
+            # The checkpoint's image size and fit, as the planning evaluation above does.
+            m = planner.cfg
+            kw = {"image_size": list(m.image_size), "image_fit": getattr(m, "image_fit", "stretch")}
             return NuScenesPlanningDataset(DatasetConfig(dataroot=args.dataroot, version=args.version, split=split,
                                                          load_images=images, cache_dir=args.cache_dir, **kw))
 
-        planner = load_planner(ckpt, args.device)
         engine = MLLMEngine(llm_path=args.llm_path or "", checkpoint=args.mllm_checkpoint or ckpt,
                             device=args.device, num_threads=max(1, args.threads))
         constant = constant_answers(dataset(args.train_split, images=False))
