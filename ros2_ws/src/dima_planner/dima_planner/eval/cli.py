@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ego-MLP safetensors to load; trained on --train-split and saved in --out if absent")
     parser.add_argument("--mlp-config", default=None, help="YAML with EgoMLPConfig fields (params/eval_mlp.yaml)")
     parser.add_argument("--out", default="runs/eval", help="output folder")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the metrics JSON here")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help='also write the metrics JSON here (with --qa: {"qa": {"overall_exact_match", '
+                             '"per_type", "num_questions", ...}})')
     parser.add_argument("--also", action="append", default=[], metavar="NAME=CHECKPOINT",
                         help="score another planner checkpoint in the same run under NAME (repeatable), "
                              "e.g. planner_camera_only=checkpoints/dima_tiny_camera_only")
@@ -67,8 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qa", action="store_true",
                         help="score the reasoning node instead: factual QA exact match per question type "
                              f"(qa/evaluate.py) of --checkpoint (default {DEFAULT_STAGE2_CHECKPOINT}) on --split")
-    parser.add_argument("--json", default=None, metavar="FILE",
-                        help='--qa: also write {"qa": {"overall_exact_match", "per_type", "num_questions", ...}}')
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="--qa: generation limit (default: the reasoning node's max_new_tokens default)")
     parser.add_argument("--threads", type=int, default=2, help="--qa: torch CPU threads (latency is measured with them)")
