@@ -72,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="--qa: generation limit (default: the reasoning node's max_new_tokens default)")
     parser.add_argument("--threads", type=int, default=2, help="--qa: torch CPU threads (latency is measured with them)")
+    parser.add_argument("--qa-stride", type=int, default=1, metavar="K",
+                        help="--qa: ask about every K-th frame only (the temporal BEV still sees every frame)")
     parser.add_argument("--no-free-text", action="store_true",
                         help="--qa: skip the free-text planning reasoning (its well-formedness)")
 
@@ -244,6 +246,7 @@ def run_qa(args: argparse.Namespace) -> int:
             ModelLoadError) as e:
         print(f"dima eval --qa: {e}", file=sys.stderr)
         return 2
+    frames = frames[:: max(1, args.qa_stride)]
     if not frames:
         print(f"dima eval --qa: split {args.split!r} has no samples", file=sys.stderr)
         return 2
