@@ -48,6 +48,7 @@ def config(world, stage1, out, steps=2, **llm) -> TrainConfig:
     cfg.logging.progress = cfg.logging.tensorboard = False
     cfg.stage2.edit_fraction = 1.0
     cfg.stage2.dual_weight = 1.0
+    cfg.stage2.qa_tune.steps, cfg.stage2.qa_tune.batch_scenes = 2, 2
     return cfg
 
 
@@ -65,6 +66,11 @@ def test_stage2_trains_all_losses_and_writes_planner_plus_mllm(trained, stage1):
     before, _ = load_checkpoint(stage1)
     after, meta = load_checkpoint(export)
     assert meta["stage"] == 2 and meta["mllm_trainable_parameters"] > 0
+    # every MLLM loss was balanced against planning on the encoder; QA fine-tuning ran
+    assert {"qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "dual_plan"} <= set(meta["loss_weights"])
+    assert all(0 < w for w in meta["loss_weights"].values())
+    assert meta["qa_tune"]["steps"] == 2 and np.isfinite(meta["qa_tune"]["final_loss"])
+    assert meta["distill_open"] is False  # no validation ran, so the gate stayed closed
     assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
     # MLLM part in the ROS node's format, loadable by its engine (no LLM weights in it)
     from safetensors.torch import load_file
@@ -92,6 +98,8 @@ def test_stage2_step_has_every_mllm_loss(world, stage1, tmp_path):
     batch = collate_pairs([pairs[0], pairs[1]])
     assert batch["stage2"]["mask"].sum() > 0  # next keyframes exist for the first samples
     joint = DiMAJoint(VisionPlanner(cfg.model), build_mllm(cfg.mllm, torch.device("cpu"))).train()
+    assert not joint.distill_open  # gated until the teacher beats the planner on validation
+    joint.distill_open = True
     dev = torch.device("cpu")
     _, losses = joint(model_inputs(batch, dev, False), batch["stage2"]["samples"], np.random.default_rng(0),
                       cfg.stage2, future_inputs(batch, dev, 2))

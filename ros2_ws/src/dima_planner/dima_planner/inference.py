@@ -336,7 +336,7 @@ class DualModel(torch.nn.Module):
         return self.planner.encode(*args, **kw)
 
     def plan(self, enc, command: torch.Tensor, extra_ego_feat: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        dt = next(self.branch.parameters()).dtype
+        dt = self.branch.dtype
         feat = self.branch.dual_ego_feature({k: getattr(enc.beam, k).to(dt) for k in ("bev", "ego", "agent", "map")})
         if extra_ego_feat is not None:
             feat = torch.maximum(feat, extra_ego_feat.to(feat))

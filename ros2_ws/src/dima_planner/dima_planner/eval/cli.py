@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 BASELINES = ("const_vel", "ego_mlp", "ego_mlp_noego")
+DEFAULT_STAGE2_CHECKPOINT = "checkpoints/dima_tiny_stage2"  # dima eval --qa: the MLLM lives there
 DEFAULT_CHECKPOINT = "checkpoints/dima_tiny"
 REPO = Path(__file__).resolve().parents[5]  # a source checkout: <repo>/ros2_ws/src/dima_planner/dima_planner/eval
 
@@ -48,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ego-MLP safetensors to load; trained on --train-split and saved in --out if absent")
     parser.add_argument("--mlp-config", default=None, help="YAML with EgoMLPConfig fields (params/eval_mlp.yaml)")
     parser.add_argument("--out", default="runs/eval", help="output folder")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the metrics JSON here")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help='also write the metrics JSON here (with --qa: {"qa": {"overall_exact_match", '
+                             '"per_type", "num_questions", ...}})')
     parser.add_argument("--also", action="append", default=[], metavar="NAME=CHECKPOINT",
                         help="score another planner checkpoint in the same run under NAME (repeatable), "
                              "e.g. planner_camera_only=checkpoints/dima_tiny_camera_only")
@@ -63,6 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLLM checkpoint for --dual (default: --checkpoint, as stage 2 writes it)")
     parser.add_argument("--llm-path", default=None, help="LLM folder for --dual (default: the one in mllm.yaml)")
     parser.add_argument("--device", default="cpu", help="torch device for the checkpoint (cpu, cuda)")
+    parser.add_argument("--qa", action="store_true",
+                        help="score the reasoning node instead: factual QA exact match per question type "
+                             f"(qa/evaluate.py) of --checkpoint (default {DEFAULT_STAGE2_CHECKPOINT}) on --split")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="--qa: generation limit (default: the reasoning node's max_new_tokens default)")
+    parser.add_argument("--threads", type=int, default=2, help="--qa: torch CPU threads (latency is measured with them)")
+    parser.add_argument("--qa-stride", type=int, default=1, metavar="K",
+                        help="--qa: ask about every K-th frame only (the temporal BEV still sees every frame)")
+    parser.add_argument("--no-free-text", action="store_true",
+                        help="--qa: skip the free-text planning reasoning (its well-formedness)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from .evaluate import Shard, evaluate, format_table
     from .plots import plot_bev, plot_method_bars
 
+    if args.qa:
+        return run_qa(args)
     out = Path(args.out)
     conventions = ("vad", "uniad") if args.convention == "both" else (args.convention,)
     if args.checkpoint and args.checkpoint.lower() != "none":
@@ -192,6 +207,78 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
             plot_bev(s, {n: p[s.token] for n, p in preds.items()}, out / f"bev_{shown}.png")
             shown += 1
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'} and {len(conventions) + shown} figures")
+    return 0
+
+
+def run_qa(args: argparse.Namespace) -> int:
+    """`dima eval --qa`: the reasoning node's factual QA on --split (qa/evaluate.py)."""
+    import torch
+
+    from ..checkpoint import CheckpointError
+    from ..data.nuscenes_dataset import DataRootError, DatasetConfig, ImageLoadError, NuScenesPlanningDataset
+    from ..data.splits import SplitError
+    from ..qa.evaluate import constant_answers, evaluate_qa, scene_frames, teacher_forced
+    from ..qa.factual import QTYPES
+    from ..ros.reasoning import DEFAULT_MAX_NEW_TOKENS, MLLMEngine, ModelLoadError
+
+    # --qa scores the MLLM branch: without an explicit --checkpoint, the stage-2 one.
+    given = args.checkpoint and args.checkpoint not in (DEFAULT_CHECKPOINT, "none")
+    ckpt = str(resolve_default_checkpoint(args.checkpoint if given else DEFAULT_STAGE2_CHECKPOINT))
+    max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        from ..inference import load_planner
+
+        planner = load_planner(ckpt, args.device)
+
+        def dataset(split: str, images: bool) -> NuScenesPlanningDataset:
+            # The checkpoint's image size and fit, as the planning evaluation above does.
+            m = planner.cfg
+            kw = {"image_size": list(m.image_size), "image_fit": getattr(m, "image_fit", "stretch")}
+            return NuScenesPlanningDataset(DatasetConfig(dataroot=args.dataroot, version=args.version, split=split,
+                                                         load_images=images, cache_dir=args.cache_dir, **kw))
+
+        engine = MLLMEngine(llm_path=args.llm_path or "", checkpoint=args.mllm_checkpoint or ckpt,
+                            device=args.device, num_threads=max(1, args.threads))
+        constant = constant_answers(dataset(args.train_split, images=False))
+        frames = scene_frames(planner, dataset(args.split, images=True))
+    except (DataRootError, SplitError, ImageLoadError, FileNotFoundError, ValueError, CheckpointError,
+            ModelLoadError) as e:
+        print(f"dima eval --qa: {e}", file=sys.stderr)
+        return 2
+    frames = frames[:: max(1, args.qa_stride)]
+    if not frames:
+        print(f"dima eval --qa: split {args.split!r} has no samples", file=sys.stderr)
+        return 2
+    bev_hw = tuple(engine.cfg.bev_hw)
+    res = evaluate_qa(engine, frames, bev_hw, constant, max_new, free_text=not args.no_free_text)
+    if len({f.scene for f in frames}) > 1:
+        branch = engine.branch_for(frames[0].beam, bev_hw)
+        res["teacher_forced_token_accuracy"] = teacher_forced(branch, frames)
+    res.update({"checkpoint": str(ckpt), "split": args.split, "num_frames": len(frames),
+                "num_scenes": len({f.scene for f in frames}), "threads": args.threads})
+    base = res["constant_baseline"]
+    print(f"factual QA on {args.split} ({res['num_frames']} frames of {res['num_scenes']} scenes, "
+          f"{res['num_questions']} questions), checkpoint {ckpt}")
+    print(f"{'question type':<16}{'exact match':>12}{'constant':>10}")
+    for t in QTYPES:
+        print(f"{t:<16}{100 * res['per_type'][t]:>11.1f}%{100 * base['per_type'][t]:>9.1f}%")
+    print(f"{'overall':<16}{100 * res['overall_exact_match']:>11.1f}%{100 * base['overall_exact_match']:>9.1f}%")
+    wf = res["well_formed"]
+    print(f"well-formed: factual {100 * wf['factual']:.1f}%"
+          + (f", planning reasoning {100 * wf['planning_free_text']:.1f}% of {wf['num_free_texts']}"
+             if wf["planning_free_text"] is not None else ""))
+    if "teacher_forced_token_accuracy" in res:
+        tf = res["teacher_forced_token_accuracy"]
+        print(f"teacher-forced answer-token accuracy: own scene tokens {100 * tf['own_tokens']:.1f}%, "
+              f"another scene's {100 * tf['other_scene_tokens']:.1f}%")
+    print(f"references longer than max_new_tokens={max_new}: {res['references_longer_than_max_new_tokens']}; "
+          f"latency per answer p50 {res['latency_ms']['p50']:.0f} ms, p90 {res['latency_ms']['p90']:.0f} ms "
+          f"({args.threads} threads)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"qa": res}, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 

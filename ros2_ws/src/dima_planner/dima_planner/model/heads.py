@@ -159,9 +159,12 @@ class PlanningHead(nn.Module):
             x = ea(x, agent, None, apos)
             x = em(x, map_tokens, None, mpos)
             x = eb(x, bev, None, bev_pos)
-        feat = F.relu(self.penultimate(torch.cat([x, ego], -1)[:, 0]))  # (B, C)
+        # The pre-activation feature is what DiMA's distillation matches: after the ReLU
+        # about half of its channels are exactly zero, so a KL there compares mostly zeros.
+        pre = self.penultimate(torch.cat([x, ego], -1)[:, 0])  # (B, C)
+        feat = F.relu(pre)
         if extra_ego_feat is not None:
             # DiMA "Dual" inference: max-pool with the MLLM's penultimate ego feature.
             feat = torch.maximum(feat, extra_ego_feat.to(feat))
         steps = self.traj(feat).view(-1, NUM_COMMANDS, FUTURE_STEPS, 2)
-        return {"ego_feat": feat, "plan_all": steps.cumsum(-2)}
+        return {"ego_feat": feat, "ego_feat_pre": pre, "plan_all": steps.cumsum(-2)}

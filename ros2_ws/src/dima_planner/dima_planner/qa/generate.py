@@ -11,6 +11,7 @@ Frames follow the Sample: current LiDAR frame, x to the right, y forward, metres
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,7 +134,7 @@ def planning_qa(sample: Sample, cfg: QAGenConfig = QAGenConfig()) -> list[QAPair
     turn = {"turn right": "turning right", "turn left": "turning left"}.get(route, "going straight")
     behavior_a = f"The ego vehicle is {turn}. It is driving at {cur:.0f} m/s and {motion}."
     return [
-        QAPair("What actions should the ego vehicle take, and why?", plan_a, "planning"),
+        QAPair(PLANNING_QUESTION, plan_a, "planning"),
         QAPair("Predict the behavior of the ego vehicle.", behavior_a, "behavior"),
     ]
 
@@ -202,3 +203,24 @@ def generate_qa(sample: Sample, cfg: QAGenConfig = QAGenConfig()) -> list[QAPair
 
 def command_name(command: int) -> str:
     return COMMAND_NAMES[int(command)].replace("_", " ")
+
+
+# The sentence grammar of planning_qa's answers, for checking that generated reasoning is
+# well-formed (eval: every text must parse as the template it was trained on).
+PLANNING_QUESTION = "What actions should the ego vehicle take, and why?"
+_CLASS_RE = "|".join(c.replace("_", " ") for c in AGENT_CLASSES)
+_ACTION_RE = ("stop|remain stopped|slow down and keep a safe distance|slow down and keep a safe following distance|"
+              "keep a safe following distance|slow down|accelerate|keep its current speed")
+_REASON_RE = (r"the lane ahead is clear"
+              rf"|a (?:{_CLASS_RE}) is \d+ m ahead in its lane"
+              r"(?: and blocks the way| and is too close|, moving slower \(\d+ m/s\) than the ego \(\d+ m/s\))?"
+              r"|no agent blocks its lane, so it is likely yielding at a traffic light, a stop line or to crossing traffic"
+              r"|it is approaching a (?:turn|situation that needs caution)")
+PLANNING_PATTERN = re.compile(rf"The ego vehicle should ({_ACTION_RE}) and (turn right|turn left|go straight), "
+                              rf"because ({_REASON_RE})\.")
+
+
+def parse_planning(text: str) -> tuple[str, str, str] | None:
+    """(action, route, reason) of a planning answer, or None when it is not one."""
+    m = PLANNING_PATTERN.fullmatch(" ".join(text.split()))
+    return None if m is None else (m.group(1), m.group(2), m.group(3))

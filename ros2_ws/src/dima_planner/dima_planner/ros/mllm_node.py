@@ -57,7 +57,7 @@ from . import conversions as conv
 from .node_runtime import descriptor, set_parameters, spin
 from .extrinsics import load_rig
 from .params import ParamSpec
-from .reasoning import (DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
+from .reasoning import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
                         decode_scene_tokens_msg)
 
 NODE_NAME = "dima_mllm"
@@ -77,7 +77,7 @@ PARAM_SPECS: list[ParamSpec] = [
     ParamSpec("nice", 10, "CPU niceness added to the generation thread (0 = none): the planner wins "
               "contended cores", "int", 0, 19, on_configure=True),
     ParamSpec("question", DEFAULT_QUESTION, "prompt of the periodic driving commentary", "str"),
-    ParamSpec("max_new_tokens", 48, "generated tokens per commentary (and per question unless it asks "
+    ParamSpec("max_new_tokens", DEFAULT_MAX_NEW_TOKENS, "generated tokens per commentary (and per question unless it asks "
               "for fewer/more)", "int", 1, 1024),
     ParamSpec("min_period", 2.0, "seconds between two commentary generations (0 = whenever the worker is free)",
               "float", 0.0, 3600.0),

@@ -41,14 +41,19 @@ from typing import Any, Callable
 import numpy as np
 
 from ..model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
+from ..qa.generate import PLANNING_QUESTION
 
 # dima_msgs/SceneTokens TYPE_* constants (duplicated as plain ints: no rclpy import here;
 # tests check them against the generated message class).
 TYPE_IDS = {"bev": 0, "ego": 1, "agent": 2, "map": 3}
 TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 
-DEFAULT_QUESTION = ("Describe the driving scene around the ego vehicle and say what the ego vehicle "
-                    "should do next and why.")
+# The periodic commentary asks the planning question stage 2 trains (qa/generate.py), so
+# every commentary can be checked against its template (qa.generate.parse_planning).
+DEFAULT_QUESTION = PLANNING_QUESTION
+# Long enough for every answer template stage 2 trains (the longest planning answer is
+# about 50 tokens); generation stops at the end-of-sequence token well before that.
+DEFAULT_MAX_NEW_TOKENS = 96
 
 
 class TokenError(ValueError):
@@ -313,7 +318,7 @@ class MLLMEngine:
         return self._branches[key]
 
     def _beam(self, tokens: dict[str, np.ndarray], branch: Any) -> dict:
-        dt = next(branch.parameters()).dtype
+        dt = branch.dtype
         return {k: self.torch.from_numpy(np.ascontiguousarray(v))[None].to(self.device, dt)
                 for k, v in tokens.items()}
 

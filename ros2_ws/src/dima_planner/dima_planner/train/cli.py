@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/last")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                        help="leave after this global step with a checkpoint in <out_dir>/last, as if "
+                             "interrupted (the schedule stays that of schedule.steps); --resume continues")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, stop_after=args.stop_after)
     except LLMNotFoundError as e:
         print(f"error: the MLLM's LLM is missing: {e}", file=sys.stderr)
         return 1

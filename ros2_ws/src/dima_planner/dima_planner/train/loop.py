@@ -21,6 +21,9 @@ from .state import Distributed, load_init, load_train_state, save_model_dir, sav
 from .validate import evaluate
 
 
+OBJECTIVE_STATE = "objective_state.json"  # stage 2: loss weights and the distillation gate
+
+
 def lr_lambda(cfg: ScheduleConfig, total: int):
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -100,16 +103,30 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
     model = VisionPlanner(cfg.model).to(device)
     if cfg.init_from and not resume:
         model.load_state_dict(load_init(cfg.init_from, cfg.model).state_dict())
-    objective = make_objective(model, cfg, device, dist.rank)
+    objective = make_objective(model, cfg, device, dist.rank, getattr(train_ds, "tokens", None))
+    if objective.mllm is not None and cfg.mllm.llm.fsdp:
+        if dist.enabled:
+            from ..model.mllm.llm import shard_llm
+
+            shard_llm(objective.mllm.llm)  # FSDP2 over the decoder layers; DDP below leaves the LLM alone
+        else:
+            print("note: mllm.llm.fsdp ignored: not a distributed run (world size 1)", file=sys.stderr)
     shard = cfg.optim.shard_states and dist.enabled
     if cfg.optim.shard_states and not dist.enabled:
         print("note: optim.shard_states ignored: not a distributed run (world size 1)", file=sys.stderr)
     optim = build_optimizer(model, cfg.optim, objective.extra_param_groups(), shard=shard)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(cfg.schedule, total))
     step = load_train_state(run_dir, model, cfg, optim, sched, device, objective.mllm) if resume else 0
+    if resume and (run_dir / "last" / OBJECTIVE_STATE).is_file():
+        objective.load_state(json.loads((run_dir / "last" / OBJECTIVE_STATE).read_text()))
     model.train()
-    params = [p for p in objective.module.parameters() if p.requires_grad]
     if dist.enabled:
+        if objective.mllm is not None and cfg.mllm.llm.fsdp:
+            # FSDP2 already reduces the LLM's (LoRA) gradients across ranks.
+            llm = objective.mllm.llm
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                objective.module, [f"mllm.llm.{n}" for n, _ in llm.named_parameters()]
+                + [f"mllm.llm.{n}" for n, _ in llm.named_buffers()])
         objective.forward_module = nn.parallel.DistributedDataParallel(
             objective.module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
@@ -139,7 +156,7 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
         terms = objective(batch, step)
         optim.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        gnorm = nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        norms = objective.clip_gradients()
         optim.step()
         sched.step()
         step += 1
@@ -158,32 +175,45 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", float(v), step)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-            writer.add_scalar("train/grad_norm", float(gnorm), step)
+            for k, v in norms.items():
+                writer.add_scalar(f"train/{k}", v, step)
             writer.add_scalar("train/samples_per_s", rate, step)
+        if writer is not None:
+            for k, v in objective.scalars().items():
+                if k.startswith("grad_encoder/") or step % cfg.logging.log_every == 0:
+                    writer.add_scalar(k, v, step)
         last = step == total
         interrupted = stop_after is not None and step >= stop_after and not last
         if val_ds is not None and dist.main and (last or (cfg.schedule.val_every and step % cfg.schedule.val_every == 0)):
-            metrics = evaluate(model, val_ds, device)
+            metrics = evaluate(model, val_ds, device, mllm=objective.mllm)
             model.train()
             bar.write(f"step {step} val: L2 avg {metrics['l2_avg']:.3f} m, collision avg "
                       f"{100 * metrics['col_avg']:.2f} % over {metrics['num_samples']} samples")
+            note = objective.after_validation(metrics)
+            if note:
+                bar.write(f"step {step} val: {note}")
             if writer is not None:
-                for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "col_avg"):
-                    writer.add_scalar(f"val/{k}", metrics[k], step)
+                for k in ("l2_1s", "l2_2s", "l2_3s", "l2_avg", "col_avg", "teacher_l2_avg"):
+                    if k in metrics:
+                        writer.add_scalar(f"val/{k}", metrics[k], step)
+                if "distill_open" in metrics:
+                    writer.add_scalar("val/distill_open", float(metrics["distill_open"]), step)
         save_now = last or interrupted or bool(cfg.schedule.ckpt_every and step % cfg.schedule.ckpt_every == 0)
         if save_now and shard:
             optim.consolidate_state_dict(to=0)  # a collective: every rank, before rank 0 saves
         if dist.main and save_now:
             save_train_state(run_dir, model, cfg, optim, sched, step, metrics, objective.mllm)
+            (run_dir / "last" / OBJECTIVE_STATE).write_text(json.dumps(objective.state()))
         if interrupted:
             break
     bar.close()
     if writer is not None:
         writer.close()
+    extra_meta = objective.finish(train_ds, run_dir) if dist.main and step == total else {}
     if dist.main and cfg.export_dir and step == total:
         wall = time.perf_counter() - t0
         save_model_dir(cfg.export_dir, model, cfg, objective.mllm, {"step": step, "val": metrics,
-                                                                    "train_wall_s": round(wall, 1)})
+                                                                    "train_wall_s": round(wall, 1), **extra_meta})
     dist.close()
     return {"step": step, "losses": losses, "val": metrics, "model": model, "mllm": objective.mllm,
             "optimizer": optim}

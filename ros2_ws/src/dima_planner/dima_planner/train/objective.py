@@ -6,6 +6,7 @@ terms["loss"]; stage 1 and stage 2 differ only here, not in the loop.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -59,35 +60,130 @@ class PlannerObjective:
     def describe(self) -> str:
         return ""
 
+    def clip_gradients(self) -> dict[str, float]:
+        """Clip and return the gradient norms ({"grad_norm": ...} and per-group extras)."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return {"grad_norm": float(nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))}
+
+    def scalars(self) -> dict[str, float]:
+        """Extra TensorBoard scalars of the last step (name -> value)."""
+        return {}
+
+    def after_validation(self, metrics: dict[str, Any]) -> str:
+        """React to a validation (stage 2: the distillation gate); returns a log line or ""."""
+        return ""
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, train_ds, run_dir) -> dict[str, Any]:
+        """Work after the last step (stage 2: QA fine-tuning); returns extra checkpoint meta."""
+        return {}
+
 
 class DiMAObjective(PlannerObjective):
     """Stage 2: planner + MLLM branch trained jointly (DiMA); the MLLM's losses are added
     with weight stage2.mllm_weight."""
 
-    def __init__(self, model: VisionPlanner, mllm, cfg, device: torch.device, rank: int = 0):
+    def __init__(self, model: VisionPlanner, mllm, cfg, device: torch.device, rank: int = 0,
+                 train_tokens: list[str] | None = None):
         super().__init__(model, cfg, device, rank)
-        from ..model.joint import DiMAJoint
+        from ..model.joint import DiMAJoint, LossBalancer, encoder_parameters
 
         self.mllm = mllm
-        self.module = DiMAJoint(model, mllm.train())
+        drivelm = None
+        if cfg.stage2.drivelm_path:
+            from ..qa.drivelm import load_drivelm
+
+            drivelm = load_drivelm(cfg.stage2.drivelm_path)
+            if rank == 0:
+                covered = sum(t in drivelm for t in (train_tokens or []))
+                print(f"DriveLM QA {cfg.stage2.drivelm_path}: {len(drivelm)} key frames, {covered} of "
+                      f"{len(train_tokens or [])} training samples covered", file=sys.stderr)
+        self.module = DiMAJoint(model, mllm.train(), drivelm)
+        self.module.distill_open = not cfg.stage2.distill_gate
         self.forward_module = self.module
         self.future_steps = cfg.mllm.surrogate.future_steps if cfg.stage2.future_bev else 0
+        self.balancer = LossBalancer(vars(cfg.mllm.loss_weights) | {"dual_plan": cfg.stage2.dual_weight},
+                                     cfg.stage2.encoder_grad_fraction)
+        self.encoder_params = encoder_parameters(model)
+        self.planner_params = [p for p in model.parameters() if p.requires_grad]
+        self.encoder_norms: dict[str, float] = {}
+        self._norms: dict[str, float] = {}
+        self._step = 0
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         return [{"params": self.mllm.trainable_parameters(), "lr": self.cfg.optim.lr * self.cfg.stage2.mllm_lr_mult}]
 
     def predict(self, batch: dict[str, Any], step: int):
         # QA subsets and edits drawn from (seed, step, rank): resume stays exact.
+        self._step = step
         rng = np.random.default_rng([self.cfg.seed, step, self.rank])
         return self.forward_module(self.inputs(batch, step),
                                    batch["stage2"]["samples"], rng, self.cfg.stage2,
                                    future_inputs(batch, self.device, self.future_steps))
 
     def combine(self, terms, mterms):
+        from ..model.joint import MLLM_TERMS, encoder_grad_norms
+
+        s2 = self.cfg.stage2
         terms["planner_loss"] = terms["loss"]
+        self.encoder_norms = {}
+        if self.balancer.pending(mterms):
+            self.encoder_norms = self.balancer.calibrate(terms["planner_loss"], mterms, self.encoder_params)
+            if self.rank == 0:
+                print(f"step {self._step}: MLLM loss weights "
+                      f"{', '.join(f'{k} {v:.3g}' for k, v in self.balancer.weights.items())} "
+                      f"(encoder grad fraction {s2.encoder_grad_fraction})", file=sys.stderr)
+        elif s2.grad_probe_every and (self._step + 1) % s2.grad_probe_every == 0 and self.rank == 0:
+            # Per-loss gradient norm on the shared encoder, weighted as in the total.
+            self.encoder_norms = encoder_grad_norms(
+                {"planner": terms["planner_loss"],
+                 **{k: self.balancer.weights.get(k, 1.0) * mterms[k].float() for k in MLLM_TERMS if k in mterms}},
+                self.encoder_params)
+        mterms["total"] = self.balancer.total(mterms)
         terms.update({f"mllm_{k}": v.float() for k, v in mterms.items() if k in MLLM_LOSSES})
-        terms["loss"] = terms["loss"] + self.cfg.stage2.mllm_weight * mterms["total"].float()
+        terms["loss"] = terms["loss"] + s2.mllm_weight * mterms["total"].float()
         return terms
+
+    def clip_gradients(self) -> dict[str, float]:
+        # Per group: one global norm over both branches let the MLLM's larger gradients
+        # scale every planner update down.
+        self._norms = {
+            "grad_norm": float(nn.utils.clip_grad_norm_(self.planner_params, self.cfg.optim.grad_clip)),
+            "grad_norm_mllm": float(nn.utils.clip_grad_norm_(self.mllm.trainable_parameters(),
+                                                             self.cfg.stage2.mllm_grad_clip))}
+        return self._norms
+
+    def scalars(self) -> dict[str, float]:
+        out = {f"loss_weight/{k}": v for k, v in self.balancer.weights.items()}
+        out.update({f"grad_encoder/{k}": v for k, v in self.encoder_norms.items()})
+        return out
+
+    def after_validation(self, metrics: dict[str, Any]) -> str:
+        joint = self.module
+        was = joint.distill_open
+        joint.distill_open = was or metrics["teacher_l2_avg"] < metrics["l2_avg"]
+        metrics["distill_open"] = joint.distill_open
+        return (f"MLLM planning head (teacher) L2 avg {metrics['teacher_l2_avg']:.3f} m vs planner "
+                f"{metrics['l2_avg']:.3f} m: distillation {'on' if joint.distill_open else 'off'}"
+                f"{' (gate opened)' if joint.distill_open and not was else ''}")
+
+    def state(self) -> dict[str, Any]:
+        return {"loss_weights": self.balancer.weights, "distill_open": self.module.distill_open}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.balancer.weights = dict(state.get("loss_weights", self.balancer.weights))
+        self.module.distill_open = bool(state.get("distill_open", self.module.distill_open))
+
+    def finish(self, train_ds, run_dir) -> dict[str, Any]:
+        meta = self.state()
+        if self.cfg.stage2.qa_tune.steps > 0:
+            meta["qa_tune"] = qa_finetune(self.model, self.mllm, train_ds, self.cfg, self.device, run_dir)
+        return meta
 
     def describe(self) -> str:
         m = self.mllm
@@ -97,6 +193,40 @@ class DiMAObjective(PlannerObjective):
                 f"{count_parameters(m):,} (LLM loaded in {m.llm_load_seconds:.1f} s)")
 
 
+def qa_finetune(model: VisionPlanner, mllm, train_ds, cfg, device: torch.device, run_dir) -> dict[str, Any]:
+    """Stage 2's last phase (model/mllm/qa_tune.py): the MLLM branch learns QA on the
+    trained planner's BEAM tokens of every training frame, made by the planner node's
+    own path (inference.Planner); the planner is frozen. Returns what the run did."""
+    import time
+    from pathlib import Path
+
+    from ..inference import Planner
+    from ..model.mllm.qa_tune import tune_qa
+    from ..qa.evaluate import scene_frames
+
+    t0 = time.perf_counter()
+    frames = scene_frames(Planner(model, device), train_ds, progress=cfg.logging.progress)
+    model.train()
+    k = cfg.stage2.qa_tune.free_text_per_sample
+
+    def qa_of(i: int, rng: np.random.Generator) -> list:
+        free = frames[i].free_text
+        pick = [free[j] for j in sorted(rng.choice(len(free), min(k, len(free)), replace=False))] if k > 0 else []
+        return frames[i].factual + pick
+
+    writer = None
+    if cfg.logging.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(Path(run_dir) / "tb"))
+    log = (lambda st, loss: writer.add_scalar("qa_tune/loss", loss, st)) if writer is not None else None
+    losses = tune_qa(mllm, [f.beam for f in frames], qa_of, cfg.stage2.qa_tune, seed=cfg.seed, log=log,
+                     progress=cfg.logging.progress)
+    if writer is not None:
+        writer.close()
+    return {"steps": len(losses), "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
 def build_mllm(cfg, device: torch.device):
     """The MLLM branch (loads the LLM: LLMNotFoundError names a missing folder)."""
     from ..model.mllm import MLLMBranch
@@ -104,7 +234,8 @@ def build_mllm(cfg, device: torch.device):
     return MLLMBranch(cfg).to(device)
 
 
-def make_objective(model: VisionPlanner, cfg, device: torch.device, rank: int = 0) -> PlannerObjective:
+def make_objective(model: VisionPlanner, cfg, device: torch.device, rank: int = 0,
+                   train_tokens: list[str] | None = None) -> PlannerObjective:
     if cfg.stage == 2:
-        return DiMAObjective(model, build_mllm(cfg.mllm, device), cfg, device, rank)
+        return DiMAObjective(model, build_mllm(cfg.mllm, device), cfg, device, rank, train_tokens)
     return PlannerObjective(model, cfg, device, rank)

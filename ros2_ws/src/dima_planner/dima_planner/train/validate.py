@@ -22,15 +22,40 @@ def predict_sequential(model: VisionPlanner, dataset, device: torch.device, prog
     return np.stack(preds)
 
 
-def evaluate(model: VisionPlanner, dataset, device: torch.device, progress: bool = False) -> dict[str, float]:
-    """VAD-convention L2 / collision of the model on `dataset` (valid samples only)."""
+@torch.no_grad()
+def teacher_predictions(model: VisionPlanner, mllm, dataset, device: torch.device) -> np.ndarray:
+    """(N, 6, 2) plans of the MLLM planning head (the distillation teacher) from the BEAM
+    tokens the planner makes along the split (the reasoning node's path, qa/evaluate.py)."""
+    from ..inference import Planner
+    from ..qa.evaluate import scene_frames
+
+    frames = scene_frames(Planner(model, device), dataset, progress=False)
+    was = mllm.training
+    mllm.eval()
+    out = []
+    for f, r in zip(frames, dataset.records):
+        beam = {k: torch.from_numpy(v)[None].to(device, mllm.dtype) for k, v in f.beam.items()}
+        cmd = torch.tensor([int(r["command"])], device=device)
+        out.append(mllm.plan_from_feature(mllm.dual_ego_feature(beam), cmd)[0].float().cpu().numpy())
+    mllm.train(was)
+    return np.stack(out)
+
+
+def evaluate(model: VisionPlanner, dataset, device: torch.device, progress: bool = False,
+             mllm=None) -> dict[str, float]:
+    """VAD-convention L2 / collision of the model on `dataset` (valid samples only); with
+    `mllm` also the MLLM planning head's L2 as "teacher_l2_avg" (the distillation gate)."""
     from ..data.nuscenes_dataset import occupancy_of
     from ..eval.metrics import planning_metrics
 
     was = model.training
     pred = predict_sequential(model, dataset, device, progress)
+    tpred = teacher_predictions(model, mllm, dataset, device) if mllm is not None else None
     model.train(was)
     gt = np.stack([r["ego_fut_traj"] for r in dataset.records])
     mask = np.stack([r["ego_fut_mask"] for r in dataset.records]) > 0
     occ = np.stack([occupancy_of(r) for r in dataset.records])
-    return planning_metrics(pred, gt, occ, valid=mask, convention="vad")
+    out = planning_metrics(pred, gt, occ, valid=mask, convention="vad")
+    if tpred is not None:
+        out["teacher_l2_avg"] = planning_metrics(tpred, gt, occ, valid=mask, convention="vad")["l2_avg"]
+    return out

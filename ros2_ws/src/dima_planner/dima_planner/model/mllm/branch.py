@@ -40,6 +40,16 @@ def as_beam_dict(beam: Any) -> dict[str, torch.Tensor]:
     raise TypeError(f"BEAM tokens must be a mapping or have attributes {TOKEN_TYPES}, got {type(beam).__name__}")
 
 
+def standardise(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each BEV token standardised over its channels (MAE's normalised-pixel target).
+
+    Why: raw BEV features are small (their MSE is about 1e-3), so reconstruction and
+    future prediction put almost no gradient on the encoder whatever their weight; on
+    standardised targets the losses start near 1 and their weights mean what they say.
+    """
+    return (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True) + eps)
+
+
 class MLLMBranch(nn.Module):
     """The MLLM branch of DiMA. Build once (loads the LLM), then call from the trainer.
 
@@ -70,16 +80,25 @@ class MLLMBranch(nn.Module):
         self.bev_decoder = BEVTokenDecoder(d, cfg.token_dim, s.head_hidden, tuple(cfg.bev_hw), s.future_steps)
         self.edit_token = AgentTokenMaker(cfg.edit_descriptor_dim, cfg.token_dim)
         self._prepend_bos = self._tokenizer_adds_bos()
-        dt = next(self.llm.parameters()).dtype
-        for m in (self.qformers, self.ego_proj, self.plan_head, self.bev_decoder, self.edit_token):
-            m.to(dt)
-        self.ego_readout.data = self.ego_readout.data.to(dt)
-        self.bev_mask_token.data = self.bev_mask_token.data.to(dt)
+        # fp32 master weights: everything that trains outside the frozen LLM (Q-Formers,
+        # heads, read-out and mask tokens; peft keeps LoRA adapters in fp32 too) stays in
+        # float32 whatever llm.dtype is; only the LLM's inputs are cast to its dtype and
+        # its hidden states back to float32 (see _prefix, _run_llm).
+        self.llm_dtype = self.llm.get_input_embeddings().weight.dtype
+        if cfg.llm.gradient_checkpointing:
+            # Recompute each decoder layer in the backward pass (activation memory of a 7B
+            # LLM over long rows); non-reentrant, so frozen inputs need no requires_grad hack.
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
         return self.ego_readout.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the trainable (master) weights and of the BEAM tokens the branch takes."""
+        return self.ego_readout.dtype
 
     def _tokenizer_adds_bos(self) -> bool:
         bos = self.tokenizer.bos_token_id
@@ -119,8 +138,9 @@ class MLLMBranch(nn.Module):
     # ------------------------------------------------------------------ prefix
     def _prefix(self, beam: dict[str, torch.Tensor], agent_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, P, D): [BOS?] + Q-Former tokens + EGO read-out."""
+        beam = {k: v.to(self.dtype) for k, v in beam.items()}
         q = self.qformers(beam, masks=None if agent_mask is None else {"agent": agent_mask})
-        parts = [q, self.ego_readout.expand(q.shape[0], -1, -1)]
+        parts = [q.to(self.llm_dtype), self.ego_readout.expand(q.shape[0], -1, -1).to(self.llm_dtype)]
         if self._prepend_bos:
             parts.insert(0, self._embed([self.tokenizer.bos_token_id]).expand(q.shape[0], 1, -1))
         return torch.cat(parts, dim=1)
@@ -168,18 +188,29 @@ class MLLMBranch(nn.Module):
             lab[i, : l.shape[0]] = l.to(self.device)
         return emb, att, lab
 
-    def _run_llm(self, emb: torch.Tensor, att: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Hidden states of every layer (embeddings first, final-normed last).
+    def _run_llm(self, emb: torch.Tensor, att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate decoder layer's output, final-normed last hidden state), (R, L, D).
 
         Runs the decoder without its LM head: logits are only needed at answer tokens
         (see _answer_ce), and the vocabulary projection over every prefix and prompt
         token would otherwise dominate the cost of a small LLM. LoRA adapters live inside
-        the decoder's modules, so they are active here too.
+        the decoder's modules, so they are active here too. The penultimate layer is
+        caught with a forward hook rather than output_hidden_states, which keeps every
+        layer's output alive and does not survive FSDP2's module wrapping.
         """
         decoder = self.llm.get_base_model().get_decoder() if hasattr(self.llm, "get_base_model") \
             else self.llm.get_decoder()
-        out = decoder(inputs_embeds=emb, attention_mask=att, output_hidden_states=True, use_cache=False)
-        return out.hidden_states
+        caught: list[torch.Tensor] = []
+
+        def hook(_m, _args, out):
+            caught.append(out[0] if isinstance(out, tuple) else out)
+
+        handle = decoder.layers[-2].register_forward_hook(hook)
+        try:
+            out = decoder(inputs_embeds=emb.to(self.llm_dtype), attention_mask=att, use_cache=False)
+        finally:
+            handle.remove()
+        return caught[-1], out.last_hidden_state
 
     def _answer_ce(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy on answer tokens only; hidden (R, L, D) final layer."""
@@ -200,10 +231,10 @@ class MLLMBranch(nn.Module):
         b = beam["bev"].shape[0]
         if qa.sample_index and (min(qa.sample_index) < 0 or max(qa.sample_index) >= b):
             raise IndexError(f"QABatch.sample_index must lie in [0, {b}), got {qa.sample_index}")
-        # One masked pass serves every task (as in MAE-style training): QA, planning and
-        # the distillation teacher all see the masked BEV; inference paths never mask.
-        bev_in, masked_cells = self._mask_bev(beam["bev"])
-        prefixes = self._prefix({**beam, "bev": bev_in})
+        # QA, planning, future prediction, edits and the distillation teacher see the
+        # unmasked BEV, as at inference; only masked reconstruction gets a masked copy, in
+        # a prefix-only pass of its own (short rows: about a third of a QA row's cost).
+        prefixes = self._prefix(beam)
 
         # One row per QA pair, plus a prefix-only row for samples without a question,
         # so every sample has a row carrying its BEAM hidden states and ego feature.
@@ -224,15 +255,14 @@ class MLLMBranch(nn.Module):
         else:
             all_prefix, edits = prefixes, None
         emb, att, labels = self._rows(all_prefix, idx, qs, ans)
-        hidden = self._run_llm(emb, att)
-        hid_pen, hid_last = hidden[-2], hidden[-1]
+        hid_pen, hid_last = self._run_llm(emb, att)
         w = self.cfg.loss_weights
         losses: dict[str, torch.Tensor] = {}
 
         if len(qa):
             losses["qa"] = self._answer_ce(hid_last[:n_main], labels[:n_main])
         rows = torch.tensor(sample_row, device=self.device)
-        ego_feat = self.ego_proj(hid_pen[rows, self._readout_pos()])
+        ego_feat = self.ego_proj(hid_pen[rows, self._readout_pos()].to(self.dtype))
         trajs = self.plan_head(ego_feat)
         if targets.ego_fut_traj is not None:
             if targets.command is None:
@@ -241,19 +271,23 @@ class MLLMBranch(nn.Module):
             mask = None if targets.ego_fut_mask is None else targets.ego_fut_mask.to(pred)
             losses["plan"] = masked_trajectory_l1(pred, targets.ego_fut_traj.to(pred), mask)
 
-        beam_ctx = hid_last[rows, self._beam_start: self._readout_pos() + 1]
+        beam_ctx = hid_last[rows, self._beam_start: self._readout_pos() + 1].to(self.dtype)
+        bev_in, masked_cells = self._mask_bev(beam["bev"].to(self.dtype))
         if masked_cells is not None:
-            pred = self.bev_decoder(beam_ctx, masked_cells, step=0)
-            target = torch.gather(beam["bev"], 1, masked_cells.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
-            losses["bev_recon"] = F.mse_loss(pred, target.detach())
+            mprefix = self._prefix({**beam, "bev": bev_in})
+            matt = torch.ones(mprefix.shape[:2], dtype=torch.long, device=self.device)
+            mctx = self._run_llm(mprefix, matt)[-1][:, self._beam_start: self._readout_pos() + 1].to(self.dtype)
+            pred = self.bev_decoder(mctx, masked_cells, step=0)
+            target = torch.gather(beam["bev"].to(self.dtype), 1, masked_cells.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
+            losses["bev_recon"] = F.mse_loss(pred, standardise(target.detach()))
         if targets.future_bev is not None:
             losses["bev_future"] = self._future_loss(beam_ctx, targets)
         if targets.planner_ego_feature is not None:
-            losses["distill"] = distillation_loss(ego_feat, targets.planner_ego_feature, self.cfg.distill)
+            losses["distill"] = distillation_loss(ego_feat, targets.planner_ego_feature.to(ego_feat), self.cfg.distill)
         if edits is not None:
             erows = slice(n_main, n_main + len(edits))
             losses["edit_qa"] = self._answer_ce(hid_last[erows], labels[erows])
-            e_feat = self.ego_proj(hid_pen[erows, self._readout_pos()])
+            e_feat = self.ego_proj(hid_pen[erows, self._readout_pos()].to(self.dtype))
             e_pred = TrajectoryHead.select(self.plan_head(e_feat), edits.command.to(self.device))
             losses["edit_plan"] = masked_trajectory_l1(e_pred, edits.traj.to(e_pred), edits.traj_mask.to(e_pred))
 
@@ -266,7 +300,8 @@ class MLLMBranch(nn.Module):
         masked out for removals, in which case the removed token is masked too."""
         si = edits.sample_index.to(self.device)
         agents = beam["agent"][si]
-        new = self.edit_token(edits.descriptor.to(self.device, agents.dtype)).unsqueeze(1)
+        agents = agents.to(self.dtype)
+        new = self.edit_token(edits.descriptor.to(self.device, self.dtype)).unsqueeze(1)
         ins = edits.is_insert.to(self.device)
         agents = torch.cat([agents, new], dim=1)
         mask = torch.zeros(agents.shape[:2], dtype=torch.bool, device=self.device)
@@ -281,7 +316,7 @@ class MLLMBranch(nn.Module):
         return self._prefix(edited, agent_mask=mask)
 
     def _future_loss(self, ctx: torch.Tensor, targets: MLLMTargets) -> torch.Tensor:
-        fut = targets.future_bev.to(self.device)
+        fut = targets.future_bev.to(self.device, self.dtype)
         b, steps, hw, c = fut.shape
         if steps > self.cfg.surrogate.future_steps or hw != self.qformers.bev_hw[0] * self.qformers.bev_hw[1]:
             raise ValueError(f"future_bev has shape {tuple(fut.shape)}; expected (B, <= "
@@ -293,10 +328,26 @@ class MLLMBranch(nn.Module):
         for k in range(steps):
             cells = torch.rand(b, hw, device=self.device).argsort(dim=1)[:, :n]
             pred = self.bev_decoder(ctx, cells, step=k + 1)
-            tgt = torch.gather(fut[:, k], 1, cells.unsqueeze(-1).expand(-1, -1, c)).detach()
+            tgt = standardise(torch.gather(fut[:, k], 1, cells.unsqueeze(-1).expand(-1, -1, c)).detach())
             per = ((pred - tgt) ** 2).mean(dim=(1, 2))
             total = total + (per * valid[:, k]).sum()
         return total / count
+
+    def answer_loss(self, beam: Any, qa: QABatch, reduce: bool = True) -> torch.Tensor:
+        """Next-token cross-entropy of the answers given the scene and the question only
+        (no surrogate task): QA fine-tuning and teacher-forced evaluation. With
+        reduce=False, (R,) per-row token accuracy (argmax = reference token) instead."""
+        beam = as_beam_dict(beam)
+        prefixes = self._prefix(beam)
+        emb, att, labels = self._rows(prefixes, list(qa.sample_index), list(qa.questions), list(qa.answers))
+        hidden = self._run_llm(emb, att)[-1]
+        if reduce:
+            return self._answer_ce(hidden, labels)
+        target = labels[:, 1:]
+        keep = target != -100
+        hit = torch.zeros_like(target, dtype=torch.bool)
+        hit[keep] = self.llm.get_output_embeddings()(hidden[:, :-1][keep]).argmax(-1) == target[keep]
+        return hit.sum(1).float() / keep.sum(1).clamp(min=1).float()
 
     @torch.no_grad()
     def dual_ego_feature(self, beam: Any) -> torch.Tensor:
@@ -305,14 +356,14 @@ class MLLMBranch(nn.Module):
         beam = as_beam_dict(beam)
         prefixes = self._prefix(beam)
         att = torch.ones(prefixes.shape[:2], dtype=torch.long, device=self.device)
-        return self.ego_proj(self._run_llm(prefixes, att)[-2][:, self._readout_pos()])
+        return self.ego_proj(self._run_llm(prefixes, att)[-2][:, self._readout_pos()].to(self.dtype))
 
     def plan_from_feature(self, feature: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
         """MLLM planning head on a (B, planner_dim) feature -> (B, 6, 2) for the command."""
         return TrajectoryHead.select(self.plan_head(feature), command)
 
     @torch.no_grad()
-    def generate(self, beam: Any, question: str, max_new_tokens: int = 48) -> str:
+    def generate(self, beam: Any, question: str, max_new_tokens: int = 128) -> str:
         """Greedy answer text about one scene (B must be 1); run-time reasoning for the node."""
         beam = as_beam_dict(beam)
         if beam["bev"].shape[0] != 1:
@@ -320,9 +371,10 @@ class MLLMBranch(nn.Module):
         prefix = self._prefix(beam)
         emb = torch.cat([prefix[0], self._embed(self._ids(self.prompt_text(question)))], dim=0)[None]
         att = torch.ones(emb.shape[:2], dtype=torch.long, device=self.device)
-        # Greedy, deterministic; small LLMs fall into loops ("will will will"), which the
-        # repetition penalty and the ban on repeated trigrams prevent.
+        # Plain greedy decoding, the distribution training fits: no repetition penalty and
+        # no n-gram ban, which would make answers that repeat words ("a car ... a car")
+        # impossible to produce.
         ids = self.llm.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=max_new_tokens,
-                                do_sample=False, repetition_penalty=1.2, no_repeat_ngram_size=3,
-                                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+                                do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                                eos_token_id=self.tokenizer.eos_token_id)
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()

@@ -28,6 +28,12 @@ class LLMConfig:
     # Use the tokenizer's chat template around the prompt (instruct models) when it has one.
     use_chat_template: bool = True
     max_answer_tokens: int = 96  # answers are truncated to this many tokens in training
+    # Recompute decoder layers in the backward pass (saves activation memory, ~30% slower).
+    gradient_checkpointing: bool = False
+    # torchrun only: shard the LLM's (frozen) weights over the ranks with FSDP2
+    # (torch.distributed.fsdp.fully_shard, one unit per decoder layer; model/mllm/llm.py
+    # shard_llm). Needed for a 7B LLM on GPUs that cannot each hold it with activations.
+    fsdp: bool = False
 
 
 @dataclass

@@ -120,7 +120,10 @@ def load_llm(cfg: LLMConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, cfg.dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    if is_llava_dir(path):
+        model = llava_language_model(path, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -128,6 +131,57 @@ def load_llm(cfg: LLMConfig) -> tuple[Any, Any]:
         _truncate_layers(model, cfg.num_layers)
     model.eval()
     return model, tokenizer
+
+
+def is_llava_dir(path: Path) -> bool:
+    """A LLaVA(-1.5) folder (llava-hf format): a vision tower + projector + language model."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return cfg.get("model_type") == "llava" or "LlavaForConditionalGeneration" in cfg.get("architectures", [])
+
+
+def llava_language_model(path: Path, dtype: Any) -> Any:
+    """The causal LM inside a LLaVA folder (DiMA uses LLaVA-v1.5-7B's Vicuna): loaded with
+    LLaVA's own class (which maps both the old and the new llava-hf weight names), then its
+    decoder and LM head are moved into a plain causal-LM shell of the text config and the
+    vision tower and projector are dropped (DiMA feeds BEAM tokens, not image features)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    text_cfg = llava.config.text_config
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(text_cfg, dtype=dtype)
+    lm.model = llava.model.language_model
+    lm.lm_head = llava.lm_head
+    lm.generation_config = llava.generation_config
+    del llava
+    return lm
+
+
+def shard_llm(llm: Any, mesh: Any = None) -> Any:
+    """FSDP2: shard the LLM's weights over the ranks of the default process group (or
+    `mesh`): one FSDP unit per decoder layer, the decoder itself (final norm) as the root.
+    The input embedding and LM head stay whole on every rank (MLLMBranch calls them
+    outside the decoder's forward, FSDP2 allows one root, and they are frozen: nothing to
+    synchronise; for a 7B LLM about 0.5 GB in bf16). Frozen base weights and LoRA
+    adapters are sharded alike; every rank computes on full layers, gathered one at a
+    time. Call after apply_lora, before building the optimizer."""
+    from torch.distributed.fsdp import fully_shard
+
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    decoder = base.get_decoder()
+    for layer in decoder.layers:
+        fully_shard(layer, mesh=mesh)
+    ends = set(base.get_input_embeddings().parameters()) | set(base.get_output_embeddings().parameters())
+    if any(p.requires_grad for p in ends):
+        raise ValueError("shard_llm keeps the embeddings and LM head replicated, so they must be frozen")
+    fully_shard(decoder, mesh=mesh, ignored_params=ends)
+    return llm
 
 
 def _truncate_layers(model: Any, n: int) -> None:
