@@ -67,7 +67,8 @@ class SimBridge(Node):
     PARAMS = (("world", "data/world"), ("route", "turn_left:101"), ("seconds", 20.0), ("frame_hz", 12.0),
               ("image_scale", 0.25), ("transport", "raw"), ("jpeg_quality", 90), ("mode", "lockstep"),
               ("plan_timeout", 10.0), ("plan_topic", bag_io.TRAJECTORY_TOPIC), ("plan_type", "trajectory"),
-              ("out", "out/sim"), ("time_offset", 1000.0))
+              ("out", "out/sim"), ("time_offset", 1000.0), ("timeout_slack", 15.0),
+              ("wait_for_planner", 120.0))
 
     def __init__(self, cfg: SimConfig | None = None, node_name: str = "dima_sim", compressed: bool = False,
                  jpeg_quality: int = 90, plan_topic: str = bag_io.TRAJECTORY_TOPIC, plan_type: str = "trajectory",
@@ -83,7 +84,8 @@ class SimBridge(Node):
                                   ("plan_type", ("trajectory", "path"))):
                 if p[name] not in choices:
                     raise ConfigError(f"{name} must be one of {list(choices)}, got {p[name]!r}")
-            cfg = SimConfig(world=p["world"], frame_hz=float(p["frame_hz"]), image_scale=float(p["image_scale"]))
+            cfg = SimConfig(world=p["world"], frame_hz=float(p["frame_hz"]), image_scale=float(p["image_scale"]),
+                            timeout_slack=float(p["timeout_slack"]))
             compressed, jpeg_quality = p["transport"] == "compressed", int(p["jpeg_quality"])
             plan_topic, plan_type = p["plan_topic"], p["plan_type"]
         self.cfg, self.compressed, self.jpeg_quality = cfg, compressed, jpeg_quality
@@ -267,12 +269,23 @@ def main(args: list[str] | None = None) -> int:
     spinner.start()
     log = node.get_logger()
     try:
+        # The planner's output publisher exists once its model is loaded (lifecycle configure).
+        deadline = time.monotonic() + float(p["wait_for_planner"])
+        while node.count_publishers(p["plan_topic"]) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if node.count_publishers(p["plan_topic"]) == 0:
+            log.warning(f"no publisher on {p['plan_topic']} after {p['wait_for_planner']:.0f} s: driving anyway "
+                        f"(every frame will count as a missed plan)")
+        time.sleep(0.5)  # let the planner's subscriptions match ours
         log.info(f"route {spec.name} ({p['mode']}, {cfg.frame_hz:g} Hz, {p['transport']} images)")
         sim = node.drive(spec, float(p["time_offset"]), p["mode"], float(p["plan_timeout"]),
                          progress=lambda s: log.info(f"t={s.t:.1f} s, route {100 * (s.s_route - s.sc.route_s0) / s.sc.route_length:.0f} %",
                                                      throttle_duration_sec=5.0))
         expert = expert_log(sim.sc, cfg)
         res = route_result(spec.name, sim, cfg, expert)
+        # The ego at every frame (mm): two lockstep runs of a route must give the same track.
+        res["ego_track"] = [[round(e[0], 3), round(e[1], 3), round(e[2], 4), round(e[3], 3)]
+                            for e in sim.log.ego[:: cfg.substeps]]
         out = Path(p["out"])
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{spec.name}.json").write_text(json.dumps(res, indent=1))

@@ -83,7 +83,7 @@ class SimConfig:
     frame_hz: float = 12.0  # camera frames (and plans in lockstep) per simulated second
     substeps: int = 2  # physics steps per frame
     image_scale: float = 0.25  # 1.0 = 1600x900 (nuScenes); 0.25 = 400x225 (the default world)
-    timeout_slack: float = 15.0  # s after the route's nominal duration before the route is abandoned
+    timeout_slack: float = 15.0  # s after the route's nominal duration before the route is abandoned (>= 0)
     vehicle: VehicleConfig = field(default_factory=VehicleConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)

@@ -102,7 +102,8 @@ def build_scenario(spec: RouteSpec, world: str | Path) -> Scenario:
     if spec.scene:
         names = [s["name"] for s in meta["scenes"]]
         if spec.scene not in names:
-            raise ConfigError(f"route {spec.name!r}: {world} has no scene {spec.scene!r} (it has {names[0]}..{names[-1]})")
+            have = f"{names[0]}..{names[-1]}" if names else "none"
+            raise ConfigError(f"route {spec.name!r}: {world} has no scene {spec.scene!r} (it has {have})")
         index = names.index(spec.scene)
         kind = meta["scenes"][index]["scenario"]
     else:
