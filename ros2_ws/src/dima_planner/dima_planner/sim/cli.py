@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             elif name == "ego_mlp":
                 with console.status("ego-status MLP baseline (fitted on the world's train split once, cached)"):
                     mlp = EgoMLPPlanner(fit_ego_mlp(cfg.sim.world, out, _path(cfg.mlp_config)))
-            for spec in routes:
+            for spec in tqdm(routes, desc=name, unit="route", leave=False, disable=name == "dima"):
                 sc = scenarios[spec.name]
                 if name == "dima":
                     writer = VideoWriter(out / f"{spec.name}_{name}.gif", cfg.sim.frame_hz, every=1) if video else None
