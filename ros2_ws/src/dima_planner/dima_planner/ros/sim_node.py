@@ -182,7 +182,7 @@ class SimBridge(Node):
         self.pub_odom.publish(od)
         self.pub_tf.publish(TFMessage(transforms=[self._transform(stamp, MAP_FRAME, BASE_FRAME, m)]))
 
-    def _publish_frame(self, sim: Simulator, rig: CameraRig, offset_ns: int) -> int:
+    def _publish_frame(self, sim: Simulator, rig: CameraRig, offset_ns: int, hook: bool = True) -> int:
         """Everything of one frame; returns the front camera's stamp (what the plan will carry)."""
         from dima_planner.synth.nuscenes_writer import CAMERA_OFFSETS
 
@@ -194,7 +194,9 @@ class SimBridge(Node):
         self.pub_cmd.publish(DrivingCommand(header=Header(stamp=conv.ns_to_stamp(front_ns), frame_id=BASE_FRAME),
                                             command=int(sim.command())))
         images = rig.render(sim)
-        for cam in CAMERAS:
+        # The planner anchors on the front image and waits (sync_wait) for the others: send the
+        # front one last, so in lockstep it never plans with a camera still on the wire.
+        for cam in (*CAMERAS[1:], CAMERAS[0]):
             ns = t_ns + int(round(CAMERA_OFFSETS[cam] * SEC))
             stamp = conv.ns_to_stamp(ns)
             self.pub_info[cam].publish(self._camera_info(rig, cam, stamp))
@@ -202,7 +204,7 @@ class SimBridge(Node):
             msg = (conv.rgb_to_compressed(images[cam], stamp, frame, self.jpeg_quality) if self.compressed
                    else conv.rgb_to_image(images[cam], stamp, frame))
             self.pub_img[cam].publish(msg)
-        if self.frames_hook is not None:
+        if hook and self.frames_hook is not None:
             self.frames_hook(sim, images)
         return front_ns
 
@@ -233,7 +235,15 @@ class SimBridge(Node):
         while not sim.done:
             front_ns = self._publish_frame(sim, rig, offset_ns)
             if mode == "lockstep":
-                msg = self._wait_plan(front_ns, plan_timeout)
+                if sim.frame == 0:
+                    # The planner may have seen the first images before the route's /clock (topics
+                    # are not ordered) and skipped them as "from the future": send the frame again.
+                    msg = self._wait_plan(front_ns, min(2.0, plan_timeout))
+                    if msg is None:
+                        self._publish_frame(sim, rig, offset_ns, hook=False)
+                        msg = self._wait_plan(front_ns, max(0.0, plan_timeout - 2.0))
+                else:
+                    msg = self._wait_plan(front_ns, plan_timeout)
             else:
                 next_wall += period
                 time.sleep(max(0.0, next_wall - time.monotonic()))
