@@ -29,7 +29,8 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped, Twist, Vector3
 from nav_msgs.msg import Odometry, Path as PathMsg
-from rclpy.executors import MultiThreadedExecutor
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -218,8 +219,8 @@ class SimBridge(Node):
 
     # ---- one route ---------------------------------------------------------------------
     def drive(self, spec: RouteSpec, offset_s: float = 0.0, mode: str = "lockstep", plan_timeout: float = 10.0,
-              progress=None) -> Simulator:
-        scenario = build_scenario(spec, self.cfg.world)
+              progress=None, scenario=None) -> Simulator:
+        scenario = scenario if scenario is not None else build_scenario(spec, self.cfg.world)
         sim = Simulator(scenario, self.cfg)
         rig = CameraRig(scenario, self.cfg.image_scale)
         self.l2e = rig.cam2ego["LIDAR_TOP"]
@@ -268,17 +269,18 @@ def main(args: list[str] | None = None) -> int:
         node = SimBridge()
         p = node.params
         spec = parse_route(p["route"], float(p["seconds"]))
+        scenario = build_scenario(spec, node.cfg.world)  # a bad route or world fails here, at once
     except (ConfigError, ValueError) as e:
         print(f"dima_sim_node: invalid parameters: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
     cfg = node.cfg
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
     log = node.get_logger()
+    executor = None
     try:
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        threading.Thread(target=executor.spin, daemon=True).start()
         # The planner's output publisher exists once its model is loaded (lifecycle configure).
         deadline = time.monotonic() + float(p["wait_for_planner"])
         while node.count_publishers(p["plan_topic"]) == 0 and time.monotonic() < deadline:
@@ -288,7 +290,7 @@ def main(args: list[str] | None = None) -> int:
                         f"(every frame will count as a missed plan)")
         time.sleep(0.5)  # let the planner's subscriptions match ours
         log.info(f"route {spec.name} ({p['mode']}, {cfg.frame_hz:g} Hz, {p['transport']} images)")
-        sim = node.drive(spec, float(p["time_offset"]), p["mode"], float(p["plan_timeout"]),
+        sim = node.drive(spec, float(p["time_offset"]), p["mode"], float(p["plan_timeout"]), scenario=scenario,
                          progress=lambda s: log.info(f"t={s.t:.1f} s, route {100 * (s.s_route - s.sc.route_s0) / s.sc.route_length:.0f} %",
                                                      throttle_duration_sec=5.0))
         expert = expert_log(sim.sc, cfg)
@@ -303,10 +305,11 @@ def main(args: list[str] | None = None) -> int:
         log.info(f"{spec.name}: driving score {res['driving_score']:.1f}, route completion "
                  f"{res['route_completion']:.1f} %, collisions {res['collisions']}, missed plans "
                  f"{res['missed_plans']}; wrote {out / (spec.name + '.json')}")
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, ExternalShutdownException, RCLError):
+        pass  # Ctrl-C or SIGTERM: the route is abandoned, nothing is written
     finally:
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
