@@ -117,3 +117,29 @@ def test_route_spec_and_config_errors(world):
         build_scenario(RouteSpec(scene="scene-0099"), world)
     with pytest.raises(ConfigError):
         SimConfig(frame_hz=0.0)
+
+
+def test_planner_messages_become_the_same_plan(world):
+    """PlannedTrajectory and nav_msgs/Path, as conversions.py builds them in the planner node,
+    give the same world track, straight ahead of the ego for a straight LiDAR-frame plan."""
+    from dima_planner.ros import conversions as conv
+    from dima_planner.ros.sim_node import plan_from_msg
+
+    l2e = lidar2ego()
+    sim = Simulator(build_scenario(RouteSpec(kind="straight", index=100, seconds=6.0), world), _cfg(world))
+    traj = np.stack([np.zeros(6), 4.0 * np.arange(1, 7)], 1)  # LiDAR frame: y forward
+    poses = conv.trajectory_lidar_to_base(traj, l2e)
+    offset = 1000 * 10**9
+    msgs = [conv.build_trajectory(poses, conv.lidar_points_to_base(np.zeros(2), l2e), offset, "base_link", 2, 0.0,
+                                  0.0, "m"), conv.build_path(poses, offset, "base_link")]
+    plans = [plan_from_msg(m, sim, offset, l2e) for m in msgs]
+    np.testing.assert_allclose(plans[0].xy, plans[1].xy, atol=1e-6)
+    np.testing.assert_allclose(plans[0].times, np.arange(1, 7) * 0.5)
+    st = sim.state
+    d = plans[0].xy - [st.x, st.y]
+    # (the LIDAR_TOP mount is rotated by a few mrad: its y axis is not exactly base_link x)
+    np.testing.assert_allclose(d @ [np.cos(st.yaw), np.sin(st.yaw)], 4.0 * np.arange(1, 7), atol=0.05)
+    np.testing.assert_allclose(d @ [-np.sin(st.yaw), np.cos(st.yaw)], 0.0, atol=0.1)
+    msgs[0].time_from_start = msgs[0].time_from_start[::-1]
+    with pytest.raises(ValueError):
+        plan_from_msg(msgs[0], sim, offset, l2e)

@@ -61,6 +61,28 @@ def parse_route(text: str, seconds: float) -> RouteSpec:
     return RouteSpec(scene=text, seconds=seconds)
 
 
+def plan_from_msg(msg, sim: Simulator, offset_ns: int, l2e: np.ndarray) -> Plan:
+    """A PlannedTrajectory / nav_msgs Path in base_link at its stamp -> the sim's world centre
+    track (the waypoints are the LiDAR origin's track, as the planner node publishes them)."""
+    stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+    t = (stamp_ns - offset_ns) / SEC
+    if isinstance(msg, PlannedTrajectory):
+        poses = list(msg.poses)
+        times = np.array([d.sec + d.nanosec * 1e-9 for d in msg.time_from_start])
+    else:
+        poses = [p.pose for p in msg.poses]
+        times = np.array([(conv.stamp_to_ns(p.header.stamp) - stamp_ns) / SEC for p in msg.poses])
+    base = np.array([[p.position.x, p.position.y] for p in poses], float).reshape(-1, 2)
+    if not len(base):
+        raise ValueError("the plan has no poses")
+    if len(times) != len(base) or not np.all(np.isfinite(base)) or np.any(np.diff(times) <= 0) or times[0] <= 0:
+        raise ValueError("the plan's times are not increasing from > 0 or its poses are not finite")
+    x, y, yaw = sim.pose_at(t)
+    e2w = ego_matrix(x, y, yaw)
+    world = np.concatenate([base, np.zeros((len(base), 1)), np.ones((len(base), 1))], 1) @ e2w.T
+    return lidar_track_to_plan(world[:, :2], yaw, (e2w @ l2e)[:2, 3], l2e, t, times, "ros")
+
+
 class SimBridge(Node):
     """Publishes the simulated sensors and collects the planner's plans. `drive()` runs one
     route; the console node calls it once, `dima sim --bench` once per route."""
@@ -136,25 +158,11 @@ class SimBridge(Node):
             return msg
 
     def to_plan(self, msg, sim: Simulator, offset_ns: int) -> Plan | None:
-        """A PlannedTrajectory / Path in base_link at its stamp -> the sim's world centre track."""
-        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
-        t = (stamp_ns - offset_ns) / SEC
-        poses = [p for p in msg.poses] if isinstance(msg, PlannedTrajectory) else [p.pose for p in msg.poses]
-        if not poses:
+        try:
+            return plan_from_msg(msg, sim, offset_ns, self.l2e)
+        except ValueError as e:
+            self.get_logger().warning(f"plan ignored: {e}", throttle_duration_sec=5.0)
             return None
-        if isinstance(msg, PlannedTrajectory):
-            times = np.array([d.sec + d.nanosec * 1e-9 for d in msg.time_from_start])
-        else:
-            times = np.array([(conv.stamp_to_ns(p.header.stamp) - stamp_ns) / SEC for p in msg.poses])
-        base = np.array([[p.position.x, p.position.y] for p in poses], float)
-        if len(times) != len(base) or not np.all(np.isfinite(base)) or not np.all(np.diff(times) > 0) or times[0] <= 0:
-            self.get_logger().warning("plan with inconsistent times or non-finite poses ignored",
-                                      throttle_duration_sec=5.0)
-            return None
-        x, y, yaw = sim.pose_at(t)
-        e2w = ego_matrix(x, y, yaw)
-        world = np.concatenate([base, np.zeros((len(base), 1)), np.ones((len(base), 1))], 1) @ e2w.T
-        return lidar_track_to_plan(world[:, :2], yaw, (e2w @ self.l2e)[:2, 3], self.l2e, t, times, "ros")
 
     # ---- sensors -----------------------------------------------------------------------
     def _publish_static(self, rig: CameraRig, stamp: Time) -> None:
