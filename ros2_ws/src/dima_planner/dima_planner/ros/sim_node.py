@@ -288,7 +288,8 @@ def main(args: list[str] | None = None) -> int:
     try:
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
-        threading.Thread(target=executor.spin, daemon=True).start()
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
         # The planner's output publisher exists once its model is loaded (lifecycle configure).
         deadline = time.monotonic() + float(p["wait_for_planner"])
         while node.count_publishers(p["plan_topic"]) == 0 and time.monotonic() < deadline:
@@ -318,6 +319,7 @@ def main(args: list[str] | None = None) -> int:
     finally:
         if executor is not None:
             executor.shutdown()
+            spinner.join(timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
