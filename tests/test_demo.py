@@ -39,3 +39,8 @@ def test_demo_on_the_tiny_world(tmp_path, capsys):
         assert 0.0 <= res["vad"]["l2_avg"] < 50.0, name
     assert (tmp_path / "out" / "bars_vad.png").stat().st_size > 1000
     assert (tmp_path / "out" / "bev_0.png").stat().st_size > 1000
+    # The closed-loop step: the node drove a validation scene of the world and the picture exists.
+    loop = json.loads((tmp_path / "out" / "closed_loop.json").read_text())
+    assert loop["plans"] >= 20 and loop["missed_plans"] <= 2 and loop["progress_m"] > 20.0
+    assert (tmp_path / "out" / "closed_loop.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "closed_loop.gif").stat().st_size > 10_000

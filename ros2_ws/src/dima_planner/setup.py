@@ -30,6 +30,7 @@ setup(
         ("share/" + package_name + "/params", _rel("params/*.yaml") + _rel("params/*.xml")),
         ("share/" + package_name + "/params/ros", _rel("params/ros/*.yaml")),
         ("share/" + package_name + "/params/train", _rel("params/train/*.yaml")),
+        ("share/" + package_name + "/params/sim", _rel("params/sim/*.yaml")),
         # The checkpoints, so that `ros2 launch` works on an installed workspace: the default
         # (stage-2 DiMA, its MLLM branch included) and the stage-1 planner it started from.
         ("share/" + package_name + "/checkpoints/dima_tiny_stage2", _rel("checkpoints/dima_tiny_stage2/*")),
@@ -55,6 +56,7 @@ setup(
             "dima = dima_planner.cli:main",
             "dima_planner_node = dima_planner.ros.planner_node:main",
             "dima_mllm_node = dima_planner.ros.mllm_node:main",
+            "dima_sim_node = dima_planner.ros.sim_node:main",
         ],
     },
 )

@@ -405,6 +405,10 @@ def run(args: argparse.Namespace) -> int:
             shown += 1
     console.print(f"  wrote {out / 'metrics.json'}, {out / 'bars_vad.png'} and {shown} BEV figure(s) "
                   f"in {time.monotonic() - t_start:.0f} s")
+
+    from .sim.demo_step import closed_loop_demo
+
+    closed_loop_demo(out, _path(cfg.checkpoint), world, console)
     if unplanned:
         console.print(f"[red]dima demo: {len(unplanned)} of {len(gts)} replayed keyframes were not planned "
                       f"(listed above with the node's reasons)[/]")

@@ -65,6 +65,8 @@ class Agent:
     stop_s: float | None = None  # virtual stop line (red light) on its path
     green_t: float = 0.0
     crossing: tuple[float, np.ndarray] | None = None  # pedestrian: kerb s and crosswalk centre
+    red_t: float = 0.0  # the virtual stop line holds from red_t to green_t (a lead braking mid-block)
+    start_t: float = 0.0  # a pedestrian stands until start_t (one stepping out late)
     # Scripted hard braking (lead_brake): from brake_t for brake_hold s at brake_decel m/s^2
     # (to a stop at most), then the car-following model again.
     brake_t: float | None = None
@@ -341,56 +343,63 @@ def _pedestrian(net, rng, a, b, T) -> Agent:
                  v0=speed, vmax=speed)
 
 
-def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
-    """Integrate all agents; fills agent.xy/yaw/speed on the returned time grid."""
-    times = np.arange(0.0, seconds + 1.0 + 1e-9, DT)
-    K = len(times)
-    A = len(agents)
-    s = np.array([ag.s0 for ag in agents], float)
-    v = np.array([ag.v0 if ag.path is not None else 0.0 for ag in agents], float)
-    xy_hist = np.zeros((A, K, 2))
-    yaw_hist = np.zeros((A, K))
-    v_hist = np.zeros((A, K))
-    moving_veh = [i for i, ag in enumerate(agents) if ag.path is not None and ag.kind != "pedestrian"]
-    look = np.arange(0.0, 40.0, 1.0)
-    stopped_at: dict[int, float] = {}  # scripted brakers: when they came to a stop
-    released: set[int] = set()
-    for k, t in enumerate(times):
+class Traffic:
+    """All agents stepped jointly: IDM along their paths, braking for anything in their corridor.
+
+    `simulate` runs it open loop for the generator; the closed-loop simulator (dima_planner.sim)
+    steps it with the ego as an `external` agent whose pose comes from its vehicle model:
+    the others see its body and brake for it (they never dodge), pedestrians wait for it.
+    """
+
+    LOOK = np.arange(0.0, 40.0, 1.0)
+
+    def __init__(self, agents: list[Agent], external: tuple[int, ...] = ()):
+        self.agents = agents
+        self.external = set(external)
+        self.s = np.array([ag.s0 for ag in agents], float)
+        self.v = np.array([ag.v0 if ag.path is not None else 0.0 for ag in agents], float)
+        self.moving_veh = [i for i, ag in enumerate(agents)
+                           if (ag.path is not None or i in self.external) and ag.kind != "pedestrian"]
+        self._ext_pose: dict[int, tuple[float, float, float]] = {}
+        self._stopped_at: dict[int, float] = {}  # scripted brakers: when they came to a stop
+        self._released: set[int] = set()
+
+    def set_external(self, i: int, x: float, y: float, yaw: float, v: float) -> None:
+        self._ext_pose[i] = (x, y, yaw)
+        self.v[i] = v
+
+    def poses(self) -> tuple[np.ndarray, np.ndarray]:
+        A = len(self.agents)
         xy = np.zeros((A, 2))
         yaw = np.zeros(A)
-        for i, ag in enumerate(agents):
-            if ag.path is None:
+        for i, ag in enumerate(self.agents):
+            if i in self._ext_pose:
+                xy[i], yaw[i] = self._ext_pose[i][:2], self._ext_pose[i][2]
+            elif ag.path is None:
                 xy[i], yaw[i] = ag.pose[:2], ag.pose[2]
             else:
-                p, h = ag.path.at(s[i])
+                p, h = ag.path.at(self.s[i])
                 xy[i], yaw[i] = p, h
-        xy_hist[:, k], yaw_hist[:, k], v_hist[:, k] = xy, yaw, v
+        return xy, yaw
+
+    def step(self, t: float, dt: float = DT) -> None:
+        """Advance every non-external agent from time t to t + dt."""
+        agents, s, v = self.agents, self.s, self.v
+        A = len(agents)
+        xy, yaw = self.poses()
+        look = self.LOOK
+        moving_veh = self.moving_veh
         # Body circles of every agent: three along a vehicle, one for a pedestrian.
-        centres, radii, owner = [], [], []
-        for j, ag in enumerate(agents):
-            w, l = ag.size[0], ag.size[1]
-            if ag.kind == "pedestrian":
-                offs = [0.0]
-            else:
-                offs = [-(l - w) / 2, 0.0, (l - w) / 2]
-            d = np.array([np.cos(yaw[j]), np.sin(yaw[j])])
-            for o in offs:
-                centres.append(xy[j] + d * o)
-                radii.append(w / 2)
-                owner.append(j)
-        centres, radii, owner = np.array(centres), np.array(radii), np.array(owner)
+        centres, radii, owner = body_circles(agents, xy, yaw)
         gaps = np.full((A, A), np.inf)
         for i in moving_veh:
-            ag = agents[i]
-            pts, hs = ag.path.at(s[i] + ag.size[1] / 2 + look)
-            d = np.linalg.norm(pts[:, None] - centres[None], axis=2)  # (L, C)
-            hit = (d < ag.size[0] / 2 + radii[None] + 0.4) & (owner[None] != i)
-            if hit.any():
-                first = np.where(hit.any(0), hit.argmax(0), 10 ** 6)
-                for c in np.nonzero(first < 10 ** 6)[0]:
-                    gaps[i, owner[c]] = min(gaps[i, owner[c]], look[first[c]])
+            if i in self.external:
+                continue
+            gaps[i] = self.corridor_gaps(i, s[i], centres, radii, owner)
         acc = np.zeros(A)
         for i in moving_veh:
+            if i in self.external:
+                continue
             ag = agents[i]
             cand = [(gaps[i, j], j) for j in range(A) if np.isfinite(gaps[i, j])
                     # Mutual blocking (both in each other's corridor): the lower index goes first.
@@ -399,41 +408,32 @@ def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
             if cand:
                 gap, j = min(cand)
                 v_lead = max(0.0, v[j] * np.cos(yaw[j] - yaw[i]))
-            if ag.stop_s is not None and t < ag.green_t and s[i] + ag.size[1] / 2 < ag.stop_s + 0.5:
+            if (ag.stop_s is not None and ag.red_t <= t < ag.green_t
+                    and s[i] + ag.size[1] / 2 < ag.stop_s + 0.5):
                 g = ag.stop_s - s[i] - ag.size[1] / 2
                 if g < gap:
                     gap, v_lead = max(g, 0.0), 0.0
-            # Speed allowed ahead by curvature, reachable with comfortable braking.
-            ss = s[i] + look
-            kap = np.abs(np.interp(np.clip(ss, 0, ag.path.length), ag.path.s, ag.path.curv))
-            vlim = np.minimum(ag.vmax, np.sqrt(2.2 / np.maximum(kap, 1e-4)))
-            v0 = max(0.5, float(np.min(np.sqrt(vlim ** 2 + 2 * 2.0 * look))))
-            a_max, b = (2.0, 2.5) if ag.kind != "truck" else (1.2, 2.0)
-            free = 1 - (v[i] / v0) ** 4
-            inter = 0.0
-            if np.isfinite(gap):
-                s_star = 2.5 + max(0.0, v[i] * 1.2 + v[i] * (v[i] - v_lead) / (2 * np.sqrt(a_max * b)))
-                inter = (s_star / max(gap, 0.1)) ** 2
-            acc[i] = np.clip(a_max * (free - inter), -7.0, a_max)
-            if ag.brake_t is not None and t >= ag.brake_t and i not in released:
-                # scripted: brakes hard to a stop, holds it for brake_hold s, then drives on
-                if v[i] > 0.05 and i not in stopped_at:
+            acc[i] = idm_accel(ag, s[i], v[i], gap, v_lead)
+            if ag.brake_t is not None and t >= ag.brake_t and i not in self._released:
+                # scripted (lead_brake, cut_in): brakes hard to a stop, holds it for brake_hold s,
+                # then drives on
+                if v[i] > 0.05 and i not in self._stopped_at:
                     acc[i] = -ag.brake_decel
                 else:
-                    stopped_at.setdefault(i, t)
+                    self._stopped_at.setdefault(i, t)
                     acc[i], v[i] = 0.0, 0.0
-                    if t - stopped_at[i] >= ag.brake_hold:
-                        released.add(i)
+                    if t - self._stopped_at[i] >= ag.brake_hold:
+                        self._released.add(i)
             if s[i] >= ag.path.length - 1.0:
                 acc[i], v[i] = 0.0, 0.0
         for i, ag in enumerate(agents):
-            if ag.path is None:
+            if ag.path is None or i in self.external:
                 continue
             if ag.kind == "pedestrian":
-                vi = ag.vmax
+                vi = ag.vmax if t >= ag.start_t else 0.0
                 if ag.step_out_dist is not None:
                     if np.linalg.norm(xy[0] - xy[i]) > ag.step_out_dist and s[i] == 0.0:
-                        vi = 0.0  # waits, unseen by the ego's history, until it is close
+                        vi = 0.0  # ped_step_out: waits, unseen by the ego's history, until it is close
                 if ag.crossing is not None and abs(s[i] - ag.crossing[0]) < 0.3:
                     # Wait at the kerb while a vehicle approaches the crosswalk.
                     rel = xy[moving_veh] - ag.crossing[1]
@@ -441,10 +441,93 @@ def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
                     if np.any((dist < 30.0) & (v[moving_veh] > 1.5)):
                         vi = 0.0
                 v[i] = vi if s[i] < ag.path.length else 0.0
-                s[i] += v[i] * DT
+                s[i] += v[i] * dt
             else:
-                v[i] = max(0.0, v[i] + acc[i] * DT)
-                s[i] += v[i] * DT
+                v[i] = max(0.0, v[i] + acc[i] * dt)
+                s[i] += v[i] * dt
+
+
+    def corridor_gaps(self, i: int, s_i: float, centres, radii, owner) -> np.ndarray:
+        """(A,) distance along agent i's path (from its front, at path coordinate s_i) to the
+        first body circle of every other agent inside its corridor; inf where none."""
+        ag, look = self.agents[i], self.LOOK
+        gaps = np.full(len(self.agents), np.inf)
+        pts, _ = ag.path.at(s_i + ag.size[1] / 2 + look)
+        d = np.linalg.norm(pts[:, None] - centres[None], axis=2)  # (L, C)
+        hit = (d < ag.size[0] / 2 + radii[None] + 0.4) & (owner[None] != i)
+        if hit.any():
+            first = np.where(hit.any(0), hit.argmax(0), 10 ** 6)
+            for c in np.nonzero(first < 10 ** 6)[0]:
+                gaps[owner[c]] = min(gaps[owner[c]], look[first[c]])
+        return gaps
+
+    def leader(self, i: int, s_i: float, xy: np.ndarray | None = None,
+               yaw: np.ndarray | None = None) -> tuple[float, float]:
+        """(gap, leader speed along i's heading) for agent i at path coordinate s_i, by the rule
+        step() applies (mutual blocking: the lower index goes first); (inf, 0) when free.
+        xy/yaw replace the agents' current poses (e.g. where they will be shortly)."""
+        if xy is None:
+            xy, yaw = self.poses()
+        centres, radii, owner = body_circles(self.agents, xy, yaw)
+        g = self.corridor_gaps(i, s_i, centres, radii, owner)
+        best, v_lead = np.inf, 0.0
+        for j in np.nonzero(np.isfinite(g))[0]:
+            aj = self.agents[j]
+            if j > i and aj.kind != "pedestrian" and j in self.moving_veh and j not in self.external:
+                if np.isfinite(self.corridor_gaps(j, self.s[j], centres, radii, owner)[i]):
+                    continue
+            if g[j] < best:
+                best, v_lead = float(g[j]), max(0.0, float(self.v[j] * np.cos(yaw[j] - yaw[i])))
+        return best, v_lead
+
+
+def body_circles(agents: list[Agent], xy: np.ndarray, yaw: np.ndarray):
+    """(C, 2) centres, (C,) radii, (C,) owner index: three circles along a vehicle, one per pedestrian."""
+    centres, radii, owner = [], [], []
+    for j, ag in enumerate(agents):
+        w, l = ag.size[0], ag.size[1]
+        if ag.kind == "pedestrian":
+            offs = [0.0]
+        else:
+            offs = [-(l - w) / 2, 0.0, (l - w) / 2]
+        d = np.array([np.cos(yaw[j]), np.sin(yaw[j])])
+        for o in offs:
+            centres.append(xy[j] + d * o)
+            radii.append(w / 2)
+            owner.append(j)
+    return np.array(centres), np.array(radii), np.array(owner)
+
+
+def idm_accel(ag: Agent, s: float, v: float, gap: float, v_lead: float) -> float:
+    """IDM acceleration along the agent's path: free-road term limited by the curvature ahead
+    (speed reachable with comfortable braking), interaction term for the gap to a leader."""
+    look = Traffic.LOOK
+    ss = s + look
+    kap = np.abs(np.interp(np.clip(ss, 0, ag.path.length), ag.path.s, ag.path.curv))
+    vlim = np.minimum(ag.vmax, np.sqrt(2.2 / np.maximum(kap, 1e-4)))
+    v0 = max(0.5, float(np.min(np.sqrt(vlim ** 2 + 2 * 2.0 * look))))
+    a_max, b = (2.0, 2.5) if ag.kind != "truck" else (1.2, 2.0)
+    free = 1 - (v / v0) ** 4
+    inter = 0.0
+    if np.isfinite(gap):
+        s_star = 2.5 + max(0.0, v * 1.2 + v * (v - v_lead) / (2 * np.sqrt(a_max * b)))
+        inter = (s_star / max(gap, 0.1)) ** 2
+    return float(np.clip(a_max * (free - inter), -7.0, a_max))
+
+
+def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
+    """Integrate all agents; fills agent.xy/yaw/speed on the returned time grid."""
+    times = np.arange(0.0, seconds + 1.0 + 1e-9, DT)
+    K = len(times)
+    A = len(agents)
+    xy_hist = np.zeros((A, K, 2))
+    yaw_hist = np.zeros((A, K))
+    v_hist = np.zeros((A, K))
+    traffic = Traffic(agents)
+    for k, t in enumerate(times):
+        xy_hist[:, k], yaw_hist[:, k] = traffic.poses()
+        v_hist[:, k] = traffic.v
+        traffic.step(float(t), DT)
     for i, ag in enumerate(agents):
         ag.xy, ag.yaw, ag.speed = xy_hist[i], np.unwrap(yaw_hist[i]), v_hist[i]
     return times

@@ -390,23 +390,56 @@ class _Generator:
         return ground_batch(polys, colors)
 
     def _render_boxes(self, others, times, t, gx, gy) -> list[RenderBox]:
+        states = [ag_mod.interp_state(a, times, t)[:3] for a in others]
+        return self.scene_boxes(others, states, gx, gy)
+
+    def scene_boxes(self, others, states, gx, gy) -> list[RenderBox]:
+        """Buildings near (gx, gy) and the agents at states [(x, y, yaw), ...] as render boxes."""
         r = self.cfg.render_distance
         out = [self.buildings[b] for b in np.nonzero(np.max(np.abs(self.bld_centres - [gx, gy]), 1) < r + 20)[0]]
-        for g, a in enumerate(others):
-            x, y, yaw, _ = ag_mod.interp_state(a, times, t)
+        for g, (a, (x, y, yaw)) in enumerate(zip(others, states)):
             if max(abs(x - gx), abs(y - gy)) > r:
                 continue
-            w, l, h = a.size
-            if a.kind == "car":
-                out.append(RenderBox(x, y, 0.0, yaw, l, w, 0.55 * h, a.color, g))
-                out.append(RenderBox(x - 0.08 * l * np.cos(yaw), y - 0.08 * l * np.sin(yaw), 0.55 * h, yaw,
-                                     0.55 * l, 0.9 * w, 0.45 * h, (60, 70, 85), g))
-            elif a.kind == "truck":
-                cab = 0.22 * l
-                cx, cy = x + (l - cab) / 2 * np.cos(yaw), y + (l - cab) / 2 * np.sin(yaw)
-                out.append(RenderBox(cx, cy, 0.0, yaw, cab, w, 0.8 * h, a.color, g))
-                bx, by = x - cab / 2 * np.cos(yaw), y - cab / 2 * np.sin(yaw)
-                out.append(RenderBox(bx, by, 0.0, yaw, l - cab - 0.2, w, h, (215, 215, 210), g))
-            else:
-                out.append(RenderBox(x, y, 0.0, yaw, l, w, h, a.color, g))
+            out.extend(agent_boxes(a, x, y, yaw, g))
         return out
+
+    def render_cameras(self, ego_poses: dict[str, tuple[float, float, float]], others, states,
+                       ground: GroundBatch | None = None) -> dict[str, np.ndarray]:
+        """The rig's images (uint8 RGB) for one frame: camera ch seen from ego pose ego_poses[ch]
+        (x, y, yaw; cameras fire at slightly different times), agents at `states`. The
+        closed-loop simulator renders through this, `dima synth` through `_scene`: one renderer."""
+        gx, gy = ego_poses["CAM_FRONT"][:2]
+        ground = ground if ground is not None else self._ground_window(gx, gy)
+        boxes = self.scene_boxes(others, states, gx, gy)
+        out = {}
+        for ch in CAMERA_CHANNELS:
+            if ch not in ego_poses:
+                continue
+            ex, ey, eyaw = ego_poses[ch]
+            world2cam = _rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
+            out[ch] = np.asarray(self.renderers[ch].render(world2cam, ground, boxes))
+        return out
+
+    def ground_window(self, x: float, y: float) -> GroundBatch:
+        return self._ground_window(x, y)
+
+
+def scene_generator(cfg: SynthConfig) -> "_Generator":
+    """The generator's town, rig and renderers for cfg, without writing anything."""
+    return _Generator(cfg, Path("."), progress=False)
+
+
+def agent_boxes(a, x: float, y: float, yaw: float, g: int) -> list[RenderBox]:
+    """Render boxes of one agent (car body + cabin, truck cab + box, or one box)."""
+    w, l, h = a.size
+    if a.kind == "car":
+        return [RenderBox(x, y, 0.0, yaw, l, w, 0.55 * h, a.color, g),
+                RenderBox(x - 0.08 * l * np.cos(yaw), y - 0.08 * l * np.sin(yaw), 0.55 * h, yaw,
+                          0.55 * l, 0.9 * w, 0.45 * h, (60, 70, 85), g)]
+    if a.kind == "truck":
+        cab = 0.22 * l
+        cx, cy = x + (l - cab) / 2 * np.cos(yaw), y + (l - cab) / 2 * np.sin(yaw)
+        bx, by = x - cab / 2 * np.cos(yaw), y - cab / 2 * np.sin(yaw)
+        return [RenderBox(cx, cy, 0.0, yaw, cab, w, 0.8 * h, a.color, g),
+                RenderBox(bx, by, 0.0, yaw, l - cab - 0.2, w, h, (215, 215, 210), g)]
+    return [RenderBox(x, y, 0.0, yaw, l, w, h, a.color, g)]

@@ -1,0 +1,60 @@
+"""Closed loop: the simulator drives the planner through the generated world (ROS 2 Jazzy, launch_ros).
+
+    ros2 launch dima_planner closed_loop.launch.py route:=turn_left:101
+    ros2 launch dima_planner closed_loop.launch.py route:=scene-0003 mode:=realtime transport:=compressed
+
+dima_sim_node owns /clock and publishes the six cameras, CameraInfo, /tf_static, /tf, /odom
+and /dima/command from the simulated ego; the unchanged planner node (use_sim_time and the
+reliable sensor QoS of params/ros/sim.yaml) answers with /dima/trajectory, which the
+simulator tracks. In lockstep the simulation waits for each frame's plan. The simulator
+writes the route's scores (JSON) and BEV picture into `out` and exits.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    share = FindPackageShare("dima_planner")
+    sim_params = PathJoinSubstitution([share, "params", "ros", "sim.yaml"])
+    return LaunchDescription([
+        DeclareLaunchArgument("route", default_value="turn_left:101",
+                              description="scene-000N of the world, or KIND:INDEX (a generated scenario)"),
+        DeclareLaunchArgument("world", default_value="data/world", description="generated world (dima synth)"),
+        DeclareLaunchArgument("mode", default_value="lockstep", description="lockstep | realtime"),
+        DeclareLaunchArgument("frame_hz", default_value="12.0"),
+        DeclareLaunchArgument("image_scale", default_value="0.25", description="1.0 = 1600x900"),
+        DeclareLaunchArgument("transport", default_value="raw", description="raw (rgb8) | compressed (JPEG)"),
+        DeclareLaunchArgument("out", default_value="out/sim"),
+        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny_stage2"),
+        DeclareLaunchArgument("device", default_value="cpu"),
+        DeclareLaunchArgument("discovery_range", default_value="LOCALHOST",
+                              description="ROS_AUTOMATIC_DISCOVERY_RANGE (LOCALHOST, SUBNET, OFF, SYSTEM_DEFAULT)"),
+        DeclareLaunchArgument("domain_id", default_value=EnvironmentVariable("ROS_DOMAIN_ID", default_value="42")),
+        SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
+        SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id")),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
+                               PathJoinSubstitution([share, "params", "fastdds_shm.xml"])),
+        LifecycleNode(
+            package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
+            output="screen",
+            parameters=[PathJoinSubstitution([share, "params", "ros", "planner.yaml"]), sim_params,
+                        {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+                         "use_sim_time": True, "autostart": True}],
+        ),
+        Node(
+            package="dima_planner", executable="dima_sim_node", name="dima_sim", namespace="", output="screen",
+            parameters=[sim_params, {
+                "route": LaunchConfiguration("route"),
+                "world": LaunchConfiguration("world"),
+                "mode": LaunchConfiguration("mode"),
+                "frame_hz": ParameterValue(LaunchConfiguration("frame_hz"), value_type=float),
+                "image_scale": ParameterValue(LaunchConfiguration("image_scale"), value_type=float),
+                "transport": LaunchConfiguration("transport"),
+                "out": LaunchConfiguration("out"),
+            }],
+        ),
+    ])

@@ -1,0 +1,227 @@
+"""`dima sim`: drive routes of the generated world in closed loop and score them.
+
+    dima sim --bench                       # every planner on the benchmark routes, one table
+    dima sim --bench --json out/sim/bench.json
+    dima sim --route turn_left:101 --planner dima --video
+
+The `dima` planner is the real `dima_planner_node` in its own process (default checkpoint,
+use_sim_time), driven over DDS on loopback by the simulator node running in this process,
+in lockstep. The expert and the open-loop baselines run in-process through the same
+simulator and controller.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from dima_planner.config import load_yaml, parse_overrides
+
+from .config import BenchConfig, RouteSpec
+
+REPO = Path(__file__).resolve().parents[5]
+PLANNERS = ("expert", "const_vel", "ego_mlp", "dima")
+
+
+def _path(p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else REPO / q
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="params/sim/bench.yaml", help="BenchConfig YAML")
+    parser.add_argument("--bench", action="store_true", help="run every planner on every route of the config")
+    parser.add_argument("--route", nargs="*", default=None, metavar="ROUTE",
+                        help="routes instead of the config's: scene-000N or KIND:INDEX (or a route name of the config)")
+    parser.add_argument("--planner", "--planners", dest="planners", nargs="*", default=None, choices=PLANNERS,
+                        help="planners (default: the config's with --bench, else dima)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--video", action="store_true", help="GIF of front camera + BEV per route (camera planners)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+
+
+def _routes(cfg: BenchConfig, names: list[str] | None) -> list[RouteSpec]:
+    if not names:
+        return cfg.routes
+    by_name = {r.name: r for r in cfg.routes}
+    out = []
+    for n in names:
+        if n in by_name:
+            out.append(by_name[n])
+        elif ":" in n:
+            kind, idx = n.split(":", 1)
+            out.append(RouteSpec(kind=kind, index=int(idx)))
+        else:
+            out.append(RouteSpec(scene=n))
+    return out
+
+
+class DimaInTheLoop:
+    """The planner node process + the simulator node in this process (lockstep over DDS)."""
+
+    def __init__(self, cfg: BenchConfig, out: Path, console):
+        import threading
+
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+
+        from dima_planner.demo import NodeProcess, _wait_ready
+        from dima_planner.ros.sim_node import SimBridge
+
+        rclpy.init()
+        self.node = SimBridge(cfg.sim)
+        self.proc = NodeProcess("dima_planner_node", [str(_path(p)) for p in cfg.node_params],
+                                {"checkpoint": _path(cfg.checkpoint)}, out / "planner_node.log")
+        try:
+            with console.status("starting dima_planner_node (loading the model)"):
+                _wait_ready(self.node, {"dima_planner": self.proc}, cfg.node_ready_timeout)
+        except BaseException:
+            self.close()
+            raise
+        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor.add_node(self.node)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+        self.timeout = cfg.plan_timeout
+        self.routes_done = 0
+
+    def drive(self, spec: RouteSpec, video=None, progress=None):
+        if not self.proc.alive():
+            raise RuntimeError(f"dima_planner_node exited; see {self.proc.log}")
+        self.node.frames_hook = video.add if video is not None else None
+        # Each route at its own time, 1000 s after the last: the node resets its temporal state.
+        self.routes_done += 1
+        return self.node.drive(spec, offset_s=1000.0 * self.routes_done, plan_timeout=self.timeout,
+                               progress=progress)
+
+    def close(self) -> None:
+        import rclpy
+
+        if hasattr(self, "executor"):
+            self.executor.shutdown()
+        self.proc.stop()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from tqdm import tqdm
+
+    from dima_planner.ros.env import apply_ros_env_defaults
+
+    from .planners import ConstVelPlanner, EgoMLPPlanner, Expert, fit_ego_mlp
+    from .runner import drive, expert_log, route_result
+    from .scenario import build_scenario
+    from .viz import VideoWriter, plot_route
+
+    console = Console(width=max(Console().width, 110))
+    cfg = load_yaml(BenchConfig, _path(args.config), parse_overrides(args.set))
+    cfg = replace(cfg, sim=replace(cfg.sim, world=str(_path(cfg.sim.world))))
+    planners = args.planners or (cfg.planners if args.bench else ["dima"])
+    routes = _routes(cfg, args.route)
+    if not routes:
+        console.print("[red]dima sim: no routes (give --route or routes in the config)[/]")
+        return 2
+    apply_ros_env_defaults(cfg.domain_id)
+    out = _path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    video = args.video or (args.bench and cfg.video)
+
+    console.rule(f"[bold]closed loop: {len(routes)} route(s) x {', '.join(planners)}")
+    scenarios, experts = {}, {}
+    for spec in tqdm(routes, desc="scenarios + expert reference", unit="route"):
+        scenarios[spec.name] = build_scenario(spec, cfg.sim.world)
+        experts[spec.name] = expert_log(scenarios[spec.name], cfg.sim)
+    results: dict[str, dict] = {}
+    timing: dict[str, dict] = {}
+    for name in planners:
+        t0 = time.monotonic()
+        rows = []
+        dima = None
+        try:
+            if name == "dima":
+                dima = DimaInTheLoop(cfg, out, console)
+            elif name == "ego_mlp":
+                with console.status("ego-status MLP baseline (fitted on the world's train split once, cached)"):
+                    mlp = EgoMLPPlanner(fit_ego_mlp(cfg.sim.world, out, _path(cfg.mlp_config)))
+            for spec in tqdm(routes, desc=name, unit="route", leave=False, disable=name == "dima"):
+                sc = scenarios[spec.name]
+                if name == "dima":
+                    writer = VideoWriter(out / f"{spec.name}_{name}.gif", cfg.sim.frame_hz, every=1) if video else None
+                    bar = tqdm(total=round(sc.seconds + cfg.sim.timeout_slack, 1), desc=f"{name} {spec.name}",
+                               unit="sim s", leave=False, bar_format="{l_bar}{bar}| {n:.1f}/{total} sim s [{elapsed}]")
+
+                    def tick(sim, bar=bar):
+                        bar.update(round(sim.t - bar.n, 3))
+
+                    sim = dima.drive(spec, writer, tick)
+                    bar.close()
+                    if writer is not None:
+                        writer.close()
+                else:
+                    fresh = build_scenario(spec, cfg.sim.world)  # agents carry no state, but be explicit
+                    planner = {"expert": Expert, "const_vel": ConstVelPlanner}.get(name)
+                    sim = drive(fresh, (planner() if planner else mlp).plan, cfg.sim)
+                res = route_result(spec.name, sim, cfg.sim, experts[spec.name])
+                rows.append(res)
+                plot_route(sim, out / f"{spec.name}_{name}.png", f"{spec.name} ({sc.kind}): {name}", res,
+                           experts[spec.name])
+        except RuntimeError as e:
+            console.print(f"[red]dima sim: {name}: {e}[/]")
+            return 1
+        finally:
+            if dima is not None:
+                dima.close()
+        km = sum(r["distance_km"] for r in rows)
+        results[name] = {
+            "mean_driving_score": round(float(np.mean([r["driving_score"] for r in rows])), 2),
+            "mean_route_completion": round(float(np.mean([r["route_completion"] for r in rows])), 2),
+            "collisions_per_km": round(sum(r["collisions"] for r in rows) / km, 3) if km > 0 else 0.0,
+            "mean_pdms": round(float(np.mean([r["pdms"] for r in rows])), 2),
+            "routes": rows,
+        }
+        timing[name] = {"wall_s": round(time.monotonic() - t0, 1),
+                        "sim_s": round(sum(r["sim_seconds"] for r in rows), 1)}
+
+    table = Table(title=f"closed loop, {len(routes)} routes ({cfg.sim.frame_hz:g} Hz lockstep, "
+                        f"{Path(cfg.checkpoint).name} for dima)")
+    for col in ("planner", "driving score", "route compl. (%)", "collisions/km", "PDMS", "routes DS >= 80",
+                "wall s / sim s"):
+        table.add_column(col, justify="left" if col == "planner" else "right")
+    for name, r in results.items():
+        passed = sum(x["driving_score"] >= 80 for x in r["routes"])
+        table.add_row(name, f"{r['mean_driving_score']:.1f}", f"{r['mean_route_completion']:.1f}",
+                      f"{r['collisions_per_km']:.2f}", f"{r['mean_pdms']:.1f}", f"{passed}/{len(r['routes'])}",
+                      f"{timing[name]['wall_s'] / max(timing[name]['sim_s'], 1e-6):.2f}")
+    console.print(table)
+    per_route = Table(title="driving score per route")
+    per_route.add_column("route")
+    for name in results:
+        per_route.add_column(name, justify="right")
+    for i, spec in enumerate(routes):
+        per_route.add_row(spec.name, *[f"{results[n]['routes'][i]['driving_score']:.0f}" for n in results])
+    console.print(per_route)
+    doc = {"planners": results, "config": str(_path(args.config)), "frame_hz": cfg.sim.frame_hz,
+           "checkpoint": cfg.checkpoint, "timing": timing}
+    path = Path(args.json) if args.json else out / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+    console.print(f"  wrote {path}, one PNG per route and planner in {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dima sim", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

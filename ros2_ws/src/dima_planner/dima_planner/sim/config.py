@@ -1,0 +1,116 @@
+"""Typed configs of the closed-loop simulator (params/sim/*.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dima_planner.config import ConfigError
+
+# Scenario kinds a route can ask for: the generator's own, plus two the simulator derives
+# from them (scenario.py): a lead vehicle braking mid-block, a pedestrian stepping out.
+SIM_KINDS = ("lead_brake", "ped_step_out")
+
+
+@dataclass
+class VehicleConfig:
+    """Kinematic bicycle about the box centre (= base_link of the generated world's ego poses)."""
+    length: float = 4.6  # the generator's ego box
+    width: float = 1.85
+    wheelbase: float = 2.85
+    max_steer: float = 0.6  # rad
+    max_steer_rate: float = 0.8  # rad/s
+    max_accel: float = 3.0  # m/s^2
+    max_decel: float = 8.0  # m/s^2 (positive)
+    max_jerk: float = 15.0  # m/s^3, rate limit on the acceleration actuator
+    max_speed: float = 20.0
+
+
+@dataclass
+class ControllerConfig:
+    lateral: str = "pure_pursuit"  # pure_pursuit | stanley
+    lookahead_min: float = 4.0  # m
+    lookahead_time: float = 0.7  # s, lookahead = max(min, time x speed)
+    stanley_gain: float = 1.5
+    speed_gain: float = 1.5  # 1/s on the speed error
+    position_gain: float = 0.6  # 1/s^2 on the along-track position error (timing of the plan)
+    stop_distance: float = 0.4  # a plan that moves less than this over its horizon means stop
+
+    def __post_init__(self) -> None:
+        if self.lateral not in ("pure_pursuit", "stanley"):
+            raise ConfigError(f"controller.lateral must be pure_pursuit or stanley, got {self.lateral!r}")
+
+
+@dataclass
+class ScoringConfig:
+    # CARLA leaderboard infraction penalties (multiplicative).
+    penalty_pedestrian: float = 0.5
+    penalty_vehicle: float = 0.6
+    penalty_static: float = 0.65  # parked vehicles
+    red_flag_ttc: float = 1.0  # s
+    lane_half_width: float = 1.75  # ego centre further than this from the route's lane centre = departure
+    pdms_window: float = 4.0  # s, NAVSIM-like windows
+    # NAVSIM comfort bounds.
+    max_lon_accel: float = 2.40
+    min_lon_accel: float = -4.05
+    max_lat_accel: float = 4.89
+    max_jerk: float = 4.13
+    max_yaw_rate: float = 0.95
+    max_yaw_accel: float = 1.93
+
+
+@dataclass
+class RouteSpec:
+    """One route: a scene of the world (`scene: scene-0003`) or a generated scenario
+    (`kind` + `index`: the generator's random stream of scene `index`; indices past the world's
+    num_scenes were never trained on)."""
+    name: str = ""
+    scene: str = ""
+    kind: str = ""
+    index: int = 0
+    seconds: float = 20.0  # the route is what the generator's scripted ego drives in this time
+
+    def __post_init__(self) -> None:
+        if bool(self.scene) == bool(self.kind):
+            raise ConfigError(f"route {self.name!r}: give exactly one of scene or kind")
+        if not 4.0 <= self.seconds <= 60.0:
+            raise ConfigError(f"route {self.name!r}: seconds must be in [4, 60]")
+        if not self.name:
+            self.name = self.scene or f"{self.kind}-{self.index}"
+
+
+@dataclass
+class SimConfig:
+    world: str = "data/world"  # the generated world whose town, rig and renderer are used
+    frame_hz: float = 12.0  # camera frames (and plans in lockstep) per simulated second
+    substeps: int = 2  # physics steps per frame
+    image_scale: float = 0.25  # 1.0 = 1600x900 (nuScenes); 0.25 = 400x225 (the default world)
+    timeout_slack: float = 15.0  # s after the route's nominal duration before the route is abandoned (>= 0)
+    vehicle: VehicleConfig = field(default_factory=VehicleConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.frame_hz <= 50.0:
+            raise ConfigError(f"frame_hz must be in [1, 50], got {self.frame_hz}")
+        if self.substeps < 1:
+            raise ConfigError("substeps must be >= 1")
+        if not 0.05 <= self.image_scale <= 1.0:
+            raise ConfigError(f"image_scale must be in [0.05, 1], got {self.image_scale}")
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / (self.frame_hz * self.substeps)
+
+
+@dataclass
+class BenchConfig:
+    sim: SimConfig = field(default_factory=SimConfig)
+    routes: list[RouteSpec] = field(default_factory=list)
+    planners: list[str] = field(default_factory=lambda: ["expert", "const_vel", "ego_mlp", "dima"])
+    checkpoint: str = "checkpoints/dima_tiny_stage2"
+    node_params: list[str] = field(default_factory=lambda: ["params/ros/planner.yaml"])
+    plan_timeout: float = 10.0  # wall seconds to wait for the plan of a frame in lockstep
+    node_ready_timeout: float = 180.0
+    domain_id: int = 63
+    out: str = "out/sim"
+    mlp_config: str = "params/eval_mlp.yaml"
+    video: bool = True  # GIF of front camera + BEV per route (dima only; others have no cameras)

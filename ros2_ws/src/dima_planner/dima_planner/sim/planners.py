@@ -1,0 +1,180 @@
+"""Planners driven in-process through the same loop and controller as the ROS planner node.
+
+* `Expert`: privileged, rule based: the route's lane centre with the generator's IDM on the
+  true agents (the same leader rule the traffic uses). The simulator's sanity check.
+* `ConstVelPlanner`, `EgoMLPPlanner`: the open-loop baselines of `dima eval`
+  (eval/baselines.py), fed the batch fields they were built for from the simulated ego.
+
+Every planner returns a `Plan` (world centre track) or None (no plan this frame).
+LiDAR-frame waypoints (the VAD target: future LiDAR positions) become the centre track
+by `lidar_track_to_plan`, which the ROS node's messages go through as well.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dima_planner.data.sample import FUTURE_STEPS, HISTORY_STEPS, STEP_SECONDS
+from dima_planner.ros.frames import pose_to_matrix
+from dima_planner.synth import agents as ag_mod
+from dima_planner.synth.generate import load_rig
+
+from .engine import Plan, Simulator
+
+TIMES = np.arange(1, FUTURE_STEPS + 1) * STEP_SECONDS
+
+
+def lidar2ego() -> np.ndarray:
+    """LIDAR_TOP -> base_link of the rig the world is rendered with."""
+    rig = load_rig()["LIDAR_TOP"]
+    return pose_to_matrix(rig["translation"], rig["rotation"])
+
+
+def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+    m[:2, 3] = (x, y)
+    return m
+
+
+def lidar_track_to_plan(world_lidar_xy: np.ndarray, start_yaw: float, start_lidar_xy: np.ndarray,
+                        l2e: np.ndarray, stamp: float, times: np.ndarray, source: str) -> Plan:
+    """World positions of the LiDAR origin (the planner's waypoints) -> the ego centre track.
+
+    The centre lies the LiDAR mount's offset behind each waypoint along the direction of
+    travel there (the current heading while a step is under 5 cm, i.e. standing), the
+    orientation `conversions.trajectory_lidar_to_base` gives each pose.
+    """
+    off = l2e[:2, 3]
+    pts = np.asarray(world_lidar_xy, float)
+    out = np.zeros_like(pts)
+    heading, prev = start_yaw, np.asarray(start_lidar_xy, float)
+    for i, p in enumerate(pts):
+        d = p - prev
+        if math.hypot(*d) > 0.05:
+            heading = math.atan2(d[1], d[0])
+        c, s = math.cos(heading), math.sin(heading)
+        out[i] = p - [c * off[0] - s * off[1], s * off[0] + c * off[1]]
+        prev = p
+    return Plan(stamp, np.asarray(times, float), out, source)
+
+
+class Expert:
+    name = "expert"
+
+    def plan(self, sim: Simulator) -> Plan:
+        ego = sim.sc.agents[0]
+        s, v = sim.s_route, sim.state.v
+        gap, v_lead = sim.traffic.leader(0, s)
+        # Pedestrians are also checked where they will be in 1 and 2 s: one stepping into the
+        # lane ahead is a reason to slow down before it is in the corridor.
+        xy, yaw = sim.traffic.poses()
+        peds = np.array([a.kind == "pedestrian" for a in sim.sc.agents])
+        for tau in (1.0, 2.0):
+            fut = xy.copy()
+            fut[peds] += (sim.traffic.v[peds] * tau)[:, None] * np.stack([np.cos(yaw[peds]), np.sin(yaw[peds])], 1)
+            g, _ = sim.traffic.leader(0, s, fut, yaw)
+            if g < gap:
+                gap, v_lead = g, 0.0
+        dt, out_s = 0.1, []
+        for k in range(1, int(round(TIMES[-1] / dt)) + 1):
+            a = ag_mod.idm_accel(ego, s, v, gap, v_lead)
+            v_new = max(0.0, v + a * dt)
+            s += 0.5 * (v + v_new) * dt
+            if np.isfinite(gap):
+                gap -= 0.5 * (v + v_new) * dt - v_lead * dt
+            v = v_new
+            if k % int(round(STEP_SECONDS / dt)) == 0:
+                out_s.append(s)
+        xy, _ = sim.sc.route.at(np.array(out_s))
+        return Plan(sim.t, TIMES.copy(), xy, self.name)
+
+
+class _BatchPlanner:
+    """Builds the one-sample batch of the dataset's ego fields from the simulated ego."""
+
+    def __init__(self):
+        self.l2e = lidar2ego()
+
+    def batch(self, sim: Simulator) -> dict:
+        t = sim.t
+        x, y, yaw = sim.pose_at(t)
+        l2w = ego_matrix(x, y, yaw) @ self.l2e
+        w2l = np.linalg.inv(l2w)
+        hist, mask = [], np.zeros(HISTORY_STEPS, np.float32)
+        for k in range(1, HISTORY_STEPS + 1):
+            if t - k * STEP_SECONDS >= -1e-9:
+                hist.append((w2l @ ego_matrix(*sim.pose_at(t - k * STEP_SECONDS)) @ self.l2e)[:2, 3])
+                mask[k - 1] = 1.0
+        first = hist[-1] if hist else np.zeros(2)
+        hist = np.array(hist + [first] * (HISTORY_STEPS - len(hist)), np.float32)
+        # Ego status in the LiDAR frame: velocity, acceleration, yaw rate, speed.
+        st = sim.state
+        e = sim.log.ego
+        yaw_rate = 0.0
+        if len(e) > 1:
+            dt = sim.log.t[-1] - sim.log.t[-2]
+            yaw_rate = ((e[-1][2] - e[-2][2] + math.pi) % (2 * math.pi) - math.pi) / dt
+        r = l2w[:3, :3].T
+        v = r @ [st.v * math.cos(yaw), st.v * math.sin(yaw), 0.0]
+        lat = st.v * yaw_rate
+        a = r @ [st.accel * math.cos(yaw) - lat * math.sin(yaw), st.accel * math.sin(yaw) + lat * math.cos(yaw), 0.0]
+        status = np.array([v[0], v[1], a[0], a[1], yaw_rate, math.hypot(v[0], v[1])], np.float32)
+        return {"ego_hist_traj": hist[None], "ego_hist_mask": mask[None], "ego_status": status[None],
+                "command": np.array([sim.command()], np.int64), "l2w": l2w, "yaw": yaw}
+
+    def _to_plan(self, traj: np.ndarray, b: dict, sim: Simulator) -> Plan:
+        l2w = b["l2w"]
+        pts = np.concatenate([traj, np.zeros((len(traj), 1)), np.ones((len(traj), 1))], 1) @ l2w.T
+        return lidar_track_to_plan(pts[:, :2], b["yaw"], l2w[:2, 3], self.l2e, sim.t, TIMES, self.name)
+
+
+class ConstVelPlanner(_BatchPlanner):
+    name = "const_vel"
+
+    def __init__(self):
+        super().__init__()
+        from dima_planner.eval.baselines import ConstantVelocity
+
+        self.model = ConstantVelocity()
+
+    def plan(self, sim: Simulator) -> Plan:
+        b = self.batch(sim)
+        return self._to_plan(np.asarray(self.model.predict(b)[0], float), b, sim)
+
+
+class EgoMLPPlanner(_BatchPlanner):
+    name = "ego_mlp"
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def plan(self, sim: Simulator) -> Plan:
+        b = self.batch(sim)
+        return self._to_plan(np.asarray(self.model.predict(b)[0], float), b, sim)
+
+
+def fit_ego_mlp(world: str | Path, cache_dir: str | Path, mlp_config: str | Path):
+    """The ego-status MLP of `dima eval`, fitted on the world's train split once and cached."""
+    from dima_planner.config import load_yaml
+    from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
+    from dima_planner.eval.baselines import EgoMLP, EgoMLPConfig, train_ego_mlp
+    from dima_planner.synth.generate import META_NAME
+
+    cfg = load_yaml(EgoMLPConfig, mlp_config)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    weights, stamp = cache / "ego_mlp.safetensors", cache / "ego_mlp.world"
+    key = (Path(world) / META_NAME).read_text() + repr(cfg)
+    if weights.exists() and stamp.exists() and stamp.read_text() == key:
+        return EgoMLP.load(weights)
+    meta_version = __import__("json").loads((Path(world) / META_NAME).read_text())["version"]
+    ds = NuScenesPlanningDataset(DatasetConfig(dataroot=str(world), version=meta_version, split="train",
+                                               load_images=False))
+    mlp = train_ego_mlp(ds, cfg)
+    mlp.save(weights)
+    stamp.write_text(key)
+    return mlp

@@ -1,0 +1,134 @@
+"""Route scores from a simulation log.
+
+* route completion: progress along the route / route length (%), less the share of the
+  route driven off-road or outside the route's lane (CARLA: off-road driving does not count);
+* collisions (vehicle, pedestrian, static = parked) with fault; red flags (TTC < 1 s);
+  off-road and lane-departure time; comfort (acceleration, jerk, yaw rate);
+* driving score, CARLA leaderboard form: completion x product of infraction penalties
+  (ego-fault collisions: pedestrian 0.5, vehicle 0.6, static 0.65);
+* PDMS-like: NAVSIM's NC x DAC x (5 EP + 5 TTC + 2 C) / 12 over consecutive 4 s windows,
+  EP = progress relative to the expert's in the same window; mean x 100.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import ScoringConfig
+from .engine import SimLog
+
+
+def _smooth(x: np.ndarray, n: int) -> np.ndarray:
+    if n <= 1 or len(x) < n:
+        return x
+    k = np.ones(n) / n
+    return np.convolve(np.pad(x, (n // 2, n - 1 - n // 2), mode="edge"), k, mode="valid")
+
+
+def kinematics(log: SimLog) -> dict[str, np.ndarray]:
+    """Longitudinal/lateral acceleration, jerk, yaw rate and yaw acceleration of the ego,
+    smoothed over 0.3 s (finite differences of a rate-limited actuator are otherwise spiky)."""
+    t = log.array("t")
+    e = log.array("ego")
+    dt = float(np.median(np.diff(t))) if len(t) > 1 else 0.1
+    n = max(1, int(round(0.3 / dt)))
+    yaw = np.unwrap(e[:, 2])
+    yaw_rate = _smooth(np.gradient(yaw, dt) if len(t) > 1 else np.zeros(len(t)), n)
+    lon = _smooth(e[:, 4], n)
+    lat = e[:, 3] * yaw_rate
+    jerk = _smooth(np.gradient(lon, dt), n) if len(t) > 1 else np.zeros(len(t))
+    yaw_acc = _smooth(np.gradient(yaw_rate, dt), n) if len(t) > 1 else np.zeros(len(t))
+    return {"t": t, "lon": lon, "lat": lat, "jerk": jerk, "yaw_rate": yaw_rate, "yaw_acc": yaw_acc}
+
+
+def _comfortable(k: dict, m: np.ndarray, c: ScoringConfig) -> bool:
+    if not m.any():
+        return True
+    return bool(np.all(k["lon"][m] <= c.max_lon_accel) and np.all(k["lon"][m] >= c.min_lon_accel)
+                and np.all(np.abs(k["lat"][m]) <= c.max_lat_accel) and np.all(np.abs(k["jerk"][m]) <= c.max_jerk)
+                and np.all(np.abs(k["yaw_rate"][m]) <= c.max_yaw_rate)
+                and np.all(np.abs(k["yaw_acc"][m]) <= c.max_yaw_accel))
+
+
+def score(log: SimLog, route_s0: float, route_length: float, cfg: ScoringConfig,
+          expert: SimLog | None = None) -> dict:
+    t = log.array("t")
+    s = log.array("route_s") - route_s0
+    e = log.array("ego")
+    dt = np.diff(t, prepend=t[0])
+    step_dist = np.concatenate([[0.0], np.hypot(np.diff(e[:, 0]), np.diff(e[:, 1]))])
+    offroad = log.array("offroad").astype(bool)
+    departed = np.abs(log.array("route_lat")) > cfg.lane_half_width
+    outside = offroad | departed
+    progress = float(max(0.0, s[-1]))
+    completion = 1.0 if log.end_reason == "completed" else min(1.0, progress / max(route_length, 1e-6))
+    outside_share = float(np.sum(step_dist[outside])) / max(route_length, 1e-6)
+    completion_eff = max(0.0, completion - outside_share)
+
+    collisions = [ev for ev in log.events if ev.kind == "collision"]
+    penalty = 1.0
+    for ev in collisions:
+        if ev.ego_fault:
+            penalty *= {"pedestrian": cfg.penalty_pedestrian, "static": cfg.penalty_static}.get(
+                ev.agent_kind, cfg.penalty_vehicle)
+    red = [ev for ev in log.events if ev.kind == "red_flag"]
+    distance_km = float(np.sum(step_dist)) / 1000.0
+
+    k = kinematics(log)
+    out = {
+        "route_completion": round(100.0 * completion_eff, 2),
+        "route_completion_raw": round(100.0 * completion, 2),
+        "progress_m": round(progress, 2),
+        "route_length_m": round(route_length, 2),
+        "distance_km": round(distance_km, 4),
+        "collisions": len(collisions),
+        "collisions_ego_fault": sum(ev.ego_fault for ev in collisions),
+        "collision_events": [{"t": round(ev.t, 3), "agent": ev.agent, "kind": ev.agent_kind,
+                              "ego_fault": ev.ego_fault, "note": ev.detail} for ev in collisions],
+        "collisions_per_km": round(len(collisions) / distance_km, 3) if distance_km > 0 else 0.0,
+        "offroad_s": round(float(np.sum(dt[offroad])), 2),
+        "lane_departure_s": round(float(np.sum(dt[departed])), 2),
+        "red_flags": len(red),
+        "red_flag_events": [{"t": round(ev.t, 3), "agent": ev.agent, "kind": ev.agent_kind} for ev in red],
+        "max_lat_accel": round(float(np.max(np.abs(k["lat"]))), 3),
+        "max_lon_decel": round(float(-np.min(k["lon"])), 3),
+        "max_jerk": round(float(np.max(np.abs(k["jerk"]))), 3),
+        "rms_jerk": round(float(np.sqrt(np.mean(k["jerk"] ** 2))), 3),
+        "comfortable": _comfortable(k, np.ones(len(t), bool), cfg),
+        "infraction_penalty": round(penalty, 4),
+        "driving_score": round(100.0 * completion_eff * penalty, 2),
+        "sim_seconds": round(float(t[-1]), 3),
+        "end": log.end_reason,
+    }
+    if expert is not None:
+        xs = expert.array("route_s") - route_s0
+        out["expert_progress_m"] = round(float(xs[-1]), 2)
+        out["progress_vs_expert"] = round(progress / max(float(xs[-1]), 1e-6), 3)
+    out["pdms"] = round(_pdms(log, t, s, offroad, collisions, red, k, cfg, expert, route_s0), 2)
+    return out
+
+
+def _pdms(log, t, s, offroad, collisions, red, k, cfg: ScoringConfig, expert, route_s0) -> float:
+    w = cfg.pdms_window
+    if expert is not None:
+        et, es = expert.array("t"), expert.array("route_s") - route_s0
+    scores = []
+    start = 0.0
+    while start < t[-1] - 1e-6:
+        end = min(start + w, t[-1])
+        m = (t >= start) & (t <= end)
+        nc = 1.0
+        for ev in collisions:
+            if start <= ev.t <= end and ev.ego_fault:
+                nc = min(nc, 0.5 if ev.agent_kind == "static" else 0.0)
+        dac = 0.0 if offroad[m].any() else 1.0
+        ttc = 0.0 if any(start <= ev.t <= end for ev in red) else 1.0
+        comfort = 1.0 if _comfortable(k, m, cfg) else 0.0
+        ego_prog = float(np.interp(end, t, s) - np.interp(start, t, s))
+        if expert is not None:
+            ref = float(np.interp(end, et, es) - np.interp(start, et, es))
+            ep = 1.0 if ref < 2.0 else float(np.clip(ego_prog / ref, 0.0, 1.0))
+        else:
+            ep = 1.0
+        scores.append(nc * dac * (5 * ep + 5 * ttc + 2 * comfort) / 12.0)
+        start = end
+    return 100.0 * float(np.mean(scores)) if scores else 0.0
