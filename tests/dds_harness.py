@@ -28,7 +28,14 @@ def start_node_process(module: str, domain_id: int, params_file: Path, *ros_args
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [os.environ.get("DIMA_TEST_NODE_PYTHON") or sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file), *ros_args]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Drain the output as it comes: a node that logs more than a pipe buffer (64 KiB, e.g.
+    # hundreds of lifecycle cycles) would otherwise block in its logger.
+    proc.output_lines = []
+    proc.reader = threading.Thread(target=lambda: proc.output_lines.extend(iter(proc.stdout.readline, "")),
+                                   daemon=True)
+    proc.reader.start()
+    return proc
 
 
 def stop_node_process(proc: subprocess.Popen) -> str:
@@ -40,7 +47,11 @@ def stop_node_process(proc: subprocess.Popen) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+    reader = getattr(proc, "reader", None)
+    if reader is None:
+        return proc.stdout.read() if proc.stdout else ""
+    reader.join(timeout=10)
+    return "".join(proc.output_lines)
 
 
 class TestNode:

@@ -272,7 +272,11 @@ def _cycle_under_load(checkpoint, cycles: int) -> None:
 
         def go(tid: int) -> None:
             assert proc.poll() is None, f"node died after {done} cycles:\n{stop_node_process(proc)}"
-            res = _call(drv, change, ChangeState.Request(transition=Transition(id=tid)), timeout=180.0)
+            try:
+                res = _call(drv, change, ChangeState.Request(transition=Transition(id=tid)), timeout=180.0)
+            except AssertionError as e:
+                raise AssertionError(f"{e} (transition {tid}, after {done} cycles); node output:\n"
+                                     f"{stop_node_process(proc)[-3000:]}") from None
             assert res.success, f"transition {tid} failed after {done} cycles:\n{drv.values('model')}"
 
         def plans_again() -> None:  # the feeder's frames are planned (whichever: a busy worker drops some)

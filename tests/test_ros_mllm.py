@@ -175,6 +175,6 @@ def test_invalid_parameters_stop_the_entry_point_with_a_message(arg, words):
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail(f"node with {arg} did not exit")
-    out = proc.stdout.read()
+    out = stop_node_process(proc)  # the harness drained its output
     assert proc.returncode == 2, out
     assert "invalid parameters" in out and words in out and "Traceback" not in out, out

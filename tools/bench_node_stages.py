@@ -8,7 +8,7 @@ makes it under out/bench/world; a synthetic JPEG rig otherwise):
   decode full      cv2.imdecode at full size + INTER_AREA to 160x96 (what the node did)
   decode reduced   model/inputs.decode_image: libjpeg DCT scaling, then INTER_AREA (the node now)
   forward tN       inference.Planner.plan on the decoded frame with N torch threads,
-                   under torch.no_grad and torch.inference_mode
+                   under torch.no_grad and torch.inference_mode (interleaved)
 Medians over --frames repetitions, with the load average: on a shared machine compare the
 rows of one run (ratios), not runs.
 """
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "dima_tiny"))
+    p.add_argument("--threads", default="1,2", help="torch thread counts to time plan() with")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
     jpegs = frame_jpegs()
@@ -79,18 +80,20 @@ def main(argv=None) -> int:
     imgs = reduced()
     ks = np.stack([scale_intrinsics(rig.intrinsics[c], RIG_HW, size) for c in CAMERAS])
     c2l = np.stack([np.linalg.inv(rig.lidar2ego) @ rig.cam2ego[c] for c in CAMERAS])
-    for threads in (1, 2):
+    for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         planner = load_planner(args.checkpoint, "cpu")
-        for mode, ctx in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
-            step = [0]
-
-            def plan():
-                step[0] += 1
+        modes = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        for i in range(args.frames + 1):  # interleaved, so that load drift hits both modes alike
+            for mode, ctx in modes.items():
+                t = time.perf_counter()
                 with ctx():
-                    planner.plan(imgs, ks, c2l, 2, stamp_ns=step[0] * 83_333_333, lidar2world=np.eye(4))
-
-            print(f"plan() {threads} thread(s), {mode:<15} {median_ms(plan, args.frames):7.1f} ms")
+                    planner.plan(imgs, ks, c2l, 2, stamp_ns=(i + 1) * 83_333_333, lidar2world=np.eye(4))
+                if i:  # the first round is warm-up
+                    times[mode].append(time.perf_counter() - t)
+        for mode, ts in times.items():
+            print(f"plan() {threads} thread(s), {mode:<15} {np.median(ts) * 1e3:7.1f} ms")
     print(f"load average after {os.getloadavg()[0]:.2f}")
     return 0
 
