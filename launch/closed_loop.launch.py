@@ -10,11 +10,13 @@ simulator tracks. In lockstep the simulation waits for each frame's plan. The si
 writes the route's scores (JSON) and BEV picture into `out` and exits.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from dima_planner.ros.env import launch_dds_environment
 
 
 def generate_launch_description():
@@ -36,8 +38,8 @@ def generate_launch_description():
         DeclareLaunchArgument("domain_id", default_value=EnvironmentVariable("ROS_DOMAIN_ID", default_value="42")),
         SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
         SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id")),
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE",
-                               PathJoinSubstitution([share, "params", "fastdds_shm.xml"])),
+        # Fast DDS profile for the discovery range, under the variable this distro reads.
+        OpaqueFunction(function=launch_dds_environment),
         LifecycleNode(
             package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
             output="screen",

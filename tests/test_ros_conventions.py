@@ -299,4 +299,4 @@ def test_params_files_apply_in_any_namespace():
     for path in sorted((REPO / "params" / "ros").glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())
         if flatten_ros_params(doc):
-            assert list(doc) == ["/**/dima_planner"], f"{path.name}: {list(doc)}"
+            assert "/**/dima_planner" in doc and all(k.startswith("/**/") for k in doc), f"{path.name}: {list(doc)}"

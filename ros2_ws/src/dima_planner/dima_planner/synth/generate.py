@@ -416,7 +416,7 @@ class _Generator:
             if ch not in ego_poses:
                 continue
             ex, ey, eyaw = ego_poses[ch]
-            world2cam = _rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
+            world2cam = rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
             out[ch] = np.asarray(self.renderers[ch].render(world2cam, ground, boxes))
         return out
 
