@@ -143,4 +143,8 @@ class Distributed:
 
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
+            # Rank 0 writes the checkpoint and the export after the last step; without this
+            # barrier another rank could leave, start a resumed run and read `last` before it
+            # exists (then the ranks disagree on the step and hang in a collective).
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
