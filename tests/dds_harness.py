@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from lifecycle_msgs.srv import GetState
 from rclpy.executors import SingleThreadedExecutor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +95,22 @@ class TestNode:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+def lifecycle_state(probe: TestNode, node: str, timeout: float) -> str | None:
+    """The node's lifecycle state label once it is `active`, else the last one read (or None)."""
+    client = probe.node.create_client(GetState, f"/{node}/get_state")
+    deadline = time.monotonic() + timeout
+    label = None
+    while time.monotonic() < deadline:
+        if client.wait_for_service(timeout_sec=1.0):
+            future = client.call_async(GetState.Request())
+            end = time.monotonic() + 5.0
+            while not future.done() and time.monotonic() < end:
+                time.sleep(0.05)
+            if future.done() and future.result() is not None:
+                label = future.result().current_state.label
+                if label == "active":
+                    return label
+        time.sleep(0.5)
+    return label

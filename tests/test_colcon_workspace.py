@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from dds_harness import REPO, TestNode
+from dds_harness import REPO, TestNode, lifecycle_state
 from dima_planner.ros.env import pid_domain_id
-from test_node_start import _lifecycle_state
 
 pytestmark = pytest.mark.ros
 VENV = Path(sys.prefix)
@@ -151,7 +150,7 @@ def test_installed_node_reaches_active_from_another_directory(workspace):
                           elsewhere, env, start_new_session=True)
     client = TestNode("colcon_probe", domain)
     try:
-        state = _lifecycle_state(client, "dima_planner", timeout=150.0)
+        state = lifecycle_state(client, "dima_planner", timeout=150.0)
     finally:
         client.close()
         if node.poll() is None:

@@ -10,13 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from lifecycle_msgs.srv import GetState
 
-from dds_harness import REPO, TestNode
+from dds_harness import REPO, TestNode, lifecycle_state
 from dima_planner.ros.env import pid_domain_id
 
 pytestmark = pytest.mark.ros
@@ -31,24 +29,6 @@ def _clean_env(domain: int) -> dict[str, str]:
     return env
 
 
-def _lifecycle_state(probe: TestNode, node: str, timeout: float) -> str | None:
-    client = probe.node.create_client(GetState, f"/{node}/get_state")
-    deadline = time.monotonic() + timeout
-    label = None
-    while time.monotonic() < deadline:
-        if client.wait_for_service(timeout_sec=1.0):
-            future = client.call_async(GetState.Request())
-            end = time.monotonic() + 5.0
-            while not future.done() and time.monotonic() < end:
-                time.sleep(0.05)
-            if future.done() and future.result() is not None:
-                label = future.result().current_state.label
-                if label == "active":
-                    return label
-        time.sleep(0.5)
-    return label
-
-
 @pytest.mark.parametrize("args", [[], ["--ros-args", "--params-file", str(REPO / "params/ros/planner.yaml")]],
                          ids=["defaults", "documented-params-file"])
 def test_console_entry_point_reaches_active_with_defaults(tmp_path, args):
@@ -58,7 +38,7 @@ def test_console_entry_point_reaches_active_with_defaults(tmp_path, args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     probe = TestNode("start_probe", domain)
     try:
-        state = _lifecycle_state(probe, "dima_planner", timeout=90.0)
+        state = lifecycle_state(probe, "dima_planner", timeout=90.0)
     finally:
         probe.close()
         if proc.poll() is None:
