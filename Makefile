@@ -8,7 +8,7 @@ DIMA := $(VENV)/bin/dima
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 
-.PHONY: setup demo test test-all world bench checkpoint checkpoint-camera-only checkpoint-stage2 eval-bench export clean help
+.PHONY: setup demo test test-all world bench checkpoint checkpoint-camera-only checkpoint-stage2 eval-bench sim-bench export clean help
 
 help:
 	@echo "make demo      set up, then run the main job (world -> bag -> planner node -> metrics)"
@@ -18,6 +18,7 @@ help:
 	@echo "make checkpoint  retrain the default checkpoint (stage 1, ego motion) on the benchmark world"
 	@echo "make checkpoint-camera-only  the strictly camera-only variant (model.can_bus: false)"
 	@echo "make eval-bench  score both and the baselines on the benchmark validation split, with CIs"
+	@echo "make sim-bench  closed loop: every planner on the benchmark routes (params/sim/bench.yaml)"
 	@echo "make checkpoint-stage2  DiMA joint training (stage 2) from it"
 	@echo "make export    the LLM-free planner of the stage-2 checkpoint"
 
@@ -50,7 +51,10 @@ eval-bench: bench
 	  $(if $(wildcard checkpoints/dima_tiny_camera_only),--also planner_camera_only=checkpoints/dima_tiny_camera_only) \
 	  --out runs/eval_bench --json runs/eval_bench/metrics.json
 
-checkpoint-stage2: world
+sim-bench: bench
+	$(DIMA) sim --bench --set out=runs/sim_bench --json runs/sim_bench/bench.json
+
+checkpoint-stage2: bench
 	$(DIMA) train --config params/train/tiny_cpu_stage2.yaml
 
 export: setup

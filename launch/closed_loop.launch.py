@@ -31,7 +31,7 @@ def generate_launch_description():
         DeclareLaunchArgument("image_scale", default_value="0.25", description="1.0 = 1600x900"),
         DeclareLaunchArgument("transport", default_value="raw", description="raw (rgb8) | compressed (JPEG)"),
         DeclareLaunchArgument("out", default_value="out/sim"),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny_stage2"),
+        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("discovery_range", default_value="LOCALHOST",
                               description="ROS_AUTOMATIC_DISCOVERY_RANGE (LOCALHOST, SUBNET, OFF, SYSTEM_DEFAULT)"),

@@ -21,7 +21,7 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("bag", description="rosbag2 directory to play"),
         DeclareLaunchArgument("rate", default_value="1.0"),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny_stage2"),
+        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("rviz", default_value="false"),
         DeclareLaunchArgument("play_delay", default_value="5.0",

@@ -25,7 +25,7 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=params, description="planner parameters"),
         DeclareLaunchArgument("overlay_params_file", default_value=params,
                               description="loaded after params_file (carla.yaml, autoware.yaml, replay.yaml)"),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny_stage2"),
+        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("autostart", default_value="true"),

@@ -14,6 +14,7 @@ rosidl through AMENT_PREFIX_PATH=$VIRTUAL_ENV (README, "colcon workspace").
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,7 +123,7 @@ def test_share_has_launch_params_and_checkpoints(workspace, install):
     share = ws / install / "dima_planner" / "share" / "dima_planner"
     for rel in ("launch/planner.launch.py", "params/fastdds_shm.xml", "params/fastdds_shm_network.xml",
                 "params/ros/planner.yaml", "params/ros/absolute_topics.yaml",
-                "checkpoints/dima_tiny_stage2/model.safetensors", "package.xml"):
+                "checkpoints/dima_tiny/model.safetensors", "checkpoints/dima_tiny_stage2/mllm.safetensors", "package.xml"):
         assert (share / rel).is_file(), f"{install}: {rel} missing in share/dima_planner"
     for path in (ws / install).rglob("*"):
         if path.is_symlink():
@@ -138,13 +139,13 @@ def test_installed_node_reaches_active_from_another_directory(workspace):
     env = _env(domain)
     # The sourced workspace's package, and its share/ checkpoint, are the ones in use.
     probe = _in_sourced_ws(ws, "install", "python3 -c 'import dima_planner.ros.params as p; "
-                           "print(p.__file__); print(p.resolve_checkpoint(\"checkpoints/dima_tiny_stage2\")[0])'",
+                           "print(p.__file__); print(p.resolve_checkpoint(\"checkpoints/dima_tiny\")[0])'",
                            elsewhere, env)
     out = probe.communicate(timeout=120)[0]
     assert probe.returncode == 0, out
     module, ckpt = out.strip().splitlines()[-2:]
     assert Path(module).is_relative_to(ws / "install" / "dima_planner"), out
-    assert Path(ckpt) == ws / "install" / "dima_planner" / "share" / "dima_planner" / "checkpoints" / "dima_tiny_stage2"
+    assert Path(ckpt) == ws / "install" / "dima_planner" / "share" / "dima_planner" / "checkpoints" / "dima_tiny"
 
     node = _in_sourced_ws(ws, "install", f"exec {ws / 'install/dima_planner/lib/dima_planner/dima_planner_node'}",
                           elsewhere, env, start_new_session=True)
@@ -161,4 +162,4 @@ def test_installed_node_reaches_active_from_another_directory(workspace):
             os.killpg(node.pid, signal.SIGKILL)
             log = node.communicate()[0]
     assert state == "active", f"node state {state!r}; its output:\n{log}"
-    assert "loaded dima_tiny_stage2" in log, log
+    assert re.search(r"loaded dima_tiny\b", log), log  # not dima_tiny_stage2

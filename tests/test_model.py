@@ -100,6 +100,33 @@ def test_tiny_forward_shapes_and_beam_tokens(tiny):
     assert torch.all(dual["ego_feat"] >= base["ego_feat"]) and not torch.allclose(dual["plan"], base["plan"])
 
 
+def test_ego_can_bus_reaches_the_ego_token_and_needs_the_ego_motion_input():
+    """model.ego_can_bus: the one CAN-bus vector also feeds the ego query (VAD's ego-status
+    planner variant), so the speed it carries changes the plan directly; it is refused
+    without model.can_bus (there would be no input to feed it)."""
+    with pytest.raises(ValueError, match="ego_can_bus needs model.can_bus"):
+        dataclasses.replace(preset("tiny_cpu"), can_bus=False, ego_can_bus=True)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(preset("tiny_cpu"), can_bus=True, ego_can_bus=True)
+    model = VisionPlanner(cfg).eval()
+    assert model.ego_encoder.can_bus is not None
+    inp = {k: v for k, v in inputs(fake_batch(cfg, b=1)).items() if k != "history"}
+    moving = inp["can_bus"].clone()
+    moving[:, 4], moving[:, 5], moving[:, 9] = 8.0, 8.0, 1.0  # 8 m/s forward, one earlier pose
+    with torch.no_grad():
+        bev = model.encode_bev(inp["images"], inp["lidar2img"], can_bus=moving)
+        ego_still = model.ego_encoder(bev, model.bev_encoder.pos[None], None, inp["can_bus"])
+        ego_moving = model.ego_encoder(bev, model.bev_encoder.pos[None], None, moving)
+    assert not torch.allclose(ego_still, ego_moving)  # the same BEV, another speed: another ego token
+    with pytest.raises(ValueError, match="needs can_bus"):
+        model.ego_encoder(bev, model.bev_encoder.pos[None], None, None)
+    # trained end to end: the planning loss reaches the ego branch's MLP
+    model.train()
+    out = model(**{**inp, "can_bus": moving})
+    out["plan"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.ego_encoder.can_bus.parameters())
+
+
 def test_reduced_vad_tiny_forward_and_presets_build():
     cfg = dataclasses.replace(preset("vad_tiny"), image_size=(64, 112), bev_h=20, bev_w=20)
     model = VisionPlanner(cfg).eval()

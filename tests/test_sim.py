@@ -54,7 +54,7 @@ def test_driving_straight_into_a_parked_car_is_a_collision(world):
 
 def test_a_braking_lead_vehicle_is_hit_by_a_planner_that_ignores_it(world):
     cfg = _cfg(world)
-    sim = drive(build_scenario(RouteSpec(kind="lead_brake", index=104), world), ConstVelPlanner().plan, cfg)
+    sim = drive(build_scenario(RouteSpec(kind="lead_brake", index=102), world), ConstVelPlanner().plan, cfg)
     res = route_result("l", sim, cfg, None)
     assert res["collisions"] == 1 and res["collision_events"][0]["kind"] == "car" and res["red_flags"] >= 1
 

@@ -32,7 +32,7 @@ setup(
         ("share/" + package_name + "/params/train", _rel("params/train/*.yaml")),
         ("share/" + package_name + "/params/sim", _rel("params/sim/*.yaml")),
         # The checkpoints, so that `ros2 launch` works on an installed workspace: the default
-        # (stage-2 DiMA, its MLLM branch included) and the stage-1 planner it started from.
+        # planner (stage 1, benchmark world) and stage-2 DiMA with its MLLM branch.
         ("share/" + package_name + "/checkpoints/dima_tiny_stage2", _rel("checkpoints/dima_tiny_stage2/*")),
         ("share/" + package_name + "/checkpoints/dima_tiny", _rel("checkpoints/dima_tiny/*")),
     ],

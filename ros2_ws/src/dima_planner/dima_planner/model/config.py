@@ -63,6 +63,11 @@ class ModelConfig:
     # added to every BEV query. False = strictly camera-only. Keys absent from a checkpoint's
     # config keep the behaviour of checkpoints made before they existed.
     can_bus: bool = False
+    # The same CAN bus vector also reaches the ego query through its own MLP (VAD's
+    # ego-status planner variant, fed by the one ego-motion input: no second source to
+    # keep in sync). Needs can_bus. The BEV route alone leaves the ego token to find the
+    # speed by attention over 576 cells; measured in README "Planner".
+    ego_can_bus: bool = False
     # Previous-BEV warp: "masked" gives cells whose source lies outside the previous grid
     # the current query (as at a scene start), so no padding strip encodes the ego's
     # displacement; "zeros" (older checkpoints) pads with zeros.
@@ -71,6 +76,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.ego_can_bus and not self.can_bus:
+            raise ValueError("model.ego_can_bus needs model.can_bus: true (it reuses the ego motion input)")
         if self.prev_bev_fill not in ("masked", "zeros"):
             raise ValueError(f"prev_bev_fill must be 'masked' or 'zeros', got {self.prev_bev_fill!r}")
         if self.feature_stride not in (8, 16, 32):

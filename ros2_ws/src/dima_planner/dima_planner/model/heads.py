@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.sample import AGENT_CLASSES, FUTURE_STEPS, MAP_CLASSES, MAP_POINTS
+from ..data.sample import AGENT_CLASSES, CAN_BUS_DIM, FUTURE_STEPS, MAP_CLASSES, MAP_POINTS
 from .config import ModelConfig
 
 NUM_COMMANDS = 3
@@ -122,10 +122,16 @@ class EgoEncoder(nn.Module):
         d = cfg.embed_dim
         self.query = nn.Parameter(torch.randn(1, d) * 0.02)
         self.status = mlp(ego_status_dim, d, d) if cfg.use_ego_status else None
+        self.can_bus = mlp(CAN_BUS_DIM, d, d) if cfg.ego_can_bus else None
         self.layer = DecoderLayer(d, cfg.num_heads, cfg.ffn_dim, cfg.dropout, self_attn=False)
 
-    def forward(self, bev: torch.Tensor, bev_pos: torch.Tensor, ego_status: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, bev: torch.Tensor, bev_pos: torch.Tensor, ego_status: torch.Tensor | None,
+                can_bus: torch.Tensor | None = None) -> torch.Tensor:
         x = self.query[None].expand(bev.shape[0], -1, -1)
+        if self.can_bus is not None:
+            if can_bus is None:
+                raise ValueError("this model was built with model.ego_can_bus and needs can_bus")
+            x = x + self.can_bus(can_bus.to(x.device).float())[:, None].to(x.dtype)
         if self.status is not None:
             if ego_status is None:
                 raise ValueError("this model was built with use_ego_status=True and needs ego_status")

@@ -87,7 +87,7 @@ class VisionPlanner(nn.Module):
         agent, det = self.agent_head(bev, bev_pos)
         map_tokens, vec = self.map_head(bev, bev_pos)
         motion = self.agent_head.decode_motion(agent, map_tokens, det["agent_boxes"][..., :2])
-        ego = self.ego_encoder(bev, bev_pos, ego_status)
+        ego = self.ego_encoder(bev, bev_pos, ego_status, can_bus)
         return SceneEncoding(BeamTokens(bev, ego, agent, map_tokens), {**det, **vec, **motion})
 
     # ---- planning transformer ----------------------------------------------------------

@@ -100,7 +100,7 @@ def _camera_specs() -> list[ParamSpec]:
 _SPECS: list[ParamSpec] = [
     ParamSpec("autostart", True, "configure and activate on start-up (unmanaged use); false = wait for a "
               "lifecycle manager", "bool", on_configure=True),
-    ParamSpec("checkpoint", "checkpoints/dima_tiny_stage2", "planner checkpoint directory: absolute, or relative to the "
+    ParamSpec("checkpoint", "checkpoints/dima_tiny", "planner checkpoint directory: absolute, or relative to the "
               "working directory, else to the installed share/dima_planner directory", "str", on_configure=True),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str",
               pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),

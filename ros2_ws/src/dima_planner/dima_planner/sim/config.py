@@ -5,11 +5,6 @@ from dataclasses import dataclass, field
 
 from dima_planner.config import ConfigError
 
-# Scenario kinds a route can ask for: the generator's own, plus two the simulator derives
-# from them (scenario.py): a lead vehicle braking mid-block, a pedestrian stepping out.
-SIM_KINDS = ("lead_brake", "ped_step_out")
-
-
 @dataclass
 class VehicleConfig:
     """Kinematic bicycle about the box centre (= base_link of the generated world's ego poses)."""
@@ -106,7 +101,7 @@ class BenchConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     routes: list[RouteSpec] = field(default_factory=list)
     planners: list[str] = field(default_factory=lambda: ["expert", "const_vel", "ego_mlp", "dima"])
-    checkpoint: str = "checkpoints/dima_tiny_stage2"
+    checkpoint: str = "checkpoints/dima_tiny"
     node_params: list[str] = field(default_factory=lambda: ["params/ros/planner.yaml"])
     plan_timeout: float = 10.0  # wall seconds to wait for the plan of a frame in lockstep
     node_ready_timeout: float = 180.0

@@ -3,9 +3,9 @@
 A world scene `scene-000N` is rebuilt from the world's SynthConfig (dima_meta.json) with the
 generator's own random stream for scene N-1, so the simulator starts from the very state the
 world's images were rendered from. Generated routes use the streams of scene indices the
-world does not have. Two kinds are derived here from the generator's: `lead_brake` (the
-stop-and-go lead vehicle brakes mid-block instead of queueing at a light) and
-`ped_step_out` (a pedestrian crosses mid-block without waiting for traffic).
+world does not have. Every scenario kind is the generator's own (synth/config.py SCENARIOS:
+the braking lead, the pedestrian stepping out and the cut-in are scripted in synth/agents.py),
+so a route of kind K drives exactly what the training scenes of kind K show.
 """
 from __future__ import annotations
 
@@ -21,11 +21,9 @@ from dima_planner.data.sample import CMD_LEFT, CMD_RIGHT, CMD_STRAIGHT
 from dima_planner.synth import agents as ag_mod
 from dima_planner.synth.config import SCENARIOS, SynthConfig
 from dima_planner.synth.generate import META_NAME
-from dima_planner.synth.roads import HALF_W, SIDEWALK_W, RoadNetwork, build_network
+from dima_planner.synth.roads import RoadNetwork, build_network
 
-from .config import SIM_KINDS, RouteSpec
-
-_BASE_KIND = {"lead_brake": "stop_and_go", "ped_step_out": "straight"}
+from .config import RouteSpec
 
 
 @dataclass
@@ -108,15 +106,11 @@ def build_scenario(spec: RouteSpec, world: str | Path) -> Scenario:
         kind = meta["scenes"][index]["scenario"]
     else:
         index, kind = spec.index, spec.kind
-        if kind not in (*SCENARIOS, *SIM_KINDS):
-            raise ConfigError(f"route {spec.name!r}: unknown kind {kind!r} (known: {', '.join((*SCENARIOS, *SIM_KINDS))})")
+        if kind not in SCENARIOS:
+            raise ConfigError(f"route {spec.name!r}: unknown kind {kind!r} (known: {', '.join(SCENARIOS)})")
     net = build_network(synth.seed, synth.grid_nodes)
     rng = np.random.default_rng([synth.seed, 7, index])  # the generator's stream of scene `index`
-    agents = ag_mod.make_scene_agents(net, synth, _BASE_KIND.get(kind, kind), rng)
-    if kind == "lead_brake":
-        _lead_brake(agents)
-    elif kind == "ped_step_out":
-        _ped_step_out(agents, net, synth, rng)
+    agents = ag_mod.make_scene_agents(net, synth, kind, rng)
     # The generator's open-loop run: where the scripted ego is after `seconds` ends the route.
     ref = copy.deepcopy(agents)
     times = ag_mod.simulate(ref, spec.seconds)
@@ -127,55 +121,6 @@ def build_scenario(spec: RouteSpec, world: str | Path) -> Scenario:
     s1 = min(s0 + travelled, agents[0].path.length - 5.0)
     return Scenario(spec.name, kind, synth, net, agents, s0, s1, spec.seconds,
                     find_turns(agents[0].path, s0, s1), times)
-
-
-def _lead_brake(agents: list[ag_mod.Agent]) -> None:
-    """The stop-and-go lead no longer waits at the light: at 3.5 s it brakes hard to a stop
-    ~10 m ahead of where it is, stands for 5 s, then drives on."""
-    lead = next(a for a in agents[1:] if a.stop_s is not None)
-    li = agents.index(lead)
-    lead.red_t, lead.green_t = 3.5, 8.5
-    ref = copy.deepcopy(agents)
-    ref[li].stop_s = None
-    times = ag_mod.simulate(ref, lead.red_t)
-    k = int(np.searchsorted(times, lead.red_t))
-    moved = float(np.sum(np.linalg.norm(np.diff(ref[li].xy[: k + 1], axis=0), axis=1)))
-    lead.stop_s = lead.s0 + moved + lead.size[1] / 2 + 10.0
-
-
-def _ped_step_out(agents: list[ag_mod.Agent], net: RoadNetwork, cfg: SynthConfig, rng) -> None:
-    """A pedestrian walks across the ego's road mid-block without waiting for traffic: it
-    reaches the ego's lane centre 1 s before the generator's scripted ego (the expert's
-    pace) would pass there, 9 s into the route. Not reacting means hitting it."""
-    ego = agents[0]
-    t_arrive = 9.0
-    ref = copy.deepcopy(agents)
-    times = ag_mod.simulate(ref, t_arrive + 1.0)
-    k = int(np.searchsorted(times, t_arrive))
-    s_cross = ego.s0 + float(np.sum(np.linalg.norm(np.diff(ref[0].xy[: k + 1], axis=0), axis=1)))
-    p, h = ego.path.at(s_cross)
-    right = np.array([np.sin(h), -np.cos(h)])
-    # The path is the lane centre; the road's centre line lies lane_off to its left.
-    lane_off = _centre_line_offset(p, net)
-    to_kerb = HALF_W - lane_off + SIDEWALK_W / 2
-    start = p + right * to_kerb
-    end = p - right * (lane_off + HALF_W + SIDEWALK_W / 2)
-    speed = 1.3
-    ped = ag_mod.Agent("pedestrian", np.array([0.65, 0.7, 1.75]), (230, 60, 40),
-                       path=ag_mod.Path(np.array([start, end])), s0=0.0, v0=speed, vmax=speed,
-                       start_t=max(0.0, t_arrive - 1.0 - to_kerb / speed))
-    agents.append(ped)
-
-
-def _centre_line_offset(p: np.ndarray, net: RoadNetwork) -> float:
-    """Distance from point p to the nearest road centre line (an edge of the road graph)."""
-    best = np.inf
-    for a, b in net.edges():
-        pa, pb = net.nodes[a], net.nodes[b]
-        d = pb - pa
-        t = np.clip(np.dot(p - pa, d) / np.dot(d, d), 0, 1)
-        best = min(best, float(np.linalg.norm(p - (pa + t * d))))
-    return best
 
 
 def with_scale(cfg: SynthConfig, scale: float) -> SynthConfig:
