@@ -65,3 +65,17 @@ def test_invalid_parameter_is_one_clear_line():
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("dima_planner_node: invalid parameters: "), line
     assert line.count("invalid parameters") == 1 and "sync_tolerance" in line, line
+
+
+@pytest.mark.parametrize("module", ["dima_planner.sim.cli", "dima_planner.demo"])
+def test_repeated_set_flags_keep_every_override(module):
+    """`--set a=1 --set b=2` used to keep only b=2 (nargs='*' overwrites): a closed-loop bench
+    with --set checkpoint=X --set out=Y silently drove the default checkpoint."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).add_arguments(parser)
+    args = parser.parse_args(["--set", "checkpoint=x", "--set", "out=y", "z=1"])
+    assert args.set == ["checkpoint=x", "out=y", "z=1"]
+    assert parser.parse_args([]).set == []

@@ -62,7 +62,9 @@ class DemoConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="params/demo.yaml", help="DemoConfig YAML")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    # extend: "--set a=1 b=2" and "--set a=1 --set b=2" both keep every override
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config fields (repeatable)")
 
 
 def _path(p: str) -> Path:

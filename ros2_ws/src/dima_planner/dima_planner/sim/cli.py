@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="planners (default: the config's with --bench, else dima)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--video", action="store_true", help="GIF of front camera + BEV per route (camera planners)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    # extend: "--set a=1 b=2" and "--set a=1 --set b=2" both keep every override
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config fields (repeatable)")
 
 
 def _routes(cfg: BenchConfig, names: list[str] | None) -> list[RouteSpec]:
