@@ -8,7 +8,7 @@ DIMA := $(VENV)/bin/dima
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 
-.PHONY: setup demo test test-all world bench checkpoint checkpoint-camera-only checkpoint-stage2 eval-bench sim-bench export clean help
+.PHONY: setup demo test test-all world bench checkpoint checkpoint-camera-only checkpoint-ego checkpoint-stage2 eval-bench sim-bench export clean help
 
 help:
 	@echo "make demo      set up, then run the main job (world -> bag -> planner node -> metrics)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench     generate the benchmark world (params/synth_bench.yaml) into data/bench"
 	@echo "make checkpoint  retrain the default checkpoint (stage 1, ego motion) on the benchmark world"
 	@echo "make checkpoint-camera-only  the strictly camera-only variant (model.can_bus: false)"
+	@echo "make checkpoint-ego  ego motion also into the ego query (model.ego_can_bus; stage 2 starts here)"
 	@echo "make eval-bench  score both and the baselines on the benchmark validation split, with CIs"
 	@echo "make sim-bench  closed loop: every planner on the benchmark routes (params/sim/bench.yaml)"
 	@echo "make checkpoint-stage2  DiMA joint training (stage 2) from it"
@@ -46,8 +47,12 @@ checkpoint: bench
 checkpoint-camera-only: bench
 	$(DIMA) train --config params/train/tiny_cpu_camera_only.yaml
 
+checkpoint-ego: bench
+	$(DIMA) train --config params/train/tiny_cpu_ego.yaml
+
 eval-bench: bench
 	$(DIMA) eval --dataroot data/bench --version v1.0-dima --split val --baselines const_vel ego_mlp \
+	  $(if $(wildcard checkpoints/dima_tiny_ego),--also planner_ego=checkpoints/dima_tiny_ego) \
 	  $(if $(wildcard checkpoints/dima_tiny_camera_only),--also planner_camera_only=checkpoints/dima_tiny_camera_only) \
 	  --out runs/eval_bench --json runs/eval_bench/metrics.json
 
@@ -55,6 +60,7 @@ sim-bench: bench
 	$(DIMA) sim --bench --set out=runs/sim_bench --json runs/sim_bench/bench.json
 
 checkpoint-stage2: bench
+	$(if $(wildcard checkpoints/dima_tiny_ego),,$(DIMA) train --config params/train/tiny_cpu_ego.yaml)
 	$(DIMA) train --config params/train/tiny_cpu_stage2.yaml
 
 export: setup
