@@ -98,10 +98,12 @@ def model_id_of(checkpoint: Path) -> str:
 
 class PlannerNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
-        # Fields destroy_node() needs exist before anything can raise.
+        # Fields destroy_node() needs exist before anything can raise (rclpy >= 9 destroys a
+        # node whose __init__ raised when the context shuts down).
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._slot = AnchorSlot()
         super().__init__(node_name, **kwargs)
         for spec in PARAMS.values():
             try:
@@ -118,7 +120,6 @@ class PlannerNode(LifecycleNode):
 
         self._stats = PlannerStats()
         self._cache = InputCache(depth=4)
-        self._slot = AnchorSlot()
         self._core: PlannerCore | None = None  # made by configure, dropped by cleanup
         self._planner = None
         self._rig: Rig | None = None
