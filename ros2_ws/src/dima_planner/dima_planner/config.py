@@ -141,6 +141,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def add_set_argument(parser: Any) -> None:
+    """`--set KEY=VALUE ...` on an argparse parser, for parse_overrides(args.set).
+
+    action="extend": "--set a=1 b=2" and "--set a=1 --set b=2" both keep every override
+    (nargs="*" alone kept only the last flag's)."""
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config fields (repeatable)")
+
+
 def parse_overrides(pairs: typing.Sequence[str]) -> dict[str, Any]:
     """Turn ["a.b=3", "c=true"] into {"a.b": 3, "c": True}, values parsed as YAML scalars."""
     out: dict[str, Any] = {}

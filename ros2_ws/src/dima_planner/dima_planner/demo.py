@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .config import load_yaml, parse_overrides
+from .config import add_set_argument, load_yaml, parse_overrides
 
 REPO = Path(__file__).resolve().parents[4]
 REASONING_TOPIC = "/dima/reasoning"
@@ -62,9 +62,7 @@ class DemoConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="params/demo.yaml", help="DemoConfig YAML")
-    # extend: "--set a=1 b=2" and "--set a=1 --set b=2" both keep every override
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config fields (repeatable)")
+    add_set_argument(parser)
 
 
 def _path(p: str) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dima_planner.config import load_yaml, parse_overrides
+from dima_planner.config import add_set_argument, load_yaml, parse_overrides
 
 from .config import BenchConfig, RouteSpec
 
@@ -42,9 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="planners (default: the config's with --bench, else dima)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--video", action="store_true", help="GIF of front camera + BEV per route (camera planners)")
-    # extend: "--set a=1 b=2" and "--set a=1 --set b=2" both keep every override
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config fields (repeatable)")
+    add_set_argument(parser)
 
 
 def _routes(cfg: BenchConfig, names: list[str] | None) -> list[RouteSpec]:
