@@ -167,6 +167,33 @@ def test_smollm2_converted_and_generates_from_beam(llm_dir):
         branch.generate(beam_tokens(), "Why?", max_new_tokens=2)
 
 
+def test_grammar_held_decoding_parses_and_free_decoding_need_not(small_llm):
+    """An untrained branch says anything; held to the planning grammar every text parses,
+    and the grammar only removes choices (the best allowed token wins)."""
+    from dima_planner.model.mllm.constrained import GrammarLogitsProcessor
+    from dima_planner.qa.generate import PLANNING_PATTERN, PLANNING_QUESTION, parse_planning
+
+    llm, tok = small_llm
+    torch.manual_seed(0)
+    branch = MLLMBranch(small_cfg(), llm, tok).eval()
+    beam = {k: v[:1] for k, v in beam_tokens().items()}
+    free = branch.generate(beam, PLANNING_QUESTION, max_new_tokens=60)
+    # Untrained, it spells the template in short pieces: room for them.
+    held = branch.generate(beam, PLANNING_QUESTION, max_new_tokens=200, answer_pattern=PLANNING_PATTERN)
+    assert parse_planning(free) is None, free  # the untrained model does not know the form
+    assert parse_planning(held) is not None, held
+    # The processor: the best token that keeps a prefix of the grammar; end only when whole.
+    proc = GrammarLogitsProcessor(r"(yes|no)\.", tok)
+    ids = tok("n", add_special_tokens=False).input_ids
+    scores = torch.zeros(1, len(tok))
+    scores[0, tok.eos_token_id] = 10.0  # the model wants to stop, but "n" is not a sentence
+    out = proc(torch.tensor([ids]), scores)
+    pick = int(out[0].argmax())
+    assert pick != tok.eos_token_id and tok.decode(ids + [pick]).startswith("no")
+    whole = tok("no.", add_special_tokens=False).input_ids
+    assert int(proc(torch.tensor([whole]), scores)[0].argmax()) == tok.eos_token_id
+
+
 # ----------------------------------------------------------------- LoRA + training
 def test_only_lora_parameters_train_in_the_llm(small_llm):
     branch = MLLMBranch(small_cfg(num_layers=4), *small_llm)

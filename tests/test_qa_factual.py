@@ -124,3 +124,23 @@ def test_default_commentary_question_is_the_trained_planning_question():
 
     assert DEFAULT_QUESTION == PLANNING_QUESTION
     assert DEFAULT_MAX_NEW_TOKENS >= 96
+
+
+def test_planning_slots_are_scored_against_the_reference_and_the_best_constant():
+    from dima_planner.qa.evaluate import planning_slots, slot_accuracy
+
+    a = "The ego vehicle should stop and go straight, because a car is 7 m ahead in its lane and blocks the way."
+    b = "The ego vehicle should keep its current speed and turn left, because the lane ahead is clear."
+    c = "The ego vehicle should stop and go straight, because a car is 9 m ahead in its lane and blocks the way."
+    assert planning_slots("The ego vehicle is 1 vehicle ahead.") is None
+    sa = planning_slots(a)
+    assert sa == {"action": "stop", "route": "go straight", "reason": "a car is 7 m ahead in its lane and blocks the way",
+                  "reason_kind": "a car is N m ahead in its lane and blocks the way"}
+    refs = [planning_slots(x) for x in (a, a, b)]
+    got = [planning_slots(c), None, planning_slots(b)]
+    acc = slot_accuracy(got, refs)
+    assert acc["num"] == 3
+    assert acc["action"]["accuracy"] == pytest.approx(2 / 3) and acc["action"]["constant"] == pytest.approx(2 / 3)
+    assert acc["reason"]["accuracy"] == pytest.approx(1 / 3)  # 9 m is not 7 m
+    assert acc["reason_kind"]["accuracy"] == pytest.approx(2 / 3)
+    assert acc["route"]["constant_answer"] == "go straight"

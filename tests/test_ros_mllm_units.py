@@ -132,6 +132,47 @@ def test_worker_drops_periodic_work_while_busy_and_serves_questions_first():
     assert stats.dropped_busy == 1
 
 
+def test_worker_dual_plans_latest_wins_first_but_text_gets_every_other_turn():
+    release, release_dual = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def run(model, job):
+        order.append(job.question)
+        if job.question == "first":
+            release.wait(5)
+        if job.question == "dual-2":
+            release_dual.wait(5)
+        return job.question
+
+    stats = MLLMStats()
+    w = GenerationWorker(lambda: "m", run, stats)
+    w.start()
+    deadline = time.monotonic() + 5
+    while w.state != "ready" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.offer(Job("periodic", None, "first", 4, time.monotonic()))
+    while order != ["first"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # While a commentary runs: Dual plans queue in their slot, the newest wins.
+    assert w.offer(Job("dual", None, "dual-stale", 0, time.monotonic()))
+    assert w.offer(Job("dual", None, "dual-1", 0, time.monotonic()))
+    assert stats.dual_dropped == 1
+    ask = w.ask(Job("ask", None, "question", 4, time.monotonic()))
+    release.set()
+    assert ask.result(timeout=5) == "question"
+    # A commentary is taken while only a Dual plan runs (not dropped as busy).
+    assert w.offer(Job("dual", None, "dual-2", 0, time.monotonic()))
+    while order[-1:] != ["dual-2"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.offer(Job("periodic", None, "later", 4, time.monotonic()))
+    release_dual.set()
+    time.sleep(0.3)
+    w.stop()
+    assert order == ["first", "dual-1", "question", "dual-2", "later"]  # the plan first, then the question
+    assert "dual-stale" not in order
+    assert stats.dropped_busy == 0
+
+
 def test_worker_load_error_fails_questions_with_the_reason():
     def load():
         raise ModelLoadError("LLM not found: /nope")

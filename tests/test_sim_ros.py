@@ -55,3 +55,33 @@ def test_planner_node_drives_the_first_seconds_of_a_route(tmp_path):
     # Lockstep: the same route gives the same drive, whatever the CPU load.
     assert results[0]["ego_track"] == results[1]["ego_track"]
     assert results[0]["driving_score"] == results[1]["driving_score"]
+
+
+@pytest.mark.skipif(not (CKPT / "mllm.safetensors").exists(), reason="stage-2 checkpoint not present")
+def test_dual_planner_node_drives_over_dds(tmp_path):
+    """DiMA Dual in the loop: the planner node with dual_mode (MLLM branch in its process,
+    ego features max-pooled) plans every lockstep frame of a short route."""
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "dima_meta.json").write_text(json.dumps({"config": to_dict(SynthConfig()), "scenes": []}))
+    domain = pid_domain_id(13)
+    planner = start_node_process("dima_planner.ros.planner_node", domain, REPO / "params/ros/planner.yaml",
+                                 "--params-file", str(REPO / "params/ros/sim.yaml"),
+                                 "-p", f"checkpoint:={CKPT}", "-p", "num_threads:=1", "-p", "dual_mode:=true")
+    out = tmp_path / "dual"
+    try:
+        sim = start_node_process("dima_planner.ros.sim_node", domain, REPO / "params/ros/sim.yaml",
+                                 "-p", f"world:={world}", "-p", "route:=straight:100", "-p", "seconds:=4.0",
+                                 "-p", "timeout_slack:=0.0", "-p", "frame_hz:=4.0", "-p", f"out:={out}",
+                                 "-p", "plan_timeout:=30.0")
+        try:
+            sim.wait(360)
+        finally:
+            sim_log = stop_node_process(sim)
+    finally:
+        planner_log = stop_node_process(planner)
+    assert sim.returncode == 0, sim_log
+    assert "+dual" in planner_log, planner_log[-3000:]  # the model id says Dual
+    res = json.loads((out / "straight-100.json").read_text())
+    assert res["plans"] >= 16 and res["missed_plans"] == 0, (res, planner_log[-3000:])
+    assert res["progress_m"] > 5.0, res

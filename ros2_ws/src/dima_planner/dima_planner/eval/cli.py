@@ -266,8 +266,15 @@ def run_qa(args: argparse.Namespace) -> int:
     print(f"{'overall':<16}{100 * res['overall_exact_match']:>11.1f}%{100 * base['overall_exact_match']:>9.1f}%")
     wf = res["well_formed"]
     print(f"well-formed: factual {100 * wf['factual']:.1f}%"
-          + (f", planning reasoning {100 * wf['planning_free_text']:.1f}% of {wf['num_free_texts']}"
+          + (f", planning reasoning {100 * wf['planning_free_text']:.1f}% of {wf['num_free_texts']} as the node "
+             f"decodes it (answer grammar {'on' if wf['answer_grammar'] else 'off'}), "
+             f"{100 * wf['planning_free_text_unconstrained']:.1f}% decoded freely"
              if wf["planning_free_text"] is not None else ""))
+    slots = res.get("planning_slots", {})
+    if slots.get("num"):
+        print(f"planning reasoning says what the reference says ({slots['num']} texts): " + ", ".join(
+            f"{k} {100 * slots[k]['accuracy']:.1f}% (constant {100 * slots[k]['constant']:.1f}%)"
+            for k in ("action", "route", "reason_kind", "reason")))
     if "teacher_forced_token_accuracy" in res:
         tf = res["teacher_forced_token_accuracy"]
         print(f"teacher-forced answer-token accuracy: own scene tokens {100 * tf['own_tokens']:.1f}%, "

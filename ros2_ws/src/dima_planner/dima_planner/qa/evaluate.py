@@ -19,6 +19,7 @@ qa/factual.py. Reported:
 """
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -110,6 +111,32 @@ def teacher_forced(branch, frames: Sequence[Frame], batch: int = 8) -> dict[str,
     return {"own_tokens": float(np.mean(acc["own"])), "other_scene_tokens": float(np.mean(acc["other"]))}
 
 
+def planning_slots(text: str) -> dict[str, str] | None:
+    """The parts of a planning answer (qa.generate.PLANNING_PATTERN) a reader acts on:
+    action, route, reason, and the reason's kind (its numbers masked); None if it does
+    not parse."""
+    parsed = parse_planning(text)
+    if parsed is None:
+        return None
+    action, route, reason = parsed
+    return {"action": action, "route": route, "reason": reason, "reason_kind": re.sub(r"\d+", "N", reason)}
+
+
+def slot_accuracy(got: Sequence[dict | None], refs: Sequence[dict]) -> dict[str, Any]:
+    """Per slot: the fraction of texts that say what the reference says, beside the
+    best constant answer (the most common reference value of these very frames: an
+    upper bound for any constant answer)."""
+    out: dict[str, Any] = {"num": len(refs)}
+    for slot in ("action", "route", "reason", "reason_kind"):
+        values = [r[slot] for r in refs]
+        if not values:
+            break
+        common = Counter(values).most_common(1)[0]
+        out[slot] = {"accuracy": float(np.mean([g is not None and g[slot] == r[slot] for g, r in zip(got, refs)])),
+                     "constant": common[1] / len(values), "constant_answer": common[0]}
+    return out
+
+
 def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], constant: dict[str, str],
                 max_new_tokens: int, free_text: bool = True, progress: bool = True) -> dict[str, Any]:
     """Generate the answers through the reasoning node's engine and score them."""
@@ -118,7 +145,8 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
     hits = {t: [] for t in QTYPES}
     base = {t: [] for t in QTYPES}
     formed = {t: [] for t in QTYPES}
-    latency, free_ok, examples, texts = [], [], [], []
+    latency, free_ok, free_raw_ok, examples, texts = [], [], [], [], []
+    slot_refs, slot_got = [], []
     tok = engine.tokenizer
     too_long = sum(len(tok(f.answers[t], add_special_tokens=False).input_ids) + 1 > max_new_tokens
                    for f in frames for t in QTYPES)
@@ -135,11 +163,20 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
                 examples.append({"token": f.token, "question": TEMPLATES[t].question, "answer": text,
                                  "reference": f.answers[t]})
         if free_text:
+            # As the node decodes it (held to the grammar when the engine is), and free:
+            # the second says how much of the form the model itself has learnt.
             t0 = time.perf_counter()
             text = engine.generate(f.beam, bev_hw, PLANNING_QUESTION, max_new_tokens)
             latency.append(time.perf_counter() - t0)
+            free = engine.generate(f.beam, bev_hw, PLANNING_QUESTION, max_new_tokens, grammar=False)
             free_ok.append(parse_planning(text) is not None)
-            texts.append({"token": f.token, "scene": f.scene, "text": text})
+            free_raw_ok.append(parse_planning(free) is not None)
+            ref = next((q.answer for q in f.free_text if q.question == PLANNING_QUESTION), None)
+            if ref is not None and parse_planning(ref) is not None:
+                slot_refs.append(planning_slots(ref))
+                slot_got.append(planning_slots(text))
+            texts.append({"token": f.token, "scene": f.scene, "text": text, "unconstrained": free,
+                          "reference": ref})
     n = sum(len(v) for v in hits.values())
     lat = np.asarray(latency) * 1e3
     return {
@@ -151,7 +188,10 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
                               "answers": constant},
         "well_formed": {"factual": float(np.mean([x for v in formed.values() for x in v])),
                         "planning_free_text": float(np.mean(free_ok)) if free_ok else None,
+                        "planning_free_text_unconstrained": float(np.mean(free_raw_ok)) if free_raw_ok else None,
+                        "answer_grammar": bool(getattr(engine, "answer_grammar", False)),
                         "num_free_texts": len(free_ok)},
+        "planning_slots": slot_accuracy(slot_got, slot_refs),
         "references_longer_than_max_new_tokens": int(too_long),
         "max_new_tokens": int(max_new_tokens),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),

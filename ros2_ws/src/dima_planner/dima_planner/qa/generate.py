@@ -220,6 +220,12 @@ PLANNING_PATTERN = re.compile(rf"The ego vehicle should ({_ACTION_RE}) and (turn
                               rf"because ({_REASON_RE})\.")
 
 
+def answer_grammar(question: str) -> re.Pattern | None:
+    """The grammar stage 2 trains the answers to `question` from, if it has one (the
+    planning question, the node's commentary); None for any other question."""
+    return PLANNING_PATTERN if " ".join(question.split()) == PLANNING_QUESTION else None
+
+
 def parse_planning(text: str) -> tuple[str, str, str] | None:
     """(action, route, reason) of a planning answer, or None when it is not one."""
     m = PLANNING_PATTERN.fullmatch(" ".join(text.split()))

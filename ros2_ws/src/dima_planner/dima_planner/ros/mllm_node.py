@@ -10,12 +10,13 @@ report how far the MLLM head's plan is from the planner's in Dual mode).
 Outputs: /dima/reasoning (dima_msgs/Reasoning, input_stamp = the tokens' header stamp),
 /dima/mllm/trajectory (Dual mode only), /diagnostics (1 Hz), service /dima/ask_scene.
 
-Dual mode: the MLLM planning head gets max(the branch's dual ego feature, the planner's
-penultimate ego feature from SceneTokens.ego_feature), DiMA's Dual inference. Scenes without
-an ego_feature (an older planner) use the MLLM feature alone (counted as dual.mllm_only in
-/diagnostics); one of the wrong width is rejected for Dual (rejected.ego_feature_mismatch),
-the commentary still runs. The planner's own head never waits for the LLM, so over ROS the
-pooled feature only reaches the MLLM head (see reasoning.py).
+Dual mode: for every scene, the MLLM planning head gets max(the branch's dual ego feature,
+the planner's penultimate ego feature from SceneTokens.ego_feature) and its plan is
+published stamped with the scene. Scenes without an ego_feature (an older planner) use the
+MLLM feature alone (counted as dual.mllm_only in /diagnostics); one of the wrong width is
+rejected for Dual (rejected.ego_feature_mismatch), the commentary still runs. The planner
+head's Dual plan (the one to drive on) is the planner node's own `dual_mode` (see
+reasoning.py).
 
 Threads: subscription callbacks only validate/decode and cache the latest scene; every
 model call runs on one worker thread (reasoning.GenerationWorker). A scene that arrives
@@ -79,6 +80,9 @@ PARAM_SPECS: list[ParamSpec] = [
     ParamSpec("question", DEFAULT_QUESTION, "prompt of the periodic driving commentary", "str"),
     ParamSpec("max_new_tokens", DEFAULT_MAX_NEW_TOKENS, "generated tokens per commentary (and per question unless it asks "
               "for fewer/more)", "int", 1, 1024),
+    ParamSpec("answer_grammar", True, "decode answers to a question trained from a grammar (the planning "
+              "question) held to that grammar, so every commentary parses (a trained checkpoint only)", "bool",
+              on_configure=True),
     ParamSpec("min_period", 2.0, "seconds between two commentary generations (0 = whenever the worker is free)",
               "float", 0.0, 3600.0),
     ParamSpec("dual_mode", False, "also publish the MLLM planning head's trajectory on /dima/mllm/trajectory (Dual: "
@@ -179,16 +183,18 @@ class MLLMNode(Node):
     def _load_model(self) -> MLLMEngine:
         p = self._p
         t0 = time.monotonic()
-        engine = MLLMEngine(p["llm_path"], p["checkpoint"], p["device"], p["num_threads"])
+        engine = MLLMEngine(p["llm_path"], p["checkpoint"], p["device"], p["num_threads"],
+                            answer_grammar=p["answer_grammar"])
         self.get_logger().info(f"MLLM {engine.model_id} loaded in {time.monotonic() - t0:.1f} s")
         return engine
 
     def _run_job(self, engine: MLLMEngine, job: Job) -> tuple[str, float, float]:
         """(text, latency since the scene/question arrived, generation seconds)."""
         scene: Scene = job.scene
+        if job.kind == "dual":
+            model_s = self._publish_dual(engine, scene)
+            return "", time.monotonic() - job.received_wall, model_s
         try:
-            if job.kind == "periodic" and self._p["dual_mode"]:
-                self._publish_dual(engine, scene)
             t0 = time.monotonic()
             text = engine.generate(scene.tokens, scene.bev_hw, job.question, job.max_new_tokens, scene.planner_dim)
             gen_s = time.monotonic() - t0
@@ -208,22 +214,26 @@ class MLLMNode(Node):
         self._reasoning_pub.publish(msg)
         return text, latency, gen_s
 
-    def _publish_dual(self, engine: MLLMEngine, scene: Scene) -> None:
+    def _publish_dual(self, engine: MLLMEngine, scene: Scene) -> float:
+        """The Dual plan of one scene on /dima/mllm/trajectory; returns the model seconds."""
         t0 = time.monotonic()
         try:
             traj, pooled = engine.plan(scene.tokens, scene.bev_hw, scene.command, scene.ego_feature)
         except TokenError as e:
-            if e.category != "ego_feature_mismatch":
-                raise
-            # Only the Dual plan is impossible; the commentary for this scene still runs.
+            # No Dual plan for this scene (tokens or ego feature that do not fit the branch);
+            # the commentary still runs if it can.
             self._stats.reject(e.category, e.reason)
             self.get_logger().warning(f"no Dual plan: {e.reason}", throttle_duration_sec=5.0)
-            return
+            return time.monotonic() - t0
+        except Exception as e:
+            self._stats.fail(f"Dual plan: {type(e).__name__}: {e}")
+            self.get_logger().error(f"Dual plan failed:\n{traceback.format_exc()}", throttle_duration_sec=5.0)
+            raise
         model_s = time.monotonic() - t0
         self._stats.add("dual_pooled" if pooled else "dual_mllm_only")
         if traj.shape != (6, 2) or not np.all(np.isfinite(traj)):
             self._stats.fail(f"MLLM planning head returned a non-finite or {traj.shape} trajectory")
-            return
+            return model_s
         base = conv.trajectory_lidar_to_base(traj, self._lidar2ego)
         origin = conv.lidar_points_to_base(np.zeros(2), self._lidar2ego)
         self._traj_pub.publish(conv.build_trajectory(
@@ -232,6 +242,7 @@ class MLLMNode(Node):
         planner = self._planner_trajs.get(scene.stamp_ns)
         if planner is not None and len(planner) == len(base):
             self._stats.dual_error(float(np.linalg.norm(planner[:, :2] - base[:, :2, 3], axis=1).mean()))
+        return model_s
 
     # ---- callbacks ---------------------------------------------------------------------------
     def _on_tokens(self, msg) -> None:
@@ -247,6 +258,8 @@ class MLLMNode(Node):
         scene = Scene(tokens, (int(msg.bev_h), int(msg.bev_w)), conv.stamp_to_ns(msg.header.stamp),
                       msg.header.frame_id or "base_link", int(msg.command), now, ego_feature)
         self._scene = scene
+        if self._p["dual_mode"]:  # a Dual plan for every scene; the commentary keeps its period
+            self._worker.offer(Job("dual", scene, "", 0, now))
         if self._last_offer_wall is not None and now - self._last_offer_wall < self._p["min_period"]:
             self._stats.add("skipped_period")
             return
@@ -330,7 +343,8 @@ class MLLMNode(Node):
                      kv("generation_latency_p50_ms", s["gen_p50_ms"]),
                      kv("generation_latency_p99_ms", s["gen_p99_ms"]),
                      kv("dual_mode", self._p["dual_mode"]), kv("dual.pooled_with_planner", s["dual_pooled"]),
-                     kv("dual.mllm_only", s["dual_mllm_only"]), kv("dual_vs_planner_l2_m", s["dual_l2_mean_m"])]
+                     kv("dual.mllm_only", s["dual_mllm_only"]), kv("dual.dropped", s["dual_dropped"]),
+                     kv("dual_vs_planner_l2_m", s["dual_l2_mean_m"])]
         arr = DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()))
         arr.status = [m, r]
         self._diag_pub.publish(arr)

@@ -108,6 +108,13 @@ _SPECS: list[ParamSpec] = [
               choices=("fp32", "fp16", "bf16"), on_configure=True),
     ParamSpec("num_threads", 1, "torch CPU threads for the model (0 = torch's default: one per core)", "int", 0, 256,
               on_configure=True),
+    ParamSpec("dual_mode", False, "DiMA Dual inference: the MLLM branch of mllm_checkpoint reads the same BEAM "
+              "tokens in this process and its ego feature is max-pooled with the planner's into the planning "
+              "head (as `dima eval --dual`); latency = planner + one LLM forward", "bool", on_configure=True),
+    ParamSpec("mllm_checkpoint", "", "dual_mode: MLLM branch directory (mllm.safetensors + mllm.yaml); empty = "
+              "the planner checkpoint (stage 2 writes both there)", "str", on_configure=True),
+    ParamSpec("llm_path", "", "dual_mode: local Hugging Face LLM folder; empty = the one named in mllm.yaml",
+              "str", on_configure=True),
     ParamSpec("warmup", True, "run one forward pass on black images during configure", "bool", on_configure=True),
     ParamSpec("warmup_width", 1600, "image width of the warm-up pass", "int", 16, 8192, on_configure=True),
     ParamSpec("warmup_height", 900, "image height of the warm-up pass", "int", 16, 8192, on_configure=True),

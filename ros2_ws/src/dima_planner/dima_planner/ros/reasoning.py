@@ -14,10 +14,13 @@ a count * dim that does not fit, widths that differ, NaN/inf) raises `TokenError
 `ego_feature` (the planning transformer's penultimate ego feature, (C,), may be empty) is
 decoded by `decode_ego_feature`; `decode_scene_tokens_msg` does both for a message.
 
-Dual mode over ROS: the MLLM head's input is max(MLLM dual ego feature, planner ego
-feature), as in the paper's Dual inference. The planner's own head cannot get the pooled
-feature back without waiting for the LLM, which the real-time planner never does, so over
-ROS only the MLLM planning head (/dima/mllm/trajectory) is the Dual output.
+Dual mode over ROS: the paper feeds max(MLLM dual ego feature, planner ego feature) to
+both planning heads. The planner's head with the pooled feature (the one stage 2 trains
+through its dual_plan loss) is the planner node's `dual_mode`: it runs the MLLM branch in
+its own process (inference.DualModel, as `dima eval --dual`), so no plan waits on another
+process. This node's `dual_mode` publishes the other head, the MLLM planning head on the
+pooled feature, on /dima/mllm/trajectory for every scene: a second opinion to compare, not
+what `dima sim` drives.
 
 MLLM checkpoint (`checkpoint` parameter) format, written by `save_mllm_checkpoint`:
 a directory with
@@ -41,7 +44,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
-from ..qa.generate import PLANNING_QUESTION
+from ..qa.generate import PLANNING_QUESTION, answer_grammar
 
 # dima_msgs/SceneTokens TYPE_* constants (duplicated as plain ints: no rclpy import here;
 # tests check them against the generated message class).
@@ -162,6 +165,7 @@ class MLLMStats:
     dual_l2_m: deque = field(default_factory=lambda: deque(maxlen=200))
     dual_pooled: int = 0  # Dual plans whose MLLM feature was max-pooled with the planner's
     dual_mllm_only: int = 0  # Dual plans from a scene without a planner ego feature
+    dual_dropped: int = 0  # scenes whose pending Dual plan was replaced by a newer scene's
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -202,6 +206,7 @@ class MLLMStats:
                     "last_rejection_wall": self.last_rejection_wall, "last_failure": self.last_failure,
                     "gen_p50_ms": p50, "gen_p99_ms": p99,
                     "dual_pooled": self.dual_pooled, "dual_mllm_only": self.dual_mllm_only,
+                    "dual_dropped": self.dual_dropped,
                     "dual_l2_mean_m": float(np.mean(self.dual_l2_m)) if self.dual_l2_m else float("nan")}
 
 
@@ -225,7 +230,7 @@ class MLLMEngine:
     """
 
     def __init__(self, llm_path: str = "", checkpoint: str = "", device: str = "cpu", num_threads: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, answer_grammar: bool = True):
         import torch
 
         from ..config import ConfigError, load_yaml
@@ -240,6 +245,7 @@ class MLLMEngine:
             except RuntimeError:  # already set (parallel work ran before): intra-op is what matters
                 pass
         self.torch = torch
+        self.answer_grammar = answer_grammar
         try:
             self.device = torch.device(device)
             torch.empty(1, device=self.device)
@@ -323,9 +329,15 @@ class MLLMEngine:
                 for k, v in tokens.items()}
 
     def generate(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int], question: str,
-                 max_new_tokens: int, planner_dim: int | None = None) -> str:
+                 max_new_tokens: int, planner_dim: int | None = None, grammar: bool | None = None) -> str:
+        """Greedy answer. A question whose answers a checkpoint was trained from a grammar
+        (qa.generate.answer_grammar: the planning question) is decoded held to that grammar
+        when `grammar` (default: self.answer_grammar); an untrained branch never is (it
+        learnt no grammar, and template text would pass its noise off as reasoning)."""
         branch = self.branch_for(tokens, bev_hw, planner_dim)
-        return branch.generate(self._beam(tokens, branch), question, max_new_tokens)
+        use = self.answer_grammar if grammar is None else grammar
+        pattern = answer_grammar(question) if use and self.checkpoint is not None else None
+        return branch.generate(self._beam(tokens, branch), question, max_new_tokens, answer_pattern=pattern)
 
     def plan(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int], command: int,
              planner_ego_feature: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
@@ -356,7 +368,7 @@ class MLLMEngine:
 # ---- the worker ----------------------------------------------------------------------------------------
 @dataclass
 class Job:
-    kind: str  # "periodic" or "ask"
+    kind: str  # "periodic" (commentary), "dual" (Dual plan) or "ask"
     scene: Any  # whatever the node stores per scene (tokens, stamp, ...)
     question: str
     max_new_tokens: int
@@ -371,6 +383,13 @@ class GenerationWorker:
     runs or is pending, it is dropped and counted (`dropped_busy`), never queued, so the
     commentary never lags behind the scenes. Questions (AskScene) are queued (bounded) and
     served before periodic work; the asker waits on the job's Future with a timeout.
+
+    Dual plans (one per scene in Dual mode: a forward pass, no generation) have their own
+    latest-wins slot: a newer scene replaces a pending one (counted as `dual_dropped`), so a
+    plan is never stale by more than one job. They run first, because a driving output must
+    not wait behind a sentence, but never twice in a row while text work is waiting, so the
+    commentary and the questions still get every other turn. A commentary is not dropped
+    just because a Dual plan is running.
     The model is loaded by `load()` on this thread, so start-up does not block the node.
 
     `nice` > 0 lowers this thread's CPU priority (Linux: nice is per thread, and the model
@@ -384,8 +403,11 @@ class GenerationWorker:
         self._nice = nice
         self._asks: queue.Queue[Job] = queue.Queue(maxsize=max_pending_asks)
         self._periodic: Job | None = None
+        self._dual: Job | None = None
         self._cv = threading.Condition()
         self._busy = False
+        self._running = ""  # kind of the job being run ("" when idle)
+        self._last_kind = ""
         self._stop = threading.Event()
         self.model: Any = None
         self.load_error = ""
@@ -405,15 +427,26 @@ class GenerationWorker:
     @property
     def busy(self) -> bool:
         with self._cv:
-            return self._busy or self._periodic is not None
+            return self._busy or self._periodic is not None or self._dual is not None
 
     def offer(self, job: Job) -> bool:
-        """Periodic job: True if taken, False (counted) if the worker is busy or loading."""
+        """Periodic or Dual job: True if taken, False (counted) if it cannot be.
+
+        A periodic job is refused while text work runs or waits; a Dual job always takes
+        the Dual slot, replacing (and counting) a pending one."""
         with self._cv:
             if self.state != "ready":
                 self._stats.add("dropped_not_ready")
                 return False
-            if self._busy or self._periodic is not None or not self._asks.empty():
+            if job.kind == "dual":
+                if self._dual is not None:
+                    self._stats.add("dual_dropped")
+                    self._dual.future.cancel()
+                self._dual = job
+                self._cv.notify_all()
+                return True
+            text_running = self._busy and self._running != "dual"
+            if text_running or self._periodic is not None or not self._asks.empty():
                 self._stats.add("dropped_busy")
                 return False
             self._periodic = job
@@ -437,12 +470,16 @@ class GenerationWorker:
     def _next(self) -> Job | None:
         with self._cv:
             while not self._stop.is_set():
-                try:
-                    job = self._asks.get_nowait()
-                except queue.Empty:
-                    job, self._periodic = self._periodic, None
+                text_waiting = self._periodic is not None or not self._asks.empty()
+                if self._dual is not None and not (self._last_kind == "dual" and text_waiting):
+                    job, self._dual = self._dual, None
+                else:
+                    try:
+                        job = self._asks.get_nowait()
+                    except queue.Empty:
+                        job, self._periodic = self._periodic, None
                 if job is not None:
-                    self._busy = True
+                    self._busy, self._running = True, job.kind
                     return job
                 self._cv.wait(0.2)
         return None
@@ -472,4 +509,4 @@ class GenerationWorker:
                 job.future.set_exception(e)
             finally:
                 with self._cv:
-                    self._busy = False
+                    self._busy, self._running, self._last_kind = False, "", job.kind

@@ -6,8 +6,11 @@
 
 The `dima` planner is the real `dima_planner_node` in its own process (default checkpoint,
 use_sim_time), driven over DDS on loopback by the simulator node running in this process,
-in lockstep. The expert and the open-loop baselines run in-process through the same
-simulator and controller.
+in lockstep. `dima_dual` is DiMA's Dual inference: the planner node with `dual_mode` (the
+MLLM branch of the stage-2 checkpoint `dual_checkpoint` in its process, ego features
+max-pooled into the planning head, exactly as `dima eval --dual`) drives, and
+`dima_mllm_node` runs beside it on the planner's scene tokens, commenting. The expert and the open-loop baselines run in-process through the same simulator
+and controller.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from dima_planner.config import add_set_argument, load_yaml, parse_overrides
 from .config import BenchConfig, RouteSpec
 
 REPO = Path(__file__).resolve().parents[5]
-PLANNERS = ("expert", "const_vel", "ego_mlp", "dima")
+PLANNERS = ("expert", "const_vel", "ego_mlp", "dima", "dima_dual")
+NODE_PLANNERS = ("dima", "dima_dual")  # ROS nodes in their own processes, with cameras
 
 
 def _path(p: str) -> Path:
@@ -62,9 +66,10 @@ def _routes(cfg: BenchConfig, names: list[str] | None) -> list[RouteSpec]:
 
 
 class DimaInTheLoop:
-    """The planner node process + the simulator node in this process (lockstep over DDS)."""
+    """The planner node process (+ the MLLM node in Dual mode) and the simulator node in
+    this process, in lockstep over DDS."""
 
-    def __init__(self, cfg: BenchConfig, out: Path, console):
+    def __init__(self, cfg: BenchConfig, out: Path, console, dual: bool = False):
         import threading
 
         import rclpy
@@ -74,12 +79,19 @@ class DimaInTheLoop:
         from dima_planner.ros.sim_node import SimBridge
 
         rclpy.init()
+        checkpoint = _path(cfg.dual_checkpoint if dual else cfg.checkpoint)
         self.node = SimBridge(cfg.sim)
-        self.proc = NodeProcess("dima_planner_node", [str(_path(p)) for p in cfg.node_params],
-                                {"checkpoint": _path(cfg.checkpoint)}, out / "planner_node.log")
+        overrides = {"checkpoint": checkpoint} | ({"dual_mode": "true"} if dual else {})
+        self.procs = {"dima_planner": NodeProcess(
+            "dima_planner_node", [str(_path(p)) for p in cfg.node_params], overrides,
+            out / ("planner_node_dual.log" if dual else "planner_node.log"))}
+        if dual:
+            self.procs["dima_mllm"] = NodeProcess(
+                "dima_mllm_node", [str(_path(p)) for p in cfg.mllm_params],
+                {"checkpoint": checkpoint, "min_period": cfg.dual_commentary_period}, out / "mllm_node_dual.log")
         try:
-            with console.status("starting dima_planner_node (loading the model)"):
-                _wait_ready(self.node, {"dima_planner": self.proc}, cfg.node_ready_timeout)
+            with console.status(f"starting {' and '.join(p.name for p in self.procs.values())} (loading the models)"):
+                _wait_ready(self.node, self.procs, cfg.node_ready_timeout)
         except BaseException:
             self.close()
             raise
@@ -91,8 +103,9 @@ class DimaInTheLoop:
         self.routes_done = 0
 
     def drive(self, spec: RouteSpec, video=None, progress=None):
-        if not self.proc.alive():
-            raise RuntimeError(f"dima_planner_node exited; see {self.proc.log}")
+        for proc in self.procs.values():
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited; see {proc.log}")
         self.node.frames_hook = video.add if video is not None else None
         # Each route at its own time, 1000 s after the last: the node resets its temporal state.
         self.routes_done += 1
@@ -104,7 +117,8 @@ class DimaInTheLoop:
 
         if hasattr(self, "executor"):
             self.executor.shutdown()
-        self.proc.stop()
+        for proc in self.procs.values():
+            proc.stop()
         self.node.destroy_node()
         rclpy.try_shutdown()
 
@@ -146,14 +160,14 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         dima = None
         try:
-            if name == "dima":
-                dima = DimaInTheLoop(cfg, out, console)
+            if name in NODE_PLANNERS:
+                dima = DimaInTheLoop(cfg, out, console, dual=name == "dima_dual")
             elif name == "ego_mlp":
                 with console.status("ego-status MLP baseline (fitted on the world's train split once, cached)"):
                     mlp = EgoMLPPlanner(fit_ego_mlp(cfg.sim.world, out, _path(cfg.mlp_config)))
-            for spec in tqdm(routes, desc=name, unit="route", leave=False, disable=name == "dima"):
+            for spec in tqdm(routes, desc=name, unit="route", leave=False, disable=name in NODE_PLANNERS):
                 sc = scenarios[spec.name]
-                if name == "dima":
+                if name in NODE_PLANNERS:
                     writer = VideoWriter(out / f"{spec.name}_{name}.gif", cfg.sim.frame_hz, every=1) if video else None
                     bar = tqdm(total=round(sc.seconds + cfg.sim.timeout_slack, 1), desc=f"{name} {spec.name}",
                                unit="sim s", leave=False, bar_format="{l_bar}{bar}| {n:.1f}/{total} sim s [{elapsed}]")
@@ -190,8 +204,9 @@ def run(args: argparse.Namespace) -> int:
         timing[name] = {"wall_s": round(time.monotonic() - t0, 1),
                         "sim_s": round(sum(r["sim_seconds"] for r in rows), 1)}
 
-    table = Table(title=f"closed loop, {len(routes)} routes ({cfg.sim.frame_hz:g} Hz lockstep, "
-                        f"{Path(cfg.checkpoint).name} for dima)")
+    ckpts = f"{Path(cfg.checkpoint).name} for dima" + (
+        f", {Path(cfg.dual_checkpoint).name} for dima_dual" if "dima_dual" in planners else "")
+    table = Table(title=f"closed loop, {len(routes)} routes ({cfg.sim.frame_hz:g} Hz lockstep, {ckpts})")
     for col in ("planner", "driving score", "route compl. (%)", "collisions/km", "PDMS", "routes DS >= 80",
                 "wall s / sim s"):
         table.add_column(col, justify="left" if col == "planner" else "right")
@@ -210,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(per_route)
     doc = {"planners": results, "config": str(_path(args.config)), "frame_hz": cfg.sim.frame_hz,
            "checkpoint": cfg.checkpoint, "timing": timing}
+    if "dima_dual" in planners:
+        doc["dual_checkpoint"] = cfg.dual_checkpoint
     path = Path(args.json) if args.json else out / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1))

@@ -103,6 +103,14 @@ class BenchConfig:
     planners: list[str] = field(default_factory=lambda: ["expert", "const_vel", "ego_mlp", "dima"])
     checkpoint: str = "checkpoints/dima_tiny"
     node_params: list[str] = field(default_factory=lambda: ["params/ros/planner.yaml"])
+    # `dima_dual`: the planner node in dual_mode (its MLLM branch from the same stage-2
+    # checkpoint: Dual pools the two ego features, so they must be one pair) and
+    # dima_mllm_node commenting beside it.
+    dual_checkpoint: str = "checkpoints/dima_tiny_stage2"
+    mllm_params: list[str] = field(default_factory=lambda: ["params/ros/mllm.yaml"])
+    # Wall seconds between two commentaries. The commentary never changes a plan, so in
+    # lockstep it only costs wall time.
+    dual_commentary_period: float = 30.0
     plan_timeout: float = 10.0  # wall seconds to wait for the plan of a frame in lockstep
     node_ready_timeout: float = 180.0
     domain_id: int = 63

@@ -363,8 +363,11 @@ class MLLMBranch(nn.Module):
         return TrajectoryHead.select(self.plan_head(feature), command)
 
     @torch.no_grad()
-    def generate(self, beam: Any, question: str, max_new_tokens: int = 128) -> str:
-        """Greedy answer text about one scene (B must be 1); run-time reasoning for the node."""
+    def generate(self, beam: Any, question: str, max_new_tokens: int = 128, answer_pattern: Any = None) -> str:
+        """Greedy answer text about one scene (B must be 1); run-time reasoning for the node.
+
+        answer_pattern: a regular expression the whole answer must match (its grammar,
+        e.g. qa.generate.PLANNING_PATTERN): decoding is held to it (constrained.py)."""
         beam = as_beam_dict(beam)
         if beam["bev"].shape[0] != 1:
             raise ValueError(f"generate() takes one scene (B=1), got B={beam['bev'].shape[0]}")
@@ -374,7 +377,14 @@ class MLLMBranch(nn.Module):
         # Plain greedy decoding, the distribution training fits: no repetition penalty and
         # no n-gram ban, which would make answers that repeat words ("a car ... a car")
         # impossible to produce.
+        extra = {}
+        if answer_pattern is not None:
+            from transformers import LogitsProcessorList
+
+            from .constrained import GrammarLogitsProcessor
+
+            extra["logits_processor"] = LogitsProcessorList([GrammarLogitsProcessor(answer_pattern, self.tokenizer)])
         ids = self.llm.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=max_new_tokens,
                                 do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                eos_token_id=self.tokenizer.eos_token_id)
+                                eos_token_id=self.tokenizer.eos_token_id, **extra)
         return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
