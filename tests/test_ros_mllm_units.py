@@ -98,6 +98,22 @@ def test_malformed_tokens_raise_with_a_category(mutate, category, words):
     assert words in e.value.reason
 
 
+def _wait_until(cond, deadline: float) -> None:
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _start_busy(w: GenerationWorker, order: list[str]) -> float:
+    """Start the worker, offer the periodic job "first" (its run blocks) and wait until it
+    runs; returns the deadline for what follows."""
+    w.start()
+    deadline = time.monotonic() + 5
+    _wait_until(lambda: w.state == "ready", deadline)
+    assert w.offer(Job("periodic", None, "first", 4, time.monotonic()))
+    _wait_until(lambda: order == ["first"], deadline)
+    return deadline
+
+
 def test_worker_drops_periodic_work_while_busy_and_serves_questions_first():
     release = threading.Event()
     order: list[str] = []
@@ -112,13 +128,7 @@ def test_worker_drops_periodic_work_while_busy_and_serves_questions_first():
     w = GenerationWorker(lambda: "m", run, stats)
     assert not w.offer(Job("periodic", None, "too early", 4, time.monotonic()))  # still loading
     assert stats.dropped_not_ready == 1
-    w.start()
-    deadline = time.monotonic() + 5
-    while w.state != "ready" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert w.offer(Job("periodic", None, "first", 4, time.monotonic()))
-    while order != ["first"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _start_busy(w, order)
     assert not w.offer(Job("periodic", None, "dropped", 4, time.monotonic()))
     assert stats.dropped_busy == 1
     ask = w.ask(Job("ask", None, "question", 4, time.monotonic()))
@@ -146,13 +156,7 @@ def test_worker_dual_plans_latest_wins_first_but_text_gets_every_other_turn():
 
     stats = MLLMStats()
     w = GenerationWorker(lambda: "m", run, stats)
-    w.start()
-    deadline = time.monotonic() + 5
-    while w.state != "ready" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert w.offer(Job("periodic", None, "first", 4, time.monotonic()))
-    while order != ["first"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    deadline = _start_busy(w, order)
     # While a commentary runs: Dual plans queue in their slot, the newest wins.
     assert w.offer(Job("dual", None, "dual-stale", 0, time.monotonic()))
     assert w.offer(Job("dual", None, "dual-1", 0, time.monotonic()))
@@ -162,8 +166,7 @@ def test_worker_dual_plans_latest_wins_first_but_text_gets_every_other_turn():
     assert ask.result(timeout=5) == "question"
     # A commentary is taken while only a Dual plan runs (not dropped as busy).
     assert w.offer(Job("dual", None, "dual-2", 0, time.monotonic()))
-    while order[-1:] != ["dual-2"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_until(lambda: order[-1:] == ["dual-2"], deadline)
     assert w.offer(Job("periodic", None, "later", 4, time.monotonic()))
     release_dual.set()
     time.sleep(0.3)

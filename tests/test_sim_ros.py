@@ -20,12 +20,17 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(420)]
 CKPT = REPO / "checkpoints" / "dima_tiny_stage2"
 
 
-@pytest.mark.skipif(not (CKPT / "model.safetensors").exists(), reason="default checkpoint not present")
-def test_planner_node_drives_the_first_seconds_of_a_route(tmp_path):
+def town_world(tmp_path):
+    """The default world's config: the town the checkpoint was trained in (no images needed)."""
     world = tmp_path / "world"
     world.mkdir()
-    # The default world's config: the town the checkpoint was trained in (no images needed).
     (world / "dima_meta.json").write_text(json.dumps({"config": to_dict(SynthConfig()), "scenes": []}))
+    return world
+
+
+@pytest.mark.skipif(not (CKPT / "model.safetensors").exists(), reason="default checkpoint not present")
+def test_planner_node_drives_the_first_seconds_of_a_route(tmp_path):
+    world = town_world(tmp_path)
     domain = pid_domain_id(11)
     planner = start_node_process("dima_planner.ros.planner_node", domain, REPO / "params/ros/planner.yaml",
                                  "--params-file", str(REPO / "params/ros/sim.yaml"),
@@ -61,9 +66,7 @@ def test_planner_node_drives_the_first_seconds_of_a_route(tmp_path):
 def test_dual_planner_node_drives_over_dds(tmp_path):
     """DiMA Dual in the loop: the planner node with dual_mode (MLLM branch in its process,
     ego features max-pooled) plans every lockstep frame of a short route."""
-    world = tmp_path / "world"
-    world.mkdir()
-    (world / "dima_meta.json").write_text(json.dumps({"config": to_dict(SynthConfig()), "scenes": []}))
+    world = town_world(tmp_path)
     domain = pid_domain_id(13)
     planner = start_node_process("dima_planner.ros.planner_node", domain, REPO / "params/ros/planner.yaml",
                                  "--params-file", str(REPO / "params/ros/sim.yaml"),
