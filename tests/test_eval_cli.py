@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,3 +51,31 @@ def test_eval_json_shape_subsets_and_cis(training_world, tmp_path, monkeypatch):
         assert lo <= vad["l2_avg"] <= hi
         assert vad["subsets"] and all("ci95" in s for s in vad["subsets"].values())
         assert np.isfinite(m["speed_mae"])
+
+
+STAGE2 = Path(__file__).resolve().parents[1] / "checkpoints" / "dima_tiny_stage2"
+
+
+@pytest.mark.skipif(not (STAGE2 / "mllm.safetensors").exists(), reason="stage-2 checkpoint not present")
+def test_eval_qa_end_to_end_with_the_default_stage2_checkpoint(training_world, tmp_path):
+    """`dima eval --qa` with only the data flags: the shipped stage-2 checkpoint answers through
+    the node's engine; the commentary, held to its grammar, always parses."""
+    from dima_planner.eval import cli
+
+    out = tmp_path / "qa.json"
+    parser = cli.argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--dataroot", str(training_world), "--version", "v1.0-dima", "--split", "val",
+                              "--qa", "--threads", "1", "--qa-stride", "4", "--json", str(out),
+                              "--cache-dir", str(tmp_path / "cache")])
+    assert cli.run(args) == 0
+    qa = json.loads(out.read_text())["qa"]
+    assert qa["checkpoint"].endswith("dima_tiny_stage2") and qa["num_frames"] >= 2
+    assert qa["num_questions"] == 4 * qa["num_frames"] and 0.0 <= qa["overall_exact_match"] <= 1.0
+    assert set(qa["per_type"]) == set(qa["constant_baseline"]["per_type"])
+    wf = qa["well_formed"]
+    assert wf["answer_grammar"] and wf["planning_free_text"] == 1.0 and wf["num_free_texts"] == qa["num_frames"]
+    assert 0.0 <= wf["planning_free_text_unconstrained"] <= 1.0
+    slots = qa["planning_slots"]
+    assert slots["num"] >= 1 and {"action", "route", "reason", "reason_kind"} <= set(slots)
+    assert all(t["reference"] and t["unconstrained"] is not None for t in qa["reasoning_texts"])

@@ -147,6 +147,7 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
     formed = {t: [] for t in QTYPES}
     latency, free_ok, free_raw_ok, examples, texts = [], [], [], [], []
     slot_refs, slot_got = [], []
+    commentary = {"node": [], "free": []}  # seconds per planning answer, as the node decodes it / freely
     tok = engine.tokenizer
     too_long = sum(len(tok(f.answers[t], add_special_tokens=False).input_ids) + 1 > max_new_tokens
                    for f in frames for t in QTYPES)
@@ -167,8 +168,11 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
             # the second says how much of the form the model itself has learnt.
             t0 = time.perf_counter()
             text = engine.generate(f.beam, bev_hw, PLANNING_QUESTION, max_new_tokens)
-            latency.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
             free = engine.generate(f.beam, bev_hw, PLANNING_QUESTION, max_new_tokens, grammar=False)
+            latency.append(t1 - t0)
+            commentary["node"].append(t1 - t0)
+            commentary["free"].append(time.perf_counter() - t1)
             free_ok.append(parse_planning(text) is not None)
             free_raw_ok.append(parse_planning(free) is not None)
             ref = next((q.answer for q in f.free_text if q.question == PLANNING_QUESTION), None)
@@ -195,7 +199,8 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
         "references_longer_than_max_new_tokens": int(too_long),
         "max_new_tokens": int(max_new_tokens),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
-                       "num": len(lat)},
+                       "num": len(lat),
+                       **{f"commentary_{k}_p50": float(np.percentile(v, 50)) * 1e3 for k, v in commentary.items() if v}},
         "examples": examples,
         "reasoning_texts": texts,
     }
