@@ -38,7 +38,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
-from dima_msgs.msg import DrivingCommand, PlannedTrajectory
+from dima_msgs.msg import DrivingCommand, PlannedTrajectory, Reasoning
 
 from ..data.sample import CAMERAS
 from ..sim.cameras import CameraRig
@@ -125,6 +125,9 @@ class SimBridge(Node):
         self.pub_info = {c: self.create_publisher(CameraInfo, bag_io.camera_info_topic(c), reliable) for c in CAMERAS}
         msg_type = PlannedTrajectory if plan_type == "trajectory" else PathMsg
         self.create_subscription(msg_type, plan_topic, self._on_plan, reliable)
+        # An MLLM node's commentary, if one runs, goes into the route's log (sim time, text).
+        self.create_subscription(Reasoning, "/dima/reasoning", self._on_reasoning, reliable)
+        self._reasoning: list[tuple[int, str]] = []
         self._plans: dict[int, object] = {}
         self._cond = threading.Condition()
         self.l2e = None
@@ -135,6 +138,10 @@ class SimBridge(Node):
         with self._cond:
             self._plans[conv.stamp_to_ns(msg.header.stamp)] = msg
             self._cond.notify_all()
+
+    def _on_reasoning(self, msg) -> None:
+        with self._cond:
+            self._reasoning.append((conv.stamp_to_ns(msg.input_stamp), msg.text))
 
     def _wait_plan(self, stamp_ns: int, timeout: float):
         deadline = time.monotonic() + timeout
@@ -235,6 +242,7 @@ class SimBridge(Node):
         offset_ns = int(round(offset_s * SEC))
         with self._cond:
             self._plans.clear()
+            self._reasoning.clear()
         # Clock first, then the rig: a planner resets on the jump to this route's time.
         self.pub_clock.publish(Clock(clock=conv.ns_to_stamp(offset_ns)))
         self._publish_static(rig, conv.ns_to_stamp(offset_ns))
@@ -260,6 +268,9 @@ class SimBridge(Node):
             sim.advance(self.to_plan(msg, sim, offset_ns) if msg is not None else None)
             if progress is not None:
                 progress(sim)
+        with self._cond:
+            sim.log.reasoning = [{"t": round((ns - offset_ns) / SEC, 3), "text": text}
+                                 for ns, text in self._reasoning if ns >= offset_ns]
         return sim
 
 

@@ -123,6 +123,24 @@ class DimaInTheLoop:
         rclpy.try_shutdown()
 
 
+def add_paired_cis(results: dict[str, dict]) -> None:
+    """Each learned planner's driving score minus each baseline's on the same routes, with
+    a paired 95 % CI over routes (an interval containing 0 is noise)."""
+    from .scoring import route_bootstrap_ci
+
+    for name, r in results.items():
+        if name == "expert":
+            continue
+        ds = [x["driving_score"] for x in r["routes"]]
+        r["paired_vs"] = {}
+        for other, o in results.items():
+            if other in (name, "expert") or [x["name"] for x in o["routes"]] != [x["name"] for x in r["routes"]]:
+                continue
+            od = [x["driving_score"] for x in o["routes"]]
+            r["paired_vs"][other] = {"diff": round(float(np.mean(ds) - np.mean(od)), 2),
+                                     "ci95": route_bootstrap_ci(ds, od)}
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -132,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .planners import ConstVelPlanner, EgoMLPPlanner, Expert, fit_ego_mlp
     from .runner import drive, expert_log, route_result
+    from .scoring import route_bootstrap_ci
     from .scenario import build_scenario
     from .viz import VideoWriter, plot_route
 
@@ -196,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         km = sum(r["distance_km"] for r in rows)
         results[name] = {
             "mean_driving_score": round(float(np.mean([r["driving_score"] for r in rows])), 2),
+            "driving_score_ci95": route_bootstrap_ci([r["driving_score"] for r in rows]),
             "mean_route_completion": round(float(np.mean([r["route_completion"] for r in rows])), 2),
             "collisions_per_km": round(sum(r["collisions"] for r in rows) / km, 3) if km > 0 else 0.0,
             "mean_pdms": round(float(np.mean([r["pdms"] for r in rows])), 2),
@@ -207,12 +227,14 @@ def run(args: argparse.Namespace) -> int:
     ckpts = f"{Path(cfg.checkpoint).name} for dima" + (
         f", {Path(cfg.dual_checkpoint).name} for dima_dual" if "dima_dual" in planners else "")
     table = Table(title=f"closed loop, {len(routes)} routes ({cfg.sim.frame_hz:g} Hz lockstep, {ckpts})")
-    for col in ("planner", "driving score", "route compl. (%)", "collisions/km", "PDMS", "routes DS >= 80",
+    add_paired_cis(results)
+    for col in ("planner", "driving score [95% CI]", "route compl. (%)", "collisions/km", "PDMS", "routes DS >= 80",
                 "wall s / sim s"):
         table.add_column(col, justify="left" if col == "planner" else "right")
     for name, r in results.items():
         passed = sum(x["driving_score"] >= 80 for x in r["routes"])
-        table.add_row(name, f"{r['mean_driving_score']:.1f}", f"{r['mean_route_completion']:.1f}",
+        lo, hi = r["driving_score_ci95"]
+        table.add_row(name, f"{r['mean_driving_score']:.1f} [{lo:.1f}, {hi:.1f}]", f"{r['mean_route_completion']:.1f}",
                       f"{r['collisions_per_km']:.2f}", f"{r['mean_pdms']:.1f}", f"{passed}/{len(r['routes'])}",
                       f"{timing[name]['wall_s'] / max(timing[name]['sim_s'], 1e-6):.2f}")
     console.print(table)

@@ -100,8 +100,8 @@ class SimConfig:
 class BenchConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     routes: list[RouteSpec] = field(default_factory=list)
-    planners: list[str] = field(default_factory=lambda: ["expert", "const_vel", "ego_mlp", "dima"])
-    checkpoint: str = "checkpoints/dima_tiny"
+    planners: list[str] = field(default_factory=lambda: ["expert", "const_vel", "ego_mlp", "dima", "dima_dual"])
+    checkpoint: str = "checkpoints/dima_tiny_stage2"
     node_params: list[str] = field(default_factory=lambda: ["params/ros/planner.yaml"])
     # `dima_dual`: the planner node in dual_mode (its MLLM branch from the same stage-2
     # checkpoint: Dual pools the two ego features, so they must be one pair) and

@@ -59,6 +59,7 @@ class SimLog:
     agents_v: list[np.ndarray] = field(default_factory=list)
     frames: list[dict] = field(default_factory=list)  # t, plan xy (world), command, missed
     events: list[Event] = field(default_factory=list)
+    reasoning: list[dict] = field(default_factory=list)  # t (sim s of the scene), text: an MLLM node's commentary
     end_reason: str = ""
 
     def array(self, name: str) -> np.ndarray:

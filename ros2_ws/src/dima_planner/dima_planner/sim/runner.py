@@ -32,4 +32,6 @@ def route_result(name: str, sim: Simulator, cfg: SimConfig, expert: SimLog | Non
     res.update(score(sim.log, sc.route_s0, sc.route_length, cfg.scoring, expert))
     res["plans"] = sim.plans
     res["missed_plans"] = sim.missed
+    if sim.log.reasoning:
+        res["reasoning"] = sim.log.reasoning
     return res

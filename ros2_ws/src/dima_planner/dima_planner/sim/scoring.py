@@ -132,3 +132,16 @@ def _pdms(log, t, s, offroad, collisions, red, k, cfg: ScoringConfig, expert, ro
         scores.append(nc * dac * (5 * ep + 5 * ttc + 2 * comfort) / 12.0)
         start = end
     return 100.0 * float(np.mean(scores)) if scores else 0.0
+
+
+def route_bootstrap_ci(scores, paired_with=None, num: int = 10000, seed: int = 0) -> list[float]:
+    """95 % CI of the mean over routes (routes resampled with replacement); with
+    `paired_with` (the same routes' scores of another planner), of the mean difference."""
+    x = np.asarray(scores, np.float64)
+    if paired_with is not None:
+        x = x - np.asarray(paired_with, np.float64)
+    if x.size == 0:
+        return [float("nan"), float("nan")]
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(num, x.size))
+    means = x[idx].mean(1)
+    return [round(float(np.quantile(means, 0.025)), 2), round(float(np.quantile(means, 0.975)), 2)]
