@@ -190,8 +190,11 @@ def test_grammar_held_decoding_parses_and_free_decoding_need_not(small_llm):
     out = proc(torch.tensor([ids]), scores)
     pick = int(out[0].argmax())
     assert pick != tok.eos_token_id and tok.decode(ids + [pick]).startswith("no")
+    assert torch.isinf(out[0]).sum() == len(tok) - 1  # exactly one token left
     whole = tok("no.", add_special_tokens=False).input_ids
     assert int(proc(torch.tensor([whole]), scores)[0].argmax()) == tok.eos_token_id
+    dot = tok.convert_tokens_to_ids(".")
+    assert proc.fits(" no", dot) and not proc.fits("no ", dot)  # only the first word's leading space is free
 
 
 # ----------------------------------------------------------------- LoRA + training

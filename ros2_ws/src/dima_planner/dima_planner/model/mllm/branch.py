@@ -362,6 +362,16 @@ class MLLMBranch(nn.Module):
         """MLLM planning head on a (B, planner_dim) feature -> (B, 6, 2) for the command."""
         return TrajectoryHead.select(self.plan_head(feature), command)
 
+    def _grammar(self, pattern: Any):
+        """The grammar's logits processor, built once per pattern (it decodes the vocabulary)."""
+        from .constrained import GrammarLogitsProcessor
+
+        key = pattern if isinstance(pattern, str) else pattern.pattern
+        cache = self.__dict__.setdefault("_grammars", {})
+        if key not in cache:
+            cache[key] = GrammarLogitsProcessor(key, self.tokenizer)
+        return cache[key]
+
     @torch.no_grad()
     def generate(self, beam: Any, question: str, max_new_tokens: int = 128, answer_pattern: Any = None) -> str:
         """Greedy answer text about one scene (B must be 1); run-time reasoning for the node.
@@ -381,9 +391,7 @@ class MLLMBranch(nn.Module):
         if answer_pattern is not None:
             from transformers import LogitsProcessorList
 
-            from .constrained import GrammarLogitsProcessor
-
-            extra["logits_processor"] = LogitsProcessorList([GrammarLogitsProcessor(answer_pattern, self.tokenizer)])
+            extra["logits_processor"] = LogitsProcessorList([self._grammar(answer_pattern)])
         ids = self.llm.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=max_new_tokens,
                                 do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
                                 eos_token_id=self.tokenizer.eos_token_id, **extra)

@@ -23,38 +23,47 @@ import torch
 
 class GrammarLogitsProcessor:
     """A transformers logits processor (callable (input_ids, scores) -> scores) for B = 1
-    greedy decoding from `inputs_embeds` (input_ids then hold only the generated tokens)."""
+    greedy decoding from `inputs_embeds` (input_ids then hold only the generated tokens).
+    Reusable across generations (build one per tokenizer and grammar: building decodes
+    the vocabulary once)."""
+
+    TOP = 64  # candidates tried before the whole vocabulary is sorted
 
     def __init__(self, pattern: str | Any, tokenizer: Any):
         self.pattern = regex.compile(pattern if isinstance(pattern, str) else pattern.pattern)
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token_id
-        self.forced_end = 0  # steps where no candidate fitted (the text is ended there)
+        # Each token's own text (special tokens: ""). The grammar is ASCII, so a token that
+        # is part of a multi-byte character never fits whatever it decodes to alone.
+        self.pieces = [tokenizer.decode([i], skip_special_tokens=True) for i in range(len(tokenizer))]
+        self.forced_end = 0  # steps where no token fitted (the text is ended there)
 
-    def _text(self, ids: list[int]) -> str:
-        # Only the leading space of the first word is free; every other character,
-        # spaces included, must be the grammar's (else whitespace tokens would slip in).
-        return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+    def _raw(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def fits(self, ids: list[int], token: int) -> bool:
+    def fits(self, raw: str, token: int) -> bool:
+        """Whether `token` may follow the generated text `raw`. Only the leading space of
+        the first word is free; every other character, spaces included, must be the
+        grammar's (else whitespace tokens would slip in)."""
+        text = raw.lstrip()
         if token == self.eos:
-            return self.pattern.fullmatch(self._text(ids)) is not None
-        text = self._text(ids + [token])
+            return self.pattern.fullmatch(text) is not None
+        piece = self.pieces[token] if 0 <= token < len(self.pieces) else ""
+        longer = (raw + piece).lstrip()
         # A token that adds no character (another special token) is no progress: refused.
-        grows = len(text) > len(self._text(ids))
-        return grows and self.pattern.fullmatch(text, partial=True) is not None
+        return len(longer) > len(text) and self.pattern.fullmatch(longer, partial=True) is not None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = torch.full_like(scores, float("-inf"))
         for row in range(scores.shape[0]):
-            ids = input_ids[row].tolist()
-            pick = None
-            # Best first; usually one of the first few fits. A model far from the grammar
-            # (untrained, or off on a tangent) may need the whole vocabulary: still exact.
-            for token in torch.argsort(scores[row], descending=True).tolist():
-                if self.fits(ids, token):
-                    pick = token
-                    break
+            raw = self._raw(input_ids[row].tolist())
+            # Best first; usually one of the model's top few fits. A model far from the
+            # grammar (untrained, or off on a tangent) may need the whole vocabulary.
+            top = torch.topk(scores[row], min(self.TOP, scores.shape[-1])).indices.tolist()
+            pick = next((t for t in top if self.fits(raw, t)), None)
+            if pick is None:
+                rest = torch.argsort(scores[row], descending=True)[len(top):].tolist()
+                pick = next((t for t in rest if self.fits(raw, t)), None)
             if pick is None:
                 self.forced_end += 1
                 pick = self.eos
