@@ -42,6 +42,7 @@ ROS_PACKAGES = {
 # Imports without a rosdep key of their own, and why that is fine (package.xml says so too).
 NO_ROSDEP_KEY = {
     "safetensors": "a dependency of transformers (python3-transformers-pip)",
+    "regex": "a dependency of transformers (python3-transformers-pip); the answer grammar's partial matching",
     "pyquaternion": "a dependency of nuscenes-devkit (python3-nuscenes-devkit-pip)",
     "peft": "no rosdep key: pip (tools/requirements.txt)",
     "efficientnet_lite_pytorch": "no rosdep key: pip (tools/requirements.txt), optional backbone",
