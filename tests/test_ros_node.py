@@ -424,6 +424,14 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
     from dima_msgs.msg import SceneTokens
     from dima_planner.ros.reasoning import decode_scene_tokens_msg
 
+    import gc
+
+    # Fast DDS 2.14 (Jazzy) can deadlock when a participant of this process is destroyed
+    # while discovery removes the killed peer below (the destroying thread spins holding the
+    # GIL, so not even the test timeout fires). Nodes left for the garbage collector by
+    # earlier tests are destroyed now, and the driver closes only after the graph has
+    # dropped the killed node.
+    gc.collect()
     domain = pid_domain_id(37)
     proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "max_input_age:=1.0")
     mllm = start_node_process("dima_planner.ros.mllm_node", domain, REPO / "params" / "ros" / "mllm.yaml",
@@ -460,6 +468,9 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
                 planned += bool(drv.wait(lambda: drv.paths_at(t), 5.0))
             assert planned == 5, f"only {planned}/{sent} frames planned after {action.name} of the MLLM node"
             assert proc.poll() is None
+        mllm.wait(10)
+        # The killed node's subscription leaves the graph when its lease runs out.
+        drv.wait(lambda: drv.node.count_subscribers("/dima/scene_tokens") <= 1, 60.0, poll=0.5)
     finally:
         if mllm.poll() is None:
             os.kill(mllm.pid, signal.SIGCONT)
