@@ -144,3 +144,14 @@ def test_planning_slots_are_scored_against_the_reference_and_the_best_constant()
     assert acc["reason"]["accuracy"] == pytest.approx(1 / 3)  # 9 m is not 7 m
     assert acc["reason_kind"]["accuracy"] == pytest.approx(2 / 3)
     assert acc["route"]["constant_answer"] == "go straight"
+
+
+def test_the_commentary_grammar_takes_the_route_from_the_command():
+    from dima_planner.data.sample import CMD_LEFT, CMD_RIGHT
+    from dima_planner.qa.generate import answer_grammar
+
+    left = "The ego vehicle should slow down and turn left, because it is approaching a turn."
+    assert answer_grammar(PLANNING_QUESTION).fullmatch(left)
+    assert answer_grammar(PLANNING_QUESTION, CMD_LEFT).fullmatch(left)
+    assert not answer_grammar(PLANNING_QUESTION, CMD_RIGHT).fullmatch(left)
+    assert answer_grammar("How many vehicles are ahead?", CMD_LEFT) is None

@@ -40,6 +40,7 @@ class Frame:
     answers: dict[str, str]  # qtype -> reference answer
     factual: list[QAPair]  # the four factual QA pairs (QTYPES order)
     free_text: list[QAPair]  # generated perception/prediction/planning QA (qa.generate)
+    command: int = 2  # the navigation command the planner was given (the node's SceneTokens.command)
 
 
 def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
@@ -59,7 +60,7 @@ def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
         last_scene = s.scene_token
         vals = factual_values(s)
         frames.append(Frame(s.token, s.scene_token, res.beam, {t: answer_text(t, v) for t, v in vals.items()},
-                            factual_qa(s), generate_qa(s)))
+                            factual_qa(s), generate_qa(s), int(s.command)))
     return frames
 
 
@@ -167,7 +168,7 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
             # As the node decodes it (held to the grammar when the engine is), and free:
             # the second says how much of the form the model itself has learnt.
             t0 = time.perf_counter()
-            text = engine.generate(f.beam, bev_hw, PLANNING_QUESTION, max_new_tokens)
+            text = engine.generate(f.beam, bev_hw, PLANNING_QUESTION, max_new_tokens, command=f.command)
             t1 = time.perf_counter()
             free = engine.generate(f.beam, bev_hw, PLANNING_QUESTION, max_new_tokens, grammar=False)
             latency.append(t1 - t0)

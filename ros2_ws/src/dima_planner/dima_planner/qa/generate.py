@@ -216,14 +216,24 @@ _REASON_RE = (r"the lane ahead is clear"
               r"(?: and blocks the way| and is too close|, moving slower \(\d+ m/s\) than the ego \(\d+ m/s\))?"
               r"|no agent blocks its lane, so it is likely yielding at a traffic light, a stop line or to crossing traffic"
               r"|it is approaching a (?:turn|situation that needs caution)")
-PLANNING_PATTERN = re.compile(rf"The ego vehicle should ({_ACTION_RE}) and (turn right|turn left|go straight), "
-                              rf"because ({_REASON_RE})\.")
+_ROUTE_RE = "turn right|turn left|go straight"
+PLANNING_PATTERN = re.compile(rf"The ego vehicle should ({_ACTION_RE}) and ({_ROUTE_RE}), because ({_REASON_RE})\.")
 
 
-def answer_grammar(question: str) -> re.Pattern | None:
+def planning_pattern(command: int | None = None) -> re.Pattern:
+    """The planning answers' grammar; with the navigation command, its route clause is that
+    command's (the answer's route is the command the planner was given, qa.generate.planning_qa)."""
+    if command is None:
+        return PLANNING_PATTERN
+    route = re.escape(_COMMAND_TEXT.get(int(command), "go straight"))
+    return re.compile(rf"The ego vehicle should ({_ACTION_RE}) and ({route}), because ({_REASON_RE})\.")
+
+
+def answer_grammar(question: str, command: int | None = None) -> re.Pattern | None:
     """The grammar stage 2 trains the answers to `question` from, if it has one (the
-    planning question, the node's commentary); None for any other question."""
-    return PLANNING_PATTERN if " ".join(question.split()) == PLANNING_QUESTION else None
+    planning question, the node's commentary; its route clause fixed to `command` when
+    given); None for any other question."""
+    return planning_pattern(command) if " ".join(question.split()) == PLANNING_QUESTION else None
 
 
 def parse_planning(text: str) -> tuple[str, str, str] | None:

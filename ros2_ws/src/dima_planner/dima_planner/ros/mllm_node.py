@@ -196,7 +196,8 @@ class MLLMNode(Node):
             return "", time.monotonic() - job.received_wall, model_s
         try:
             t0 = time.monotonic()
-            text = engine.generate(scene.tokens, scene.bev_hw, job.question, job.max_new_tokens, scene.planner_dim)
+            text = engine.generate(scene.tokens, scene.bev_hw, job.question, job.max_new_tokens, scene.planner_dim,
+                                   command=scene.command)
             gen_s = time.monotonic() - t0
         except TokenError as e:  # tokens that do not fit the checkpoint's branch
             self._stats.reject(e.category, e.reason)

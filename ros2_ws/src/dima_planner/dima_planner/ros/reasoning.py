@@ -329,14 +329,17 @@ class MLLMEngine:
                 for k, v in tokens.items()}
 
     def generate(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int], question: str,
-                 max_new_tokens: int, planner_dim: int | None = None, grammar: bool | None = None) -> str:
+                 max_new_tokens: int, planner_dim: int | None = None, grammar: bool | None = None,
+                 command: int | None = None) -> str:
         """Greedy answer. A question whose answers a checkpoint was trained from a grammar
         (qa.generate.answer_grammar: the planning question) is decoded held to that grammar
         when `grammar` (default: self.answer_grammar); an untrained branch never is (it
-        learnt no grammar, and template text would pass its noise off as reasoning)."""
+        learnt no grammar, and template text would pass its noise off as reasoning).
+        `command` (the scene's navigation command) fixes the grammar's route clause: the
+        route is an input the node has, not something for the model to guess."""
         branch = self.branch_for(tokens, bev_hw, planner_dim)
         use = self.answer_grammar if grammar is None else grammar
-        pattern = answer_grammar(question) if use and self.checkpoint is not None else None
+        pattern = answer_grammar(question, command) if use and self.checkpoint is not None else None
         return branch.generate(self._beam(tokens, branch), question, max_new_tokens, answer_pattern=pattern)
 
     def plan(self, tokens: dict[str, np.ndarray], bev_hw: tuple[int, int], command: int,

@@ -363,13 +363,16 @@ class MLLMBranch(nn.Module):
         return TrajectoryHead.select(self.plan_head(feature), command)
 
     def _grammar(self, pattern: Any):
-        """The grammar's logits processor, built once per pattern (it decodes the vocabulary)."""
-        from .constrained import GrammarLogitsProcessor
+        """The grammar's logits processor, built once per pattern; the vocabulary's texts are
+        decoded once for all of them."""
+        from .constrained import GrammarLogitsProcessor, token_texts
 
         key = pattern if isinstance(pattern, str) else pattern.pattern
         cache = self.__dict__.setdefault("_grammars", {})
         if key not in cache:
-            cache[key] = GrammarLogitsProcessor(key, self.tokenizer)
+            if "_token_texts" not in self.__dict__:
+                self._token_texts = token_texts(self.tokenizer)
+            cache[key] = GrammarLogitsProcessor(key, self.tokenizer, self._token_texts)
         return cache[key]
 
     @torch.no_grad()

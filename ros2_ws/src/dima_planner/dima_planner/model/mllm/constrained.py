@@ -21,21 +21,26 @@ import regex
 import torch
 
 
+def token_texts(tokenizer: Any) -> list[str]:
+    """Each token's own text (special tokens: ""), in id order: share it between grammars."""
+    return [tokenizer.decode([i], skip_special_tokens=True) for i in range(len(tokenizer))]
+
+
 class GrammarLogitsProcessor:
     """A transformers logits processor (callable (input_ids, scores) -> scores) for B = 1
     greedy decoding from `inputs_embeds` (input_ids then hold only the generated tokens).
-    Reusable across generations (build one per tokenizer and grammar: building decodes
-    the vocabulary once)."""
+    Reusable across generations; `pieces` (token_texts of the tokenizer) can be shared by
+    several grammars, as decoding the vocabulary is the costly part of building one."""
 
     TOP = 64  # candidates tried before the whole vocabulary is sorted
 
-    def __init__(self, pattern: str | Any, tokenizer: Any):
+    def __init__(self, pattern: str | Any, tokenizer: Any, pieces: list[str] | None = None):
         self.pattern = regex.compile(pattern if isinstance(pattern, str) else pattern.pattern)
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token_id
         # Each token's own text (special tokens: ""). The grammar is ASCII, so a token that
         # is part of a multi-byte character never fits whatever it decodes to alone.
-        self.pieces = [tokenizer.decode([i], skip_special_tokens=True) for i in range(len(tokenizer))]
+        self.pieces = pieces if pieces is not None else token_texts(tokenizer)
         self.forced_end = 0  # steps where no token fitted (the text is ended there)
 
     def _raw(self, ids: list[int]) -> str:
