@@ -216,8 +216,13 @@ _REASON_RE = (r"the lane ahead is clear"
               r"(?: and blocks the way| and is too close|, moving slower \(\d+ m/s\) than the ego \(\d+ m/s\))?"
               r"|no agent blocks its lane, so it is likely yielding at a traffic light, a stop line or to crossing traffic"
               r"|it is approaching a (?:turn|situation that needs caution)")
-_ROUTE_RE = "turn right|turn left|go straight"
-PLANNING_PATTERN = re.compile(rf"The ego vehicle should ({_ACTION_RE}) and ({_ROUTE_RE}), because ({_REASON_RE})\.")
+
+
+def _planning_sentence(route_re: str) -> re.Pattern:
+    return re.compile(rf"The ego vehicle should ({_ACTION_RE}) and ({route_re}), because ({_REASON_RE})\.")
+
+
+PLANNING_PATTERN = _planning_sentence("turn right|turn left|go straight")
 
 
 def planning_pattern(command: int | None = None) -> re.Pattern:
@@ -225,8 +230,7 @@ def planning_pattern(command: int | None = None) -> re.Pattern:
     command's (the answer's route is the command the planner was given, qa.generate.planning_qa)."""
     if command is None:
         return PLANNING_PATTERN
-    route = re.escape(_COMMAND_TEXT.get(int(command), "go straight"))
-    return re.compile(rf"The ego vehicle should ({_ACTION_RE}) and ({route}), because ({_REASON_RE})\.")
+    return _planning_sentence(re.escape(_COMMAND_TEXT.get(int(command), "go straight")))
 
 
 def answer_grammar(question: str, command: int | None = None) -> re.Pattern | None:

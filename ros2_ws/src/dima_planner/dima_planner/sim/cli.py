@@ -9,8 +9,8 @@ use_sim_time), driven over DDS on loopback by the simulator node running in this
 in lockstep. `dima_dual` is DiMA's Dual inference: the planner node with `dual_mode` (the
 MLLM branch of the stage-2 checkpoint `dual_checkpoint` in its process, ego features
 max-pooled into the planning head, exactly as `dima eval --dual`) drives, and
-`dima_mllm_node` runs beside it on the planner's scene tokens, commenting. The expert and the open-loop baselines run in-process through the same simulator
-and controller.
+`dima_mllm_node` runs beside it on the planner's scene tokens, commenting. The expert and
+the open-loop baselines run in-process through the same simulator and controller.
 """
 from __future__ import annotations
 

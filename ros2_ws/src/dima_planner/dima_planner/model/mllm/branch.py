@@ -66,6 +66,8 @@ class MLLMBranch(nn.Module):
             llm, tokenizer = load_llm(cfg.llm)
         self.llm_load_seconds = time.perf_counter() - t0
         self.tokenizer = tokenizer
+        self._grammars: dict[str, Any] = {}  # answer pattern -> logits processor (generate)
+        self._token_texts: list[str] | None = None  # the vocabulary's texts, shared by the grammars
         self.llm = apply_lora(llm, cfg.lora)
         d = self.llm.get_input_embeddings().embedding_dim
         self.llm_dim = d
@@ -368,12 +370,11 @@ class MLLMBranch(nn.Module):
         from .constrained import GrammarLogitsProcessor, token_texts
 
         key = pattern if isinstance(pattern, str) else pattern.pattern
-        cache = self.__dict__.setdefault("_grammars", {})
-        if key not in cache:
-            if "_token_texts" not in self.__dict__:
+        if key not in self._grammars:
+            if self._token_texts is None:
                 self._token_texts = token_texts(self.tokenizer)
-            cache[key] = GrammarLogitsProcessor(key, self.tokenizer, self._token_texts)
-        return cache[key]
+            self._grammars[key] = GrammarLogitsProcessor(key, self.tokenizer, self._token_texts)
+        return self._grammars[key]
 
     @torch.no_grad()
     def generate(self, beam: Any, question: str, max_new_tokens: int = 128, answer_pattern: Any = None) -> str:

@@ -46,11 +46,12 @@ class GrammarLogitsProcessor:
     def _raw(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def fits(self, raw: str, token: int) -> bool:
-        """Whether `token` may follow the generated text `raw`. Only the leading space of
-        the first word is free; every other character, spaces included, must be the
-        grammar's (else whitespace tokens would slip in)."""
-        text = raw.lstrip()
+    def fits(self, raw: str, token: int, text: str | None = None) -> bool:
+        """Whether `token` may follow the generated text `raw` (`text`: raw.lstrip(), when
+        the caller has it). Only the leading space of the first word is free; every other
+        character, spaces included, must be the grammar's (else whitespace tokens would
+        slip in)."""
+        text = raw.lstrip() if text is None else text
         if token == self.eos:
             return self.pattern.fullmatch(text) is not None
         piece = self.pieces[token] if 0 <= token < len(self.pieces) else ""
@@ -62,13 +63,14 @@ class GrammarLogitsProcessor:
         out = torch.full_like(scores, float("-inf"))
         for row in range(scores.shape[0]):
             raw = self._raw(input_ids[row].tolist())
+            text = raw.lstrip()
             # Best first; usually one of the model's top few fits. A model far from the
             # grammar (untrained, or off on a tangent) may need the whole vocabulary.
             top = torch.topk(scores[row], min(self.TOP, scores.shape[-1])).indices.tolist()
-            pick = next((t for t in top if self.fits(raw, t)), None)
+            pick = next((t for t in top if self.fits(raw, t, text)), None)
             if pick is None:
                 rest = torch.argsort(scores[row], descending=True)[len(top):].tolist()
-                pick = next((t for t in rest if self.fits(raw, t)), None)
+                pick = next((t for t in rest if self.fits(raw, t, text)), None)
             if pick is None:
                 self.forced_end += 1
                 pick = self.eos
