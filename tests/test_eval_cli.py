@@ -73,6 +73,10 @@ def test_eval_qa_end_to_end_with_the_default_stage2_checkpoint(training_world, t
     assert qa["checkpoint"].endswith("dima_tiny_stage2") and qa["num_frames"] >= 2
     assert qa["num_questions"] == 4 * qa["num_frames"] and 0.0 <= qa["overall_exact_match"] <= 1.0
     assert set(qa["per_type"]) == set(qa["constant_baseline"]["per_type"])
+    lo, hi = qa["overall_exact_match_ci95"]
+    assert lo <= 100 * qa["overall_exact_match"] <= hi  # percentage points, scenes resampled
+    diff = 100 * (qa["overall_exact_match"] - qa["constant_baseline"]["overall_exact_match"])
+    assert qa["minus_constant_ci95"][0] <= diff <= qa["minus_constant_ci95"][1]
     wf = qa["well_formed"]
     assert wf["answer_grammar"] and wf["planning_free_text"] == 1.0 and wf["num_free_texts"] == qa["num_frames"]
     assert 0.0 <= wf["planning_free_text_unconstrained"] <= 1.0

@@ -46,14 +46,23 @@ def test_resume_is_exact(world, tmp_path, capsys):
     straight = train(plain)
     assert "shard_states ignored" in capsys.readouterr().err
     assert isinstance(straight["optimizer"], torch.optim.AdamW)
-    first = train(config(world, tmp_path / "b", steps=3, batch_size=1), stop_after=1)
+    def validated():  # validates at its last step only (after it: the losses stay comparable)
+        cfg = config(world, tmp_path / "b", steps=3, batch_size=1)
+        cfg.data.val_split = "val"
+        return cfg
+
+    first = train(validated(), stop_after=1)
     assert first["step"] == 1
-    second = train(config(world, tmp_path / "b", steps=3, batch_size=1), resume=True)
+    second = train(validated(), resume=True)
     assert straight["losses"] == first["losses"] + second["losses"]
     a, _ = load_checkpoint(tmp_path / "a" / "last")
     b, _ = load_checkpoint(tmp_path / "b" / "last")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+    # Resumed at its last step (nothing left to train, only the work after it): the result
+    # still carries the final validation instead of an empty one.
+    again = train(validated(), resume=True)
+    assert again["losses"] == [] and again["val"] == second["val"] and again["val"]["num_samples"] > 0
 
 
 def test_cli_rejects_bad_config(tmp_path, capsys):

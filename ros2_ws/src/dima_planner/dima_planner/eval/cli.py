@@ -264,6 +264,11 @@ def run_qa(args: argparse.Namespace) -> int:
     for t in QTYPES:
         print(f"{t:<16}{100 * res['per_type'][t]:>11.1f}%{100 * base['per_type'][t]:>9.1f}%")
     print(f"{'overall':<16}{100 * res['overall_exact_match']:>11.1f}%{100 * base['overall_exact_match']:>9.1f}%")
+    lo, hi = res["overall_exact_match_ci95"]
+    dlo, dhi = res["minus_constant_ci95"]
+    print(f"overall 95 % CI [{lo:.1f}, {hi:.1f}]; minus the constant answer "
+          f"{100 * (res['overall_exact_match'] - base['overall_exact_match']):+.1f} points [{dlo:+.1f}, {dhi:+.1f}] "
+          f"(scenes resampled)")
     wf = res["well_formed"]
     print(f"well-formed: factual {100 * wf['factual']:.1f}%"
           + (f", planning reasoning {100 * wf['planning_free_text']:.1f}% of {wf['num_free_texts']} as the node "

@@ -138,6 +138,27 @@ def slot_accuracy(got: Sequence[dict | None], refs: Sequence[dict]) -> dict[str,
     return out
 
 
+def scene_bootstrap_ci(hits: dict[str, list[bool]], base: dict[str, list[bool]], scene_of: Sequence[str],
+                       num: int = 10000, seed: int = 0) -> tuple[list[float], list[float]]:
+    """95 % CIs in percentage points of the overall exact match and of its paired difference
+    to the constant answer, scenes resampled with replacement (a scene's frames are not
+    independent of each other)."""
+    scenes = list(dict.fromkeys(scene_of))
+    where = np.array([scenes.index(s) for s in scene_of])
+    per_frame = [np.sum([np.asarray(v, np.float64) for v in d.values()], axis=0) for d in (hits, base)]
+    got, const = (np.bincount(where, weights=x, minlength=len(scenes)) for x in per_frame)
+    asked = np.bincount(where, minlength=len(scenes)) * float(len(hits))
+    draw = np.random.default_rng(seed).integers(0, len(scenes), size=(num, len(scenes)))
+    n = asked[draw].sum(1)
+    model = 100.0 * got[draw].sum(1) / n
+    diff = 100.0 * (got[draw].sum(1) - const[draw].sum(1)) / n
+
+    def ci(x: np.ndarray) -> list[float]:
+        return [round(float(np.quantile(x, 0.025)), 2), round(float(np.quantile(x, 0.975)), 2)]
+
+    return ci(model), ci(diff)
+
+
 def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], constant: dict[str, str],
                 max_new_tokens: int, free_text: bool = True, progress: bool = True) -> dict[str, Any]:
     """Generate the answers through the reasoning node's engine and score them."""
@@ -145,6 +166,7 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
 
     hits = {t: [] for t in QTYPES}
     base = {t: [] for t in QTYPES}
+    scene_of = []  # the scene of each frame (hits[t][i] is frame i's)
     formed = {t: [] for t in QTYPES}
     latency, free_ok, free_raw_ok, examples, texts = [], [], [], [], []
     slot_refs, slot_got = [], []
@@ -153,6 +175,7 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
     too_long = sum(len(tok(f.answers[t], add_special_tokens=False).input_ids) + 1 > max_new_tokens
                    for f in frames for t in QTYPES)
     for f in tqdm(frames, desc="QA", disable=not progress):
+        scene_of.append(f.scene)
         for t in QTYPES:
             t0 = time.perf_counter()
             text = engine.generate(f.beam, bev_hw, TEMPLATES[t].question, max_new_tokens)
@@ -184,8 +207,11 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
                           "reference": ref})
     n = sum(len(v) for v in hits.values())
     lat = np.asarray(latency) * 1e3
+    em_ci, diff_ci = scene_bootstrap_ci(hits, base, scene_of)
     return {
         "overall_exact_match": float(np.mean([x for v in hits.values() for x in v])),
+        "overall_exact_match_ci95": em_ci,  # percentage points, scenes resampled
+        "minus_constant_ci95": diff_ci,
         "per_type": {t: float(np.mean(v)) for t, v in hits.items()},
         "num_questions": n,
         "constant_baseline": {"overall_exact_match": float(np.mean([x for v in base.values() for x in v])),

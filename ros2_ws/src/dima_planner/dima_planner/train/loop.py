@@ -119,6 +119,11 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
     step = load_train_state(run_dir, model, cfg, optim, sched, device, objective.mllm) if resume else 0
     if resume and (run_dir / "last" / OBJECTIVE_STATE).is_file():
         objective.load_state(json.loads((run_dir / "last" / OBJECTIVE_STATE).read_text()))
+    # The last validation before the interruption: a run resumed at its final step (to redo
+    # only the work after it, e.g. QA fine-tuning) still exports the planner's scores.
+    metrics: dict[str, Any] = {}
+    if resume and (run_dir / "last" / "meta.json").is_file():
+        metrics = dict(json.loads((run_dir / "last" / "meta.json").read_text()).get("val") or {})
     model.train()
     if dist.enabled:
         if objective.mllm is not None and cfg.mllm.llm.fsdp:
@@ -149,7 +154,6 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
               f"{dist.world} process(es), queue {cfg.data.queue_length}", file=sys.stderr)
 
     losses: list[float] = []
-    metrics: dict[str, Any] = {}
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (cfg.logging.progress and dist.main))
     t0, seen = time.perf_counter(), 0
     for batch in loader:
