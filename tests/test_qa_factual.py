@@ -157,15 +157,15 @@ def test_the_commentary_grammar_takes_the_route_from_the_command():
     assert answer_grammar("How many vehicles are ahead?", CMD_LEFT) is None
 
 
-def test_scene_bootstrap_ci_resamples_whole_scenes():
-    from dima_planner.qa.evaluate import scene_bootstrap_ci
+def test_exact_match_ci_resamples_whole_scenes():
+    from dima_planner.qa.evaluate import exact_match_ci
 
     # Scene s1 answers 3 of 4 (constant 2 of 4), scene s2 2 of 4 (constant 2 of 4).
     hits = {"a": [True, False, True, True], "b": [True, True, False, False]}
     const = {"a": [False] * 4, "b": [True] * 4}
-    em, diff = scene_bootstrap_ci(hits, const, ["s1", "s1", "s2", "s2"])
+    em, diff = exact_match_ci(hits, const, ["s1", "s1", "s2", "s2"])
     assert em == [50.0, 75.0]  # only whole-scene means and their mix can occur
     assert diff == [0.0, 25.0]
     # One scene: no spread to resample.
-    em, diff = scene_bootstrap_ci(hits, const, ["s1"] * 4)
+    em, diff = exact_match_ci(hits, const, ["s1"] * 4)
     assert em[0] == em[1] == 62.5 and diff[0] == diff[1] == 12.5

@@ -231,8 +231,9 @@ def aggregate_per_sample(per: dict[str, np.ndarray], sample_mask: np.ndarray, su
 
 def scene_bootstrap_ci(per: dict[str, np.ndarray], sample_mask: np.ndarray, scenes: Sequence[str],
                        subset: np.ndarray | None = None, num: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> dict[str, list[float]]:
-    """95 % confidence interval of every metric mean by block bootstrap over scenes.
+                       level: float = 0.95, keys: Sequence[str] = METRIC_KEYS) -> dict[str, list[float]]:
+    """95 % confidence interval of the mean of every `keys` entry of `per` (the planning
+    metrics by default) by block bootstrap over scenes.
 
     Frames of one scene are strongly correlated, so scenes (not frames) are resampled with
     replacement; each replicate's metric is the sample-weighted mean over its scenes, like
@@ -244,13 +245,13 @@ def scene_bootstrap_ci(per: dict[str, np.ndarray], sample_mask: np.ndarray, scen
     counts = np.bincount(inv, weights=sel.astype(float), minlength=len(names))
     used = counts > 0
     if not used.any():
-        return {k: [float("nan"), float("nan")] for k in METRIC_KEYS}
+        return {k: [float("nan"), float("nan")] for k in keys}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, int(used.sum()), size=(num, int(used.sum())))
     n = counts[used][idx].sum(1)
     out = {}
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    for key in METRIC_KEYS:
+    for key in keys:
         vals = np.where(sel, np.nan_to_num(np.asarray(per[key], np.float64)), 0.0)
         sums = np.bincount(inv, weights=vals, minlength=len(names))[used]
         rep = sums[idx].sum(1) / np.maximum(n, 1)

@@ -138,25 +138,18 @@ def slot_accuracy(got: Sequence[dict | None], refs: Sequence[dict]) -> dict[str,
     return out
 
 
-def scene_bootstrap_ci(hits: dict[str, list[bool]], base: dict[str, list[bool]], scene_of: Sequence[str],
-                       num: int = 10000, seed: int = 0) -> tuple[list[float], list[float]]:
+def exact_match_ci(hits: dict[str, list[bool]], base: dict[str, list[bool]], scene_of: Sequence[str],
+                   num: int = 10000, seed: int = 0) -> tuple[list[float], list[float]]:
     """95 % CIs in percentage points of the overall exact match and of its paired difference
-    to the constant answer, scenes resampled with replacement (a scene's frames are not
-    independent of each other)."""
-    scenes = list(dict.fromkeys(scene_of))
-    where = np.array([scenes.index(s) for s in scene_of])
-    per_frame = [np.sum([np.asarray(v, np.float64) for v in d.values()], axis=0) for d in (hits, base)]
-    got, const = (np.bincount(where, weights=x, minlength=len(scenes)) for x in per_frame)
-    asked = np.bincount(where, minlength=len(scenes)) * float(len(hits))
-    draw = np.random.default_rng(seed).integers(0, len(scenes), size=(num, len(scenes)))
-    n = asked[draw].sum(1)
-    model = 100.0 * got[draw].sum(1) / n
-    diff = 100.0 * (got[draw].sum(1) - const[draw].sum(1)) / n
+    to the constant answer: the planning metrics' block bootstrap over scenes
+    (eval.metrics.scene_bootstrap_ci; a scene's frames are not independent of each other).
+    Every frame asks every question type, so frame means weight questions alike."""
+    from ..eval.metrics import scene_bootstrap_ci
 
-    def ci(x: np.ndarray) -> list[float]:
-        return [round(float(np.quantile(x, 0.025)), 2), round(float(np.quantile(x, 0.975)), 2)]
-
-    return ci(model), ci(diff)
+    got, const = (100.0 * np.mean([np.asarray(v, np.float64) for v in d.values()], axis=0) for d in (hits, base))
+    ci = scene_bootstrap_ci({"model": got, "diff": got - const}, np.ones(len(got), bool), scene_of,
+                            num=num, seed=seed, keys=("model", "diff"))
+    return tuple([round(lo, 2), round(hi, 2)] for lo, hi in (ci["model"], ci["diff"]))
 
 
 def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], constant: dict[str, str],
@@ -207,7 +200,7 @@ def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], c
                           "reference": ref})
     n = sum(len(v) for v in hits.values())
     lat = np.asarray(latency) * 1e3
-    em_ci, diff_ci = scene_bootstrap_ci(hits, base, scene_of)
+    em_ci, diff_ci = exact_match_ci(hits, base, scene_of)
     return {
         "overall_exact_match": float(np.mean([x for v in hits.values() for x in v])),
         "overall_exact_match_ci95": em_ci,  # percentage points, scenes resampled
