@@ -117,6 +117,11 @@ def test_loss_balancer_sets_weights_from_encoder_gradients():
     assert float(bal.total({"qa": qa, "bev_recon": recon})) == pytest.approx(1.0 * 0.5 + 0.7 * 2.0)
     fixed = LossBalancer({"qa": 2.0}, fraction=None)
     assert fixed.pending({"qa": qa}) == [] and fixed.weights == {"qa": 2.0}
+    # a configured 0 switches a term off for the ablations: never calibrated, no gradient
+    off = LossBalancer({"qa": 1.0, "bev_recon": 0.0}, fraction=0.1)
+    assert off.pending({"qa": qa, "bev_recon": recon}) == ["qa"]
+    off.calibrate(planner, {"qa": qa, "bev_recon": recon}, [w])
+    assert off.weights["bev_recon"] == 0.0 and float(off.total({"qa": qa, "bev_recon": recon})) == pytest.approx(0.5)
 
 
 def test_default_commentary_question_is_the_trained_planning_question():

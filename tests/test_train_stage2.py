@@ -49,6 +49,7 @@ def config(world, stage1, out, steps=2, **llm) -> TrainConfig:
     cfg.stage2.edit_fraction = 1.0
     cfg.stage2.dual_weight = 1.0
     cfg.stage2.qa_tune.steps, cfg.stage2.qa_tune.batch_scenes = 2, 2
+    cfg.stage2.dual_tune.steps, cfg.stage2.dual_tune.batch_size = 3, 4
     return cfg
 
 
@@ -70,6 +71,10 @@ def test_stage2_trains_all_losses_and_writes_planner_plus_mllm(trained, stage1):
     assert {"qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "dual_plan"} <= set(meta["loss_weights"])
     assert all(0 < w for w in meta["loss_weights"].values())
     assert meta["qa_tune"]["steps"] == 2 and np.isfinite(meta["qa_tune"]["final_loss"])
+    # then Dual calibration, with its metrics on the training frames before and after
+    dual = meta["dual_tune"]
+    assert dual["steps"] == 3 and dual["before"]["llm_free_l1"] == dual["after"]["llm_free_l1"]
+    assert all(0 <= d["mllm_share"] <= 1 and np.isfinite(d["dual_l1"]) for d in (dual["before"], dual["after"]))
     assert meta["distill_open"] is False  # no validation ran, so the gate stayed closed
     assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
     # MLLM part in the ROS node's format, loadable by its engine (no LLM weights in it)
@@ -175,3 +180,34 @@ def test_stage2_bad_inputs_fail_before_training(world, stage1, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "LLM" in err and "no_llm" in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "last").exists()
+
+
+def test_dual_calibration_fits_the_pooled_feature_and_leaves_the_planner_alone():
+    """Targets are what the planner's trajectory layer makes from max(planner feature, a
+    fixed map of the LLM read-out): calibration must find that map through the max-pool,
+    with the planner frozen, and say how often the MLLM feature wins the pool."""
+    from dima_planner.model.mllm.dual_tune import DualTuneConfig, DualTuneData, tune_dual
+    from dima_planner.train import build_mllm
+
+    torch.manual_seed(0)
+    model = VisionPlanner(preset("tiny_cpu")).requires_grad_(False)
+    branch = build_mllm(mllm_cfg(preset("tiny_cpu")), torch.device("cpu"))
+    trajectories = model.planning_head.trajectories
+    n, d = 256, branch.llm.get_input_embeddings().weight.shape[1]
+    readout, planner_feat = torch.randn(n, d), torch.relu(torch.randn(n, 64))
+    truth = torch.nn.Linear(d, 64).requires_grad_(False)
+    command = torch.randint(3, (n,))
+    with torch.no_grad():
+        target = trajectories(torch.maximum(planner_feat, truth(readout)))[torch.arange(n), command]
+    data = DualTuneData(readout, planner_feat, command, target, torch.ones(n, 6))
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in branch.parameters()]
+    out = tune_dual(branch, trajectories, data, DualTuneConfig(steps=300, batch_size=64, lr=1e-3, head_lr=1e-3),
+                    progress=False)
+    before, after = out["before"], out["after"]
+    assert after["dual_l1"] < 0.5 * before["dual_l1"]
+    assert after["llm_free_l1"] == before["llm_free_l1"]
+    assert after["teacher_l1"] < before["teacher_l1"]  # the MLLM head follows its new feature
+    assert 0 < after["mllm_share"] < 1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+    assert [p.requires_grad for p in branch.parameters()] == flags

@@ -172,5 +172,9 @@ class PlanningHead(nn.Module):
         if extra_ego_feat is not None:
             # DiMA "Dual" inference: max-pool with the MLLM's penultimate ego feature.
             feat = torch.maximum(feat, extra_ego_feat.to(feat))
-        steps = self.traj(feat).view(-1, NUM_COMMANDS, FUTURE_STEPS, 2)
-        return {"ego_feat": feat, "ego_feat_pre": pre, "plan_all": steps.cumsum(-2)}
+        return {"ego_feat": feat, "ego_feat_pre": pre, "plan_all": self.trajectories(feat)}
+
+    def trajectories(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B, C) ego feature -> (B, NUM_COMMANDS, FUTURE_STEPS, 2) cumulative LiDAR-frame
+        positions: the last layer alone, which Dual calibration fits the MLLM feature to."""
+        return self.traj(feat).view(-1, NUM_COMMANDS, FUTURE_STEPS, 2).cumsum(-2)

@@ -36,6 +36,7 @@ from torch import nn
 
 from .mllm import EditBatch, MLLMBranch, MLLMTargets, QABatch
 from .mllm.losses import masked_trajectory_l1
+from .mllm.dual_tune import DualTuneConfig
 from .mllm.qa_tune import QATuneConfig
 from .planner import SceneEncoding, VisionPlanner
 
@@ -69,6 +70,7 @@ class Stage2Config:
     distill_gate: bool = True
     grad_probe_every: int = 50  # log per-loss encoder gradient norms every N steps (0: never)
     qa_tune: QATuneConfig = field(default_factory=QATuneConfig)  # QA fine-tuning at the end
+    dual_tune: DualTuneConfig = field(default_factory=DualTuneConfig)  # then Dual calibration
 
 
 def scene_qa(samples: Sequence, k: int, rng: np.random.Generator, factual: bool = False,
@@ -231,7 +233,10 @@ class LossBalancer:
         self.configured = dict(configured)
         self.fraction = fraction
         self.max_weight = max_weight
-        self.weights: dict[str, float] = {} if fraction is not None else dict(configured)
+        # A configured weight of 0 switches the term off in either mode (the ablations of
+        # README "Stage 2"): it is never calibrated.
+        self.weights: dict[str, float] = ({k: 0.0 for k, w in configured.items() if w == 0} if fraction is not None
+                                          else dict(configured))
 
     def pending(self, mterms: dict[str, torch.Tensor]) -> list[str]:
         return [k for k in MLLM_TERMS if k in mterms and k not in self.weights]

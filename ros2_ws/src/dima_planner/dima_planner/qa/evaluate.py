@@ -41,6 +41,9 @@ class Frame:
     factual: list[QAPair]  # the four factual QA pairs (QTYPES order)
     free_text: list[QAPair]  # generated perception/prediction/planning QA (qa.generate)
     command: int = 2  # the navigation command the planner was given (the node's SceneTokens.command)
+    ego_feat: np.ndarray | None = None  # (C,) planning head's penultimate ego feature (PlanResult.ego_feat)
+    ego_fut_traj: np.ndarray | None = None  # (6, 2) ground-truth future, LiDAR frame
+    ego_fut_mask: np.ndarray | None = None  # (6,)
 
 
 def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
@@ -60,7 +63,8 @@ def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
         last_scene = s.scene_token
         vals = factual_values(s)
         frames.append(Frame(s.token, s.scene_token, res.beam, {t: answer_text(t, v) for t, v in vals.items()},
-                            factual_qa(s), generate_qa(s), int(s.command)))
+                            factual_qa(s), generate_qa(s), int(s.command), res.ego_feat, s.ego_fut_traj,
+                            s.ego_fut_mask))
     return frames
 
 

@@ -7,6 +7,8 @@ terms["loss"]; stage 1 and stage 2 differ only here, not in the loop.
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -180,9 +182,33 @@ class DiMAObjective(PlannerObjective):
         self.module.distill_open = bool(state.get("distill_open", self.module.distill_open))
 
     def finish(self, train_ds, run_dir) -> dict[str, Any]:
+        """Stage 2's last phases, on the trained planner's BEAM tokens of every training
+        frame (made once, by the planner node's own path): QA fine-tuning, then Dual
+        calibration (it must follow: QA tuning moves the LLM's read-out under ego_proj)."""
         meta = self.state()
-        if self.cfg.stage2.qa_tune.steps > 0:
-            meta["qa_tune"] = qa_finetune(self.model, self.mllm, train_ds, self.cfg, self.device, run_dir)
+        s2 = self.cfg.stage2
+        if s2.qa_tune.steps <= 0 and s2.dual_tune.steps <= 0:
+            return meta
+        from ..inference import Planner
+        from ..qa.evaluate import scene_frames
+
+        frames = scene_frames(Planner(self.model, self.device), train_ds, progress=self.cfg.logging.progress)
+        self.model.train()
+        writer = None
+        if self.cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(Path(run_dir) / "tb"))
+        if s2.qa_tune.steps > 0:
+            meta["qa_tune"] = qa_finetune(self.mllm, frames, self.cfg, writer)
+        if s2.dual_tune.steps > 0:
+            d = meta["dual_tune"] = dual_calibrate(self.model, self.mllm, frames, self.cfg, writer)
+            b, a = d["before"], d["after"]
+            print(f"Dual calibration on the training frames: plan L1 {b['dual_l1']:.3f} -> {a['dual_l1']:.3f} m "
+                  f"(LLM-free {a['llm_free_l1']:.3f}), MLLM feature wins {b['mllm_share']:.0%} -> "
+                  f"{a['mllm_share']:.0%} of the pooled channels, teacher {b['teacher_l1']:.3f} -> "
+                  f"{a['teacher_l1']:.3f} m ({d['wall_s']:.0f} s)")
+        if writer is not None:
+            writer.close()
         return meta
 
     def describe(self) -> str:
@@ -193,20 +219,13 @@ class DiMAObjective(PlannerObjective):
                 f"{count_parameters(m):,} (LLM loaded in {m.llm_load_seconds:.1f} s)")
 
 
-def qa_finetune(model: VisionPlanner, mllm, train_ds, cfg, device: torch.device, run_dir) -> dict[str, Any]:
-    """Stage 2's last phase (model/mllm/qa_tune.py): the MLLM branch learns QA on the
-    trained planner's BEAM tokens of every training frame, made by the planner node's
-    own path (inference.Planner); the planner is frozen. Returns what the run did."""
-    import time
-    from pathlib import Path
-
-    from ..inference import Planner
+def qa_finetune(mllm, frames: list, cfg, writer=None) -> dict[str, Any]:
+    """QA fine-tuning (model/mllm/qa_tune.py): the MLLM branch learns QA on the trained
+    planner's BEAM tokens of `frames` (qa.evaluate.scene_frames); the planner is frozen.
+    Returns what the run did."""
     from ..model.mllm.qa_tune import tune_qa
-    from ..qa.evaluate import scene_frames
 
     t0 = time.perf_counter()
-    frames = scene_frames(Planner(model, device), train_ds, progress=cfg.logging.progress)
-    model.train()
     k = cfg.stage2.qa_tune.free_text_per_sample
 
     def qa_of(i: int, rng: np.random.Generator) -> list:
@@ -214,17 +233,43 @@ def qa_finetune(model: VisionPlanner, mllm, train_ds, cfg, device: torch.device,
         pick = [free[j] for j in sorted(rng.choice(len(free), min(k, len(free)), replace=False))] if k > 0 else []
         return frames[i].factual + pick
 
-    writer = None
-    if cfg.logging.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(Path(run_dir) / "tb"))
     log = (lambda st, loss: writer.add_scalar("qa_tune/loss", loss, st)) if writer is not None else None
     losses = tune_qa(mllm, [f.beam for f in frames], qa_of, cfg.stage2.qa_tune, seed=cfg.seed, log=log,
                      progress=cfg.logging.progress)
-    if writer is not None:
-        writer.close()
     return {"steps": len(losses), "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def dual_calibrate(model: VisionPlanner, mllm, frames: list, cfg, writer=None) -> dict[str, Any]:
+    """Dual calibration (model/mllm/dual_tune.py) on `frames`: the LLM's read-out of each
+    frame is computed once, then only the MLLM's ego projection and planning head learn;
+    the planner's parameters are frozen for the duration. Returns the metrics before and
+    after on the training frames."""
+    from ..model.mllm.dual_tune import DualTuneData, tune_dual
+    from ..model.mllm.qa_tune import stack_beams
+
+    t0 = time.perf_counter()
+    dev, dt = mllm.device, mllm.dtype
+    beams = [f.beam for f in frames]
+    was = mllm.training
+    mllm.eval()  # LoRA dropout off: the read-out as Dual inference computes it
+    readout = torch.cat([mllm.readout_hidden(stack_beams(beams, range(k, min(k + 32, len(beams))), dev, dt))
+                         for k in range(0, len(beams), 32)])
+    mllm.train(was)
+    stack = lambda key: torch.from_numpy(np.stack([getattr(f, key) for f in frames]).astype(np.float32)).to(dev, dt)  # noqa: E731
+    data = DualTuneData(readout=readout, planner_feat=stack("ego_feat"),
+                        command=torch.tensor([f.command for f in frames], device=dev),
+                        target=stack("ego_fut_traj"), mask=stack("ego_fut_mask"))
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        log = (lambda st, loss: writer.add_scalar("dual_tune/loss", loss, st)) if writer is not None else None
+        out = tune_dual(mllm, model.planning_head.trajectories, data, cfg.stage2.dual_tune, seed=cfg.seed, log=log,
+                        progress=cfg.logging.progress)
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+    return {**out, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def build_mllm(cfg, device: torch.device):

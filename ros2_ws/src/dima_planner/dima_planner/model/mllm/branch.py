@@ -355,10 +355,16 @@ class MLLMBranch(nn.Module):
     def dual_ego_feature(self, beam: Any) -> torch.Tensor:
         """(B, planner_dim) MLLM ego feature for Dual inference (max-pooled by the caller
         with the planner's own feature, then fed to both planning heads)."""
+        return self.ego_proj(self.readout_hidden(beam))
+
+    @torch.no_grad()
+    def readout_hidden(self, beam: Any) -> torch.Tensor:
+        """(B, llm_dim) penultimate LLM layer at the EGO read-out token, the input of
+        ego_proj (Dual calibration caches it: the LLM does not change there)."""
         beam = as_beam_dict(beam)
         prefixes = self._prefix(beam)
         att = torch.ones(prefixes.shape[:2], dtype=torch.long, device=self.device)
-        return self.ego_proj(self._run_llm(prefixes, att)[-2][:, self._readout_pos()].to(self.dtype))
+        return self._run_llm(prefixes, att)[-2][:, self._readout_pos()].to(self.dtype)
 
     def plan_from_feature(self, feature: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
         """MLLM planning head on a (B, planner_dim) feature -> (B, 6, 2) for the command."""
