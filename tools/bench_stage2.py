@@ -32,9 +32,11 @@ def blocks_of(scene_tokens: list[str], block: int) -> list[np.ndarray]:
     return out
 
 
-def bootstrap(values: dict[str, np.ndarray], blocks: list[np.ndarray], reference: str | None,
+def bootstrap(values: dict[str, np.ndarray], blocks: list[np.ndarray], references: list[str],
               draws: int = 10000, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Mean and 95% CI per method, and of (method - reference), over block resamples."""
+    """Mean and 95% CI per method, and of (method - reference) for each reference, over block
+    resamples (the same draws for all). `diff_vs_reference`/`diff_ci95` are those against the
+    first reference; `diff_vs` holds every reference's."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(blocks), size=(draws, len(blocks)))
     out = {}
@@ -44,12 +46,16 @@ def bootstrap(values: dict[str, np.ndarray], blocks: list[np.ndarray], reference
         means = s[:, 0] / np.maximum(s[:, 1], 1)
         res = {"mean": float(np.nanmean(v)), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
                "n": int(np.sum(~np.isnan(v)))}
-        if reference is not None and name != reference:
-            d = v - values[reference]
+        for ref in references:
+            if name == ref:
+                continue
+            d = v - values[ref]
             ds = np.array([[np.nansum(d[b]), np.sum(~np.isnan(d[b]))] for b in blocks])[picks].sum(axis=1)
             dm = ds[:, 0] / np.maximum(ds[:, 1], 1)
-            res["diff_vs_reference"] = float(np.nanmean(d))
-            res["diff_ci95"] = [float(np.percentile(dm, 2.5)), float(np.percentile(dm, 97.5))]
+            res.setdefault("diff_vs", {})[ref] = {"diff": float(np.nanmean(d)), "ci95": [
+                float(np.percentile(dm, 2.5)), float(np.percentile(dm, 97.5))]}
+            if ref == references[0]:
+                res["diff_vs_reference"], res["diff_ci95"] = res["diff_vs"][ref]["diff"], res["diff_vs"][ref]["ci95"]
         out[name] = res
     return out
 
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="v1.0-dima")
     p.add_argument("--split", default="val")
     p.add_argument("--method", action="append", required=True, metavar="NAME=CHECKPOINT[:dual]")
-    p.add_argument("--reference", default=None, help="method the others are compared with (paired)")
+    p.add_argument("--reference", action="append", default=[],
+                   help="method the others are compared with (paired); repeatable, one column each")
     p.add_argument("--block", type=int, default=5, help="keyframes per bootstrap block")
     p.add_argument("--json", default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -103,17 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         sel = np.array([tag in t for t in tags])
         sub = {k: v[sel] for k, v in per.items()}
         result[tag] = bootstrap(sub, blocks_of([s for s, k in zip(scenes, sel) if k], args.block), args.reference)
-    lines = ["| subset | method | L2 avg (m) [95% CI] | minus " + (args.reference or "-") + " [95% CI] | n |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| subset | method | L2 avg (m) [95% CI] | " + "".join(f"minus {ref} [95% CI] | " for ref in args.reference)
+             + "n |", "| --- | --- | --- | " + "--- | " * len(args.reference) + "--- |"]
     for subset, rows in result.items():
         for name, r in rows.items():
-            diff = (f"{r['diff_vs_reference']:+.3f} [{r['diff_ci95'][0]:+.3f}, {r['diff_ci95'][1]:+.3f}]"
-                    if "diff_vs_reference" in r else "")
-            lines.append(f"| {subset} | {name} | {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {diff} | {r['n']} |")
+            diffs = [r.get("diff_vs", {}).get(ref) for ref in args.reference]
+            cells = "".join((f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "") + " | "
+                            for d in diffs)
+            lines.append(f"| {subset} | {name} | {r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {cells}{r['n']} |")
     print("\n".join(lines))
     if args.json:
+        # per-sample L2 (null: not a valid sample) so that later comparisons need no re-run
+        samples = {"tokens": [r["token"] for r in recs],
+                   "l2_avg": {k: [None if np.isnan(x) else round(float(x), 5) for x in v] for k, v in per.items()}}
         Path(args.json).write_text(json.dumps({"block": args.block, "methods": dict(m.split("=", 1) for m in args.method),
-                                               "results": result}, indent=2))
+                                               "results": result, "per_sample": samples}, indent=2))
     return 0
 
 
