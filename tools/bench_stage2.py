@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="method the others are compared with (paired); repeatable, one column each")
     p.add_argument("--block", type=int, default=5, help="keyframes per bootstrap block")
     p.add_argument("--json", default=None)
+    p.add_argument("--reuse", action="append", default=[], metavar="JSON",
+                   help="an earlier --json of the same split: methods with the same NAME=CHECKPOINT take "
+                        "their per-sample L2 from it instead of being evaluated again")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -90,8 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     occ = np.stack([occupancy_of(r) for r in recs])
     tags = [set(r["tags"]) for r in recs]
     per: dict[str, np.ndarray] = {}
+    earlier = {}
+    for path in args.reuse:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("per_sample", {}).get("tokens") != [r["token"] for r in recs]:
+            p.error(f"--reuse {path}: no per-sample values for these samples (another split, or an older JSON)")
+        for name, ck in doc["methods"].items():
+            earlier[f"{name}={ck}"] = np.array([np.nan if x is None else x for x in doc["per_sample"]["l2_avg"][name]])
     for spec in args.method:
         name, _, ck = spec.partition("=")
+        if spec in earlier:
+            per[name] = earlier[spec]
+            print(f"{name}: L2 avg {np.nanmean(per[name]):.3f} m (from --reuse)", file=sys.stderr)
+            continue
         dual = ck.endswith(":dual")
         ck = ck[: -len(":dual")] if dual else ck
         planner = load_planner(ck, "cpu", dual=dual)
