@@ -245,7 +245,7 @@ def dual_calibrate(model: VisionPlanner, mllm, frames: list, cfg, writer=None) -
     frame is computed once, then only the MLLM's ego projection and planning head learn;
     the planner's parameters are frozen for the duration. Returns the metrics before and
     after on the training frames."""
-    from ..model.mllm.dual_tune import DualTuneData, tune_dual
+    from ..model.mllm.dual_tune import DualTuneData, requires_grad, tune_dual
     from ..model.mllm.qa_tune import stack_beams
 
     t0 = time.perf_counter()
@@ -260,15 +260,10 @@ def dual_calibrate(model: VisionPlanner, mllm, frames: list, cfg, writer=None) -
     data = DualTuneData(readout=readout, planner_feat=stack("ego_feat"),
                         command=torch.tensor([f.command for f in frames], device=dev),
                         target=stack("ego_fut_traj"), mask=stack("ego_fut_mask"))
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        log = (lambda st, loss: writer.add_scalar("dual_tune/loss", loss, st)) if writer is not None else None
+    log = (lambda st, loss: writer.add_scalar("dual_tune/loss", loss, st)) if writer is not None else None
+    with requires_grad(model.parameters(), False):  # no gradient reaches the planner's trajectory layer
         out = tune_dual(mllm, model.planning_head.trajectories, data, cfg.stage2.dual_tune, seed=cfg.seed, log=log,
                         progress=cfg.logging.progress)
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
     return {**out, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
