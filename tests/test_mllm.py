@@ -121,6 +121,25 @@ def test_qformer_shapes_and_masking():
         beam({k: v for k, v in tok.items() if k != "map"})
 
 
+def test_qformers_bev_only():
+    """0 queries keeps a token type away from the LLM (the "VQA on BEV tokens only" rung)."""
+    from dataclasses import replace
+
+    cfg = small_cfg()
+    cfg = replace(cfg, qformer=replace(cfg.qformer, num_queries={"bev": 4, "ego": 0, "agent": 0, "map": 0}))
+    beam = BEAMQFormers(cfg, llm_dim=40)
+    assert set(beam.qformers) == {"bev"} and beam.total_queries == 4
+    tok = beam_tokens()
+    out = beam(tok)
+    assert out.shape == (2, 4, 40)
+    noise = {k: (v if k == "bev" else torch.randn_like(v) * 10) for k, v in tok.items()}
+    assert torch.equal(out, beam(noise))
+    with pytest.raises(ConfigError, match="bev"):
+        from_dict(MLLMConfig, {"qformer": {"num_queries": {"bev": 0, "ego": 1, "agent": 1, "map": 1}}})
+    with pytest.raises(ConfigError, match=">= 0"):
+        from_dict(MLLMConfig, {"qformer": {"num_queries": {"bev": 4, "ego": -1, "agent": 1, "map": 1}}})
+
+
 def test_config_yaml_and_errors():
     cfg = load_yaml(MLLMConfig, PARAMS / "mllm.yaml")
     assert cfg.bev_hw == (100, 100) and cfg.distill.kind == "kl" and cfg.lora.rank == 16

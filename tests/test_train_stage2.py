@@ -163,6 +163,9 @@ def test_stage2_bad_inputs_fail_before_training(world, stage1, tmp_path, capsys)
         replace(cfg, mllm=None)
     with pytest.raises(ConfigError, match="embed_dim"):
         replace(cfg, mllm=replace(cfg.mllm, token_dim=32))
+    bev_only = replace(cfg.mllm.qformer, num_queries={"bev": 4, "ego": 0, "agent": 0, "map": 0})
+    with pytest.raises(ConfigError, match="scene editing .* agent"):
+        replace(cfg, mllm=replace(cfg.mllm, qformer=bev_only), stage2=replace(cfg.stage2, edit_fraction=0.5))
     # a checkpoint of another architecture as init_from
     other = save_checkpoint(tmp_path / "other", VisionPlanner(replace(preset("tiny_cpu"), embed_dim=32)))
     with pytest.raises(CheckpointError, match="another model config.*embed_dim"):

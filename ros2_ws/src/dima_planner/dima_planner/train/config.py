@@ -113,6 +113,9 @@ class TrainConfig:
                                   f"({c}, {c}, {list(hw)})")
             if not 0.0 <= self.stage2.edit_fraction <= 1.0:
                 raise ConfigError(f"stage2.edit_fraction must be in [0, 1], got {self.stage2.edit_fraction}")
+            if self.stage2.edit_fraction > 0 and m.qformer.num_queries["agent"] == 0:
+                raise ConfigError("scene editing removes and inserts agent tokens, so it needs "
+                                  "mllm.qformer.num_queries.agent >= 1 (or stage2.edit_fraction: 0)")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -54,7 +54,9 @@ class QFormerConfig:
     num_heads: int = 8
     ffn_mult: int = 4
     dropout: float = 0.0
-    # Fixed number of output queries per token type (compression ratio).
+    # Fixed number of output queries per token type (compression ratio). 0 keeps that
+    # type away from the LLM (the paper's "VQA on BEV tokens only" ablation); BEV must stay,
+    # because masked reconstruction and future prediction read the BEV queries.
     num_queries: dict[str, int] = field(
         default_factory=lambda: {"bev": 32, "ego": 2, "agent": 16, "map": 16}
     )
@@ -117,8 +119,9 @@ class MLLMConfig:
                 f"qformer.num_queries must name exactly {list(TOKEN_TYPES)} "
                 f"(missing {missing}, unknown {extra})"
             )
-        if any(n < 1 for n in self.qformer.num_queries.values()):
-            raise ConfigError("qformer.num_queries must all be >= 1")
+        if any(n < 0 for n in self.qformer.num_queries.values()) or self.qformer.num_queries["bev"] < 1:
+            raise ConfigError("qformer.num_queries must be >= 0, and >= 1 for bev "
+                              "(the surrogate tasks read the BEV queries)")
         if not 0.0 <= self.surrogate.mask_ratio < 1.0:
             raise ConfigError(f"surrogate.mask_ratio must be in [0, 1), got {self.surrogate.mask_ratio}")
         if self.qformer.dim % self.qformer.num_heads:

@@ -72,18 +72,20 @@ class QFormer(nn.Module):
 
 
 class BEAMQFormers(nn.Module):
-    """The four Q-Formers; forward returns the LLM prefix [B | E | A | M] (B, Q_total, D)."""
+    """The four Q-Formers; forward returns the LLM prefix [B | E | A | M] (B, Q_total, D).
+    A type configured with 0 queries has no Q-Former and no place in the prefix."""
 
     def __init__(self, cfg: MLLMConfig, llm_dim: int):
         super().__init__()
         q = cfg.qformer
-        self.num_queries = {t: q.num_queries[t] for t in TOKEN_TYPES}
+        self.types = tuple(t for t in TOKEN_TYPES if q.num_queries[t] > 0)
+        self.num_queries = {t: q.num_queries[t] for t in self.types}
         self.token_dim = cfg.token_dim
         self.bev_hw = tuple(cfg.bev_hw)
         self.qformers = nn.ModuleDict({
             t: QFormer(cfg.token_dim, q.dim, llm_dim, q.num_queries[t], q.num_layers,
                        q.num_heads, q.ffn_mult, q.dropout)
-            for t in TOKEN_TYPES
+            for t in self.types
         })
         self.register_buffer("bev_pos", sine_pos_2d(*self.bev_hw, q.dim), persistent=False)
 
@@ -94,7 +96,7 @@ class BEAMQFormers(nn.Module):
     def slices(self) -> dict[str, slice]:
         """Where each type's queries sit in the prefix."""
         out, start = {}, 0
-        for t in TOKEN_TYPES:
+        for t in self.types:
             out[t] = slice(start, start + self.num_queries[t])
             start += self.num_queries[t]
         return out
@@ -124,7 +126,7 @@ class BEAMQFormers(nn.Module):
         self.check(beam)
         masks = masks or {}
         outs = []
-        for t in TOKEN_TYPES:
+        for t in self.types:
             pos = self.bev_pos if t == "bev" else None
             outs.append(self.qformers[t](beam[t], pos=pos, key_padding_mask=masks.get(t)))
         return torch.cat(outs, dim=1)
