@@ -72,7 +72,7 @@ class QFormer(nn.Module):
 
 
 class BEAMQFormers(nn.Module):
-    """The four Q-Formers; forward returns the LLM prefix [B | E | A | M] (B, Q_total, D).
+    """One Q-Former per token type; forward returns the LLM prefix [B | E | A | M] (B, Q_total, D).
     A type configured with 0 queries has no Q-Former and no place in the prefix."""
 
     def __init__(self, cfg: MLLMConfig, llm_dim: int):
