@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,7 +245,7 @@ def test_planner_predict_streams_like_validation(world):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-TRAIN_PARAMS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "params" / "train").glob("*.yaml"))
+TRAIN_PARAMS = sorted((Path(__file__).resolve().parents[1] / "params" / "train").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", TRAIN_PARAMS, ids=lambda p: p.stem)
