@@ -122,13 +122,14 @@ def test_mllm_node_over_dds():
         data[5] = np.nan
         m.data = data
         broken.append(m)
-        for m in broken:
-            drv.tokens_pub.publish(m)
-            time.sleep(0.05)
+        # The node keeps only the latest scene (KEEP_LAST 1, by design: the LLM is slow), so
+        # messages sent back to back may replace each other: send each one after the last
+        # was counted.
         want = ("rejected.bad_offsets", "rejected.bad_shape", "rejected.non_finite")
-        ok = drv.wait(lambda: (s := drv.status("dima_mllm: reasoning")) and all(int(s[0].get(k, 0)) >= 1 for k in want),
-                      15)
-        assert ok, f"malformed tokens not reported: {drv.status('dima_mllm: reasoning')}"
+        for m, key in zip(broken, want):
+            drv.tokens_pub.publish(m)
+            ok = drv.wait(lambda: (s := drv.status("dima_mllm: reasoning")) and int(s[0].get(key, 0)) >= 1, 15)
+            assert ok, f"malformed tokens not reported as {key}: {drv.status('dima_mllm: reasoning')}"
         assert proc.poll() is None, "the node died on malformed tokens"
         assert not [r for r in drv.reasoning if stamp_to_ns(r.input_stamp) in (stamp + 1, stamp + 2, stamp + 3)]
         stamp2 = stamp + 10 ** 9
