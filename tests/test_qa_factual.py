@@ -174,3 +174,34 @@ def test_exact_match_ci_resamples_whole_scenes():
     # One scene: no spread to resample.
     em, diff = exact_match_ci(hits, const, ["s1"] * 4)
     assert em[0] == em[1] == 62.5 and diff[0] == diff[1] == 12.5
+
+
+def test_probe_tool_answers_vehicle_questions_from_detections_by_the_annotation_rule():
+    """tools/probe_scene_tokens.py: the detected agents above the threshold, the question's own rule."""
+    import importlib.util
+    from pathlib import Path
+
+    from dima_planner.data.sample import AGENT_CLASSES
+    from dima_planner.qa.evaluate import Frame
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "probe_scene_tokens.py"
+    spec = importlib.util.spec_from_file_location("probe_scene_tokens", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    car, ped = AGENT_CLASSES.index("car"), AGENT_CLASSES.index("pedestrian")
+    boxes = np.array([[0.3, 12.2, 0, 4.5, 1.9, 1.6, 0.0],  # lead, confident
+                      [-5.0, 18.0, 0, 4.5, 1.9, 1.6, 0.0],  # ahead, other lane, confident
+                      [0.0, 6.0, 0, 4.5, 1.9, 1.6, 0.0],  # a nearer lead, but unsure
+                      [0.0, 8.0, 0, 0.6, 0.6, 1.7, 0.0]])  # a pedestrian: not a vehicle
+    frame = Frame("t", "A", {}, {}, [], [], detections={"boxes": boxes, "labels": np.array([car, car, car, ped]),
+                                                        "scores": np.array([0.9, 0.8, 0.3, 0.9])})
+    def answers(qtype, threshold, value):
+        assert probe.detection_answers([frame], qtype, threshold) == [answer_text(qtype, value)]
+
+    answers("vehicles_ahead", 0.5, "2")
+    answers("lead_distance", 0.5, "10")
+    answers("vehicles_ahead", 0.2, "3")
+    answers("lead_distance", 0.2, "5")
+    answers("vehicles_ahead", 0.95, "no")
+    answers("lead_distance", 0.95, "no")

@@ -9,6 +9,10 @@ standardised, pooled tokens (ego token, agent tokens' mean and max, BEV cells' m
 max) is fitted on train and scored on val, next to the constant answer (the training
 split's most common). It answers "is the information there?" for `dima eval --qa`: what
 the MLLM answers below the probe, the planner's tokens held but the LLM did not read.
+
+For the two questions about vehicles it also scores the planner's decoded detections: the
+question's own rule (qa/factual.py) applied to the detected agents above a score threshold
+chosen on train. That answers "would giving the LLM the agents' positions help?".
 """
 from __future__ import annotations
 
@@ -21,10 +25,30 @@ from pathlib import Path
 import numpy as np
 
 
+THRESHOLDS = np.round(np.arange(0.1, 0.96, 0.05), 2)  # detection score thresholds tried on train
+
+
 def pooled(beam: dict[str, np.ndarray]) -> np.ndarray:
     """One vector per frame: what a linear reader could take without attention."""
     return np.concatenate([beam["ego"].ravel(), beam["agent"].mean(0), beam["agent"].max(0),
                            beam["bev"].mean(0), beam["bev"].max(0)])
+
+
+def detection_answers(frames, qtype: str, threshold: float) -> list[str]:
+    """Answers (texts, as Frame.answers) of `qtype` by its annotation rule applied to the
+    detections scoring >= threshold."""
+    from types import SimpleNamespace
+
+    from dima_planner.qa.factual import (answer_text, lead_value, lead_vehicle_distance, vehicles_ahead,
+                                         vehicles_value)
+
+    out = []
+    for f in frames:
+        keep = f.detections["scores"] >= threshold
+        agents = SimpleNamespace(agent_boxes=f.detections["boxes"][keep], agent_labels=f.detections["labels"][keep])
+        out.append(answer_text(qtype, vehicles_value(vehicles_ahead(agents)) if qtype == "vehicles_ahead"
+                               else lead_value(lead_vehicle_distance(agents))))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     scaler = StandardScaler().fit(x_train)
     x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
     out: dict[str, dict[str, float]] = {}
-    print(f"{'question type':<16}{'probe':>8}{'constant':>10}   ({len(train)} train, {len(val)} {args.split} frames)")
+    print(f"{'question type':<16}{'probe':>8}{'constant':>10}{'detections':>12}   "
+          f"({len(train)} train, {len(val)} {args.split} frames)")
     for t in QTYPES:
         y_train = [f.answers[t] for f in train]
         y_val = [f.answers[t] for f in val]
@@ -72,7 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         probe = LogisticRegression(max_iter=2000, C=0.1).fit(x_train, y_train)
         out[t] = {"probe": float(probe.score(x_val, y_val)),
                   "constant": float(np.mean([y == constant for y in y_val]))}
-        print(f"{t:<16}{100 * out[t]['probe']:>7.1f}%{100 * out[t]['constant']:>9.1f}%")
+        detected = ""
+        if t in ("vehicles_ahead", "lead_distance"):
+            def accuracy(frames, ys, th):
+                return float(np.mean([a == y for a, y in zip(detection_answers(frames, t, th), ys)]))
+            th = max(THRESHOLDS, key=lambda th: accuracy(train, y_train, th))
+            out[t]["detections"] = accuracy(val, y_val, th)
+            out[t]["detection_threshold"] = float(th)
+            detected = f"{100 * out[t]['detections']:>11.1f}% (score >= {th:.2f})"
+        print(f"{t:<16}{100 * out[t]['probe']:>7.1f}%{100 * out[t]['constant']:>9.1f}%{detected}")
     overall = {k: float(np.mean([v[k] for v in out.values()])) for k in ("probe", "constant")}
     print(f"{'overall':<16}{100 * overall['probe']:>7.1f}%{100 * overall['constant']:>9.1f}%")
     if args.json:

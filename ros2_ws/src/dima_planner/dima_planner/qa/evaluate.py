@@ -44,6 +44,8 @@ class Frame:
     ego_feat: np.ndarray | None = None  # (C,) planning head's penultimate ego feature (PlanResult.ego_feat)
     ego_fut_traj: np.ndarray | None = None  # (6, 2) ground-truth future, LiDAR frame
     ego_fut_mask: np.ndarray | None = None  # (6,)
+    # The planner's decoded agents (PlanResult agent_boxes (Na, 7), agent_labels, agent_scores)
+    detections: dict[str, np.ndarray] | None = None
 
 
 def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
@@ -64,7 +66,8 @@ def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
         vals = factual_values(s)
         frames.append(Frame(s.token, s.scene_token, res.beam, {t: answer_text(t, v) for t, v in vals.items()},
                             factual_qa(s), generate_qa(s), int(s.command), res.ego_feat, s.ego_fut_traj,
-                            s.ego_fut_mask))
+                            s.ego_fut_mask, {"boxes": res.agent_boxes, "labels": res.agent_labels,
+                                             "scores": res.agent_scores}))
     return frames
 
 

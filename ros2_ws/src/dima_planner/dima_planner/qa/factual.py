@@ -146,13 +146,23 @@ def answer_text(qtype: str, value: str) -> str:
     raise KeyError(f"unknown factual question type {qtype!r}; known: {list(QTYPES)}")
 
 
+def vehicles_value(count: int) -> str:
+    """The vehicles_ahead answer value of a vehicle count."""
+    return "no" if count == 0 else str(count)
+
+
+def lead_value(distance: float | None) -> str:
+    """The lead_distance answer value of a distance (m): the nearest 5 m, at least 5."""
+    return "no" if distance is None else str(max(5, 5 * int(round(distance / 5.0))))
+
+
 def factual_values(sample: Sample, cfg: QAGenConfig = QAGenConfig()) -> dict[str, str]:
     """{qtype: value} of one sample (values as Template.parse returns them)."""
     n = vehicles_ahead(sample)
     lead = lead_vehicle_distance(sample)
     return {
-        "vehicles_ahead": "no" if n == 0 else str(n),
-        "lead_distance": "no" if lead is None else str(max(5, 5 * int(round(lead / 5.0)))),
+        "vehicles_ahead": vehicles_value(n),
+        "lead_distance": lead_value(lead),
         "ego_action": ego_action(sample, cfg),
         "ped_crossing": "Yes" if pedestrian_crossing(sample) else "No",
     }
