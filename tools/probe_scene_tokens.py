@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 
+REPO = Path(__file__).resolve().parents[1]  # defaults work from any directory
 THRESHOLDS = np.round(np.arange(0.1, 0.96, 0.05), 2)  # detection score thresholds tried on train
+
+
+def shown(path: str) -> str:
+    """A path as the JSON records it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
 
 
 def pooled(beam: dict[str, np.ndarray]) -> np.ndarray:
@@ -53,8 +60,8 @@ def detection_answers(frames, qtype: str, threshold: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default="checkpoints/dima_tiny_stage2")
-    p.add_argument("--dataroot", default="data/bench")
+    p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "dima_tiny_stage2"))
+    p.add_argument("--dataroot", default=str(REPO / "data" / "bench"))
     p.add_argument("--version", default="v1.0-dima")
     p.add_argument("--train-split", default="train")
     p.add_argument("--split", default="val")
@@ -110,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'overall':<16}{100 * overall['probe']:>7.1f}%{100 * overall['constant']:>9.1f}%")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"per_type": out, "overall": overall, "checkpoint": args.checkpoint,
-                                               "num_train": len(train), "num_val": len(val)}, indent=2))
+        Path(args.json).write_text(json.dumps({"per_type": out, "overall": overall,
+                                               "checkpoint": shown(args.checkpoint), "num_train": len(train),
+                                               "num_val": len(val)}, indent=2))
     return 0
 
 
