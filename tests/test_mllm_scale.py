@@ -5,8 +5,6 @@ training source."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -148,16 +146,11 @@ def test_bf16_llm_keeps_fp32_master_weights_and_checkpointing_matches(llama_dir)
     assert len(plain) == len(ckpt) and all(torch.allclose(a, c, atol=1e-6) for a, c in zip(plain, ckpt))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _fsdp_worker(rank: int, world: int, port: int, llama_dir: str, out: str) -> None:
+def _fsdp_worker(rank: int, world: int, llama_dir: str, out: str) -> None:
     import torch.distributed as dist
+    from dist_harness import env_rendezvous
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env_rendezvous(rank, world, Path(out).parent, "fsdp")
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -190,7 +183,7 @@ def test_fsdp2_shards_the_llm_over_two_gloo_ranks_with_identical_gradients(llama
     import torch.multiprocessing as mp
 
     out = tmp_path / "rank0.pt"
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), str(llama_dir), str(out)), nprocs=2, join=True)
+    mp.spawn(_fsdp_worker, args=(2, str(llama_dir), str(out)), nprocs=2, join=True)
     res = torch.load(out)
     assert res["local"] < 0.6 * res["full"]  # each rank holds about half of the decoder layers
     torch.manual_seed(0)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -42,11 +41,10 @@ def _argv(world, ckpt, out):
             "--cache-dir", str(out.parent / "cache")]
 
 
-def _worker(rank: int, argv: list[str], port: int) -> None:
-    import os
+def _worker(rank: int, argv: list[str], rendezvous_dir: str) -> None:
+    from dist_harness import env_rendezvous
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    env_rendezvous(rank, 2, rendezvous_dir, "eval")
     torch.set_num_threads(1)
     from dima_planner.eval.cli import main
 
@@ -60,13 +58,10 @@ def test_two_process_eval_matches_single_process(tiny, tmp_path):
 
     world, ckpt = tiny
     assert main(_argv(world, ckpt, tmp_path / "single")) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # The ego-MLP fitted above is reused (fitting it again under other thread counts differs
     # in the last float bits, which is not what this test is about).
     argv = _argv(world, ckpt, tmp_path / "sharded") + ["--mlp-weights", str(tmp_path / "single" / "ego_mlp.safetensors")]
-    mp.spawn(_worker, args=(argv, port), nprocs=2, join=True)
+    mp.spawn(_worker, args=(argv, str(tmp_path)), nprocs=2, join=True)
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())
     two = json.loads((tmp_path / "sharded" / "metrics.json").read_text())
     assert one["methods"]["planner"]["num_samples"] > 0

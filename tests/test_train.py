@@ -75,11 +75,11 @@ def test_cli_rejects_bad_config(tmp_path, capsys):
     assert "embed_dimm" in capsys.readouterr().err
 
 
-def _ddp_worker(rank: int, world: str, out: str, ports: list[int]) -> None:
+def _ddp_worker(rank: int, world: str, out: str) -> None:
     import hashlib
-    import os
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    from dist_harness import env_rendezvous
+
     torch.set_num_threads(1)
 
     def cfg_():
@@ -87,9 +87,9 @@ def _ddp_worker(rank: int, world: str, out: str, ports: list[int]) -> None:
         cfg.logging.tensorboard = False
         return cfg
 
-    os.environ["MASTER_PORT"] = str(ports[0])
+    env_rendezvous(rank, 2, out, "first")
     first = train(cfg_(), stop_after=1)
-    os.environ["MASTER_PORT"] = str(ports[1])  # each train() makes (and ends) its own process group
+    env_rendezvous(rank, 2, out, "resumed")  # each train() makes (and ends) its own process group
     result = train(cfg_(), resume=True)
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in result["model"].parameters()))
     with open(f"{out}/rank{rank}.sha", "w") as f:
@@ -103,7 +103,7 @@ def test_ddp_two_cpu_processes_batch_one_train_and_resume(world, tmp_path):
 
     out = tmp_path / "ddp"
     out.mkdir()
-    mp.spawn(_ddp_worker, args=(str(world), str(out), _free_ports(2)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(str(world), str(out)), nprocs=2, join=True)
     a, b = (out / "rank0.sha").read_text(), (out / "rank1.sha").read_text()
     assert a == b and a.startswith("1 2 ")
     assert (out / "last" / "model.safetensors").is_file()  # only rank 0 writes checkpoints
@@ -126,40 +126,26 @@ def test_epochs_set_the_step_count_by_world_size():
     assert s.total_steps(100, 4, 1) == 50 and s.total_steps(100, 4, 2) == 25 and s.total_steps(100, 1, 8) == 25
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _zero_worker(rank: int, world: str, out: str, ports: list[int]) -> None:
-    import os
+def _zero_worker(rank: int, world: str, out: str) -> None:
+    from dist_harness import env_rendezvous
 
     from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
 
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
     size = list(TrainConfig().model.image_size)
     ds = NuScenesPlanningDataset(DatasetConfig(dataroot=world, version="v1.0-dima", split="train", image_size=size))
 
-    def run_(tag: str, port: int, shard: bool, **kw):
-        os.environ["MASTER_PORT"] = str(port)  # each train() makes (and ends) its own process group
+    def run_(tag: str, group: str, shard: bool, **kw):
+        env_rendezvous(rank, 2, out, group)  # each train() makes (and ends) its own process group
         cfg = config(world, f"{out}/{tag}", steps=2, batch_size=1)  # per process: 2 samples a step
         cfg.logging.tensorboard = False
         cfg.optim.shard_states = shard
         return train(cfg, datasets=(ds, None), **kw)
 
-    plain = run_("plain", ports[0], False)
-    sharded = run_("sharded", ports[1], True)
-    first = run_("resumed", ports[2], True, stop_after=1)
-    resumed = run_("resumed", ports[3], True, resume=True)
+    plain = run_("plain", "plain", False)
+    sharded = run_("sharded", "sharded", True)
+    first = run_("resumed", "first", True, stop_after=1)
+    resumed = run_("resumed", "resumed", True, resume=True)
 
     def state_names(result) -> list[str]:
         names = {id(p): n for n, p in result["model"].named_parameters()}
@@ -193,7 +179,7 @@ def test_sharded_optimizer_states_match_ddp_and_resume_exactly(world, tmp_path):
 
     out = tmp_path / "zero"
     out.mkdir()
-    mp.spawn(_zero_worker, args=(str(world), str(out), _free_ports(4)), nprocs=2, join=True)
+    mp.spawn(_zero_worker, args=(str(world), str(out)), nprocs=2, join=True)
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["kind"] == "ZeroRedundancyOptimizer"
     assert len(r0["groups"]) == 2 and all(r0["groups"])  # the backbone lr-multiplier group survives
