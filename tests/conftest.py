@@ -13,6 +13,22 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the Fast DDS shared-memory segments of processes that died without cleaning
+    up: tests SIGKILL nodes on purpose, and each such node leaves its 128 MiB segment
+    (params/fastdds_shm.xml) in /dev/shm, which is RAM. `fastdds shm clean` removes only
+    segments that no live process holds, so concurrent DDS users are untouched."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(sys.executable).with_name("fastdds")
+    tool = str(tool) if tool.exists() else shutil.which("fastdds")
+    if tool:
+        subprocess.run([tool, "shm", "clean"], capture_output=True, timeout=60, check=False)
+
+
 @pytest.fixture(scope="session")
 def training_world(tmp_path_factory):
     """A tiny generated world (2 scenes of 4 s, keyframes only) for the training tests."""

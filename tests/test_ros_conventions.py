@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -120,15 +121,19 @@ def test_local_profile_is_loaded_by_fast_dds_and_carries_data_between_processes(
     Fast DDS reports no XML error (it only logs a bad profile and falls back to defaults)."""
     code = textwrap.dedent("""
         import sys, time, rclpy
+        from rclpy.executors import ExternalShutdownException
         from std_msgs.msg import String
         rclpy.init()
         node = rclpy.create_node(sys.argv[1])
         if sys.argv[1] == "pub":
             pub = node.create_publisher(String, "dima_profile_probe", 10)
             end = time.monotonic() + 20
-            while time.monotonic() < end:
-                pub.publish(String(data="x" * 100000))
-                rclpy.spin_once(node, timeout_sec=0.1)
+            try:
+                while time.monotonic() < end:
+                    pub.publish(String(data="x" * 100000))
+                    rclpy.spin_once(node, timeout_sec=0.1)
+            except (KeyboardInterrupt, ExternalShutdownException):
+                pass  # stopped by the test: shut down cleanly, so DDS frees its shared memory
         else:
             got = []
             node.create_subscription(String, "dima_profile_probe", lambda m: got.append(len(m.data)), 10)
@@ -136,7 +141,8 @@ def test_local_profile_is_loaded_by_fast_dds_and_carries_data_between_processes(
             while not got and time.monotonic() < end:
                 rclpy.spin_once(node, timeout_sec=0.1)
             print("GOT", got[:1], flush=True)
-        rclpy.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
     """)
     env = {k: v for k, v in os.environ.items() if k not in ros_env.PROFILE_ENVS}
     env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(ros_env.pid_domain_id(61)))
@@ -146,8 +152,12 @@ def test_local_profile_is_loaded_by_fast_dds_and_carries_data_between_processes(
     try:
         sub = subprocess.run([sys.executable, "-c", code, "sub"], env=env, capture_output=True, text=True, timeout=60)
     finally:
-        pub.kill()
-        pub_out = pub.communicate()[0]
+        pub.send_signal(signal.SIGINT)  # not SIGKILL: a killed process leaves its DDS shared memory
+        try:
+            pub_out = pub.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            pub.kill()
+            pub_out = pub.communicate()[0]
     out = sub.stdout + sub.stderr + pub_out
     assert "GOT [100000]" in sub.stdout, out
     assert not re.search(r"XMLPARSER|XML.*[Ee]rror|Problem loading", out), out
