@@ -196,6 +196,7 @@ def test_probe_tool_answers_vehicle_questions_from_detections_by_the_annotation_
                       [0.0, 8.0, 0, 0.6, 0.6, 1.7, 0.0]])  # a pedestrian: not a vehicle
     frame = Frame("t", "A", {}, {}, [], [], detections={"boxes": boxes, "labels": np.array([car, car, car, ped]),
                                                         "scores": np.array([0.9, 0.8, 0.3, 0.9])})
+
     def answers(qtype, threshold, value):
         assert probe.detection_answers([frame], qtype, threshold) == [answer_text(qtype, value)]
 

@@ -41,21 +41,33 @@ def pooled(beam: dict[str, np.ndarray]) -> np.ndarray:
                            beam["bev"].mean(0), beam["bev"].max(0)])
 
 
+def detection_rules() -> dict:
+    """{qtype: rule}: the factual questions answerable from detected agents alone, each by
+    its own annotation rule (qa/factual.py), as an answer value."""
+    from dima_planner.qa import factual
+
+    return {"vehicles_ahead": lambda agents: factual.vehicles_value(factual.vehicles_ahead(agents)),
+            "lead_distance": lambda agents: factual.lead_value(factual.lead_vehicle_distance(agents))}
+
+
 def detection_answers(frames, qtype: str, threshold: float) -> list[str]:
     """Answers (texts, as Frame.answers) of `qtype` by its annotation rule applied to the
     detections scoring >= threshold."""
     from types import SimpleNamespace
 
-    from dima_planner.qa.factual import (answer_text, lead_value, lead_vehicle_distance, vehicles_ahead,
-                                         vehicles_value)
+    from dima_planner.qa.factual import answer_text
 
+    rule = detection_rules()[qtype]
     out = []
     for f in frames:
         keep = f.detections["scores"] >= threshold
         agents = SimpleNamespace(agent_boxes=f.detections["boxes"][keep], agent_labels=f.detections["labels"][keep])
-        out.append(answer_text(qtype, vehicles_value(vehicles_ahead(agents)) if qtype == "vehicles_ahead"
-                               else lead_value(lead_vehicle_distance(agents))))
+        out.append(answer_text(qtype, rule(agents)))
     return out
+
+
+def detection_accuracy(frames, answers: list[str], qtype: str, threshold: float) -> float:
+    return float(np.mean([a == y for a, y in zip(detection_answers(frames, qtype, threshold), answers)]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,11 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         out[t] = {"probe": float(probe.score(x_val, y_val)),
                   "constant": float(np.mean([y == constant for y in y_val]))}
         detected = ""
-        if t in ("vehicles_ahead", "lead_distance"):
-            def accuracy(frames, ys, th):
-                return float(np.mean([a == y for a, y in zip(detection_answers(frames, t, th), ys)]))
-            th = max(THRESHOLDS, key=lambda th: accuracy(train, y_train, th))
-            out[t]["detections"] = accuracy(val, y_val, th)
+        if t in detection_rules():
+            th = max(THRESHOLDS, key=lambda th: detection_accuracy(train, y_train, t, th))
+            out[t]["detections"] = detection_accuracy(val, y_val, t, th)
             out[t]["detection_threshold"] = float(th)
             detected = f"{100 * out[t]['detections']:>11.1f}% (score >= {th:.2f})"
         print(f"{t:<16}{100 * out[t]['probe']:>7.1f}%{100 * out[t]['constant']:>9.1f}%{detected}")
