@@ -1,4 +1,4 @@
-"""Hand-worked cases for the VAD-exact planning metrics (DIMA.md section 3).
+"""Hand-worked cases for the VAD-exact planning metrics (docs/METHOD.md section 3).
 
 Reference numbers used below (worked out by hand):
 * ego footprint (forward, side) in [-1.542, 2.542] x [-0.925, 0.925] m -> fractional indices

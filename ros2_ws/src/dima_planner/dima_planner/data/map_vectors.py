@@ -1,4 +1,4 @@
-"""Vectorised map elements around the ego, VAD-style (DIMA.md section 2).
+"""Vectorised map elements around the ego, VAD-style (docs/METHOD.md section 2).
 
 Sources, in order: the generated world's `maps/dima_vectors/<location>.json`
 ({"location", "elements": [{"type", "points"}]}, global metres), the nuScenes map

@@ -1,4 +1,4 @@
-"""nuScenes-format dataroot -> `Sample` objects with VAD's conventions (DIMA.md section 2).
+"""nuScenes-format dataroot -> `Sample` objects with VAD's conventions (docs/METHOD.md section 2).
 
 Works on real nuScenes (v1.0-mini / v1.0-trainval) and on the project's generated world
 (same tables, plus `dima_meta.json` and `maps/dima_vectors/`). All table access goes

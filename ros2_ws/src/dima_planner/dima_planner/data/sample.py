@@ -3,7 +3,7 @@
 Every consumer (model, losses, metrics, baselines, bag tools, the ROS node's
 pre-processing) agrees on this contract, so it lives in one place.
 
-Frames follow VAD (DIMA.md section 2): planning quantities are in the *current LiDAR
+Frames follow VAD (docs/METHOD.md section 2): planning quantities are in the *current LiDAR
 frame* (LIDAR_TOP of the keyframe), x to the right, y forward, z up, metres. Yaw is
 counter-clockwise from +x of that frame, so an agent driving straight ahead of the ego
 has yaw = pi/2. Trajectories are absolute positions (cumulative), not per-step offsets.
@@ -109,7 +109,7 @@ class Sample:
 
     @property
     def valid(self) -> bool:
-        """Evaluated only if all 6 future keyframes exist (DIMA.md section 2)."""
+        """Evaluated only if all 6 future keyframes exist (docs/METHOD.md section 2)."""
         return bool(np.all(self.ego_fut_mask > 0))
 
 

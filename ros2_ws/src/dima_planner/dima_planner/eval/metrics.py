@@ -1,4 +1,4 @@
-"""Open-loop planning metrics with VAD-exact semantics (DIMA.md section 3).
+"""Open-loop planning metrics with VAD-exact semantics (docs/METHOD.md section 3).
 
 Everything here reproduces the ST-P3 `PlanningMetric` as used by VAD, including its
 quirks, so numbers are comparable with published tables:

@@ -170,7 +170,7 @@ class DiMAJoint(nn.Module):
         mterms = self.mllm(beam, qa, targets)
         if cfg.dual_weight > 0:
             # Dual inference max-pools the MLLM's ego feature with the planner's and feeds
-            # the planning head (DIMA.md section 1). A head trained only on its own
+            # the planning head (docs/METHOD.md section 1). A head trained only on its own
             # feature meets a shifted input there, so it also learns to plan from the
             # pooled one (our choice; the paper does not say how Dual is trained).
             enc = SceneEncoding(beam=pred["beam"], perception=pred)
