@@ -118,9 +118,7 @@ def test_bench_routes_every_kind_twice_in_heldout_towns(bench_world):
     for spec in routes[::4]:  # a sample of routes (tools/lane_overlap.py measures all of them)
         sc = build_scenario(spec, bench_world)
         assert sc.town.role == "heldout" and sc.kind == spec.kind
-        m = (sc.route.s >= sc.route_s0) & (sc.route.s <= sc.route_s1)
-        track = np.concatenate([sc.route.xy[m], sc.route.heading[m, None]], 1)[::4]
-        shares.append(lane_overlap([track], train_tracks))
+        shares.append(lane_overlap([sc.route_track()[::4]], train_tracks))
     # Location-blind, so what remains is chance: another town's road that happens to lie on
     # the same line of the shared global frame for a stretch (one town: 68 % of a route).
     assert np.mean(shares) < 0.05 and max(shares) < 0.15, shares

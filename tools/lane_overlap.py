@@ -69,10 +69,8 @@ def main() -> int:
         per_route = {}
         for spec in tqdm(bench_routes(bench.routes, world), desc="bench routes", unit="route"):
             sc = build_scenario(spec, world)
-            m = (sc.route.s >= sc.route_s0) & (sc.route.s <= sc.route_s1)
-            track = np.concatenate([sc.route.xy[m], sc.route.heading[m, None]], 1)
             per_route[spec.name] = {"town": sc.town.name, "role": sc.town.role,
-                                    "overlap": lane_overlap([track], [tracks[i] for i in train])}
+                                    "overlap": lane_overlap([sc.route_track()], [tracks[i] for i in train])}
     res["bench_routes_vs_train"] = per_route
     res["bench_routes_vs_train_mean"] = float(np.mean([r["overlap"] for r in per_route.values()]))
     res["wall_s"] = round(time.time() - t0, 1)

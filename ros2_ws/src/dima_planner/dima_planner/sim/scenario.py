@@ -58,6 +58,11 @@ class Scenario:
     def route_length(self) -> float:
         return self.route_s1 - self.route_s0
 
+    def route_track(self) -> np.ndarray:
+        """(K, 3) x, y, heading of the route from route_s0 to route_s1 (every 0.5 m)."""
+        m = (self.route.s >= self.route_s0) & (self.route.s <= self.route_s1)
+        return np.concatenate([self.route.xy[m], self.route.heading[m, None]], 1)
+
     def command_at(self, s: float, speed: float) -> int:
         """The manoeuvre at the next junction, as CARLA's navigation commands, issued once the
         turn is within the 3 s horizon the planner was trained with (at least 12 m)."""
