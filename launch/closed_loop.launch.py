@@ -15,12 +15,24 @@ poses. Environment as in planner.launch.py: set for this file's processes only.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import LifecycleNode, Node, PushRosNamespace, SetRemap
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from dima_planner.data.sample import CAMERAS
 from dima_planner.ros.env import launch_process_environment
+
+
+def _camera_parameters():
+    """The planner subscribes to the transport the simulator publishes (raw or compressed)."""
+    transport = LaunchConfiguration("transport")
+    suffix = PythonExpression(["'/compressed' if '", transport, "' == 'compressed' else ''"])
+    params = {}
+    for cam in CAMERAS:
+        params[f"cameras.{cam}.transport"] = transport
+        params[f"cameras.{cam}.topic"] = [f"{cam.lower()}/image_raw", suffix]
+    return params
 
 
 def generate_launch_description():
@@ -56,7 +68,7 @@ def generate_launch_description():
                 output="screen",
                 parameters=[PathJoinSubstitution([share, "params", "ros", "planner.yaml"]), sim_params,
                             {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
-                             "use_sim_time": True, "autostart": True}],
+                             "use_sim_time": True, "autostart": True, **_camera_parameters()}],
             ),
             Node(
                 package="dima_planner", executable="dima_sim_node", name="dima_sim", namespace="", output="screen",

@@ -263,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dima bag play: error: {exc}", file=sys.stderr)
         return 2
-    rclpy.init()
+    # Not sys.argv: rcl would take the `--remap old:=new` words for (deprecated) node remap rules.
+    rclpy.init(args=[])
     node = rclpy.create_node("dima_bag_player")
     player = None
     try:
