@@ -69,6 +69,18 @@ def test_rviz_view_follows_transport_and_namespace(tmp_path):
     assert topics["rviz_default_plugins/Path"] == "/car1/dima/path"
 
 
+@pytest.mark.ros
+def test_healthcheck_reports_an_absent_node_unhealthy():
+    """Nothing answers for /nobody: exit 1 with the reason, within the timeout (Docker marks
+    the container unhealthy; the replay launch does not play)."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(pid_domain_id(92)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "dima_planner.ros.healthcheck", "--node", "nobody", "--timeout", "1.5"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 30, proc.stdout + proc.stderr
+    assert "/nobody: not ready (no diagnostics from /nobody within 1.5 s)" in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def compressed_keyframe_bag(tmp_path_factory) -> Path:
     """`dima bag convert --compressed --keyframes-only` of one scene, as the README says for nuScenes."""

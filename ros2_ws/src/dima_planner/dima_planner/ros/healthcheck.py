@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be > 0")
-    ready, why = wait_ready(args.node, args.timeout)
+    node = "/" + args.node.strip("/")  # the status names carry the fully qualified name
+    ready, why = wait_ready(node, args.timeout)
     if not (ready and args.quiet):
-        print(f"{args.node}: {'ready' if ready else 'not ready'} ({why})", file=sys.stdout if ready else sys.stderr)
+        print(f"{node}: {'ready' if ready else 'not ready'} ({why})", file=sys.stdout if ready else sys.stderr)
     return 0 if ready else 1
 
 
