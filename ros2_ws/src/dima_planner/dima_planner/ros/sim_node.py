@@ -126,7 +126,8 @@ class SimBridge(Node):
         self.pub_tf = self.create_publisher(TFMessage, bag_io.TF_TOPIC, reliable)
         self.pub_static = self.create_publisher(TFMessage, bag_io.TF_STATIC_TOPIC, latched)
         self.pub_odom = self.create_publisher(Odometry, _rel(bag_io.ODOM_TOPIC), reliable)
-        self.pub_cmd = self.create_publisher(DrivingCommand, _rel(bag_io.COMMAND_TOPIC), reliable)
+        # Latched, as the planner subscribes to the command (and a mission layer publishes it).
+        self.pub_cmd = self.create_publisher(DrivingCommand, _rel(bag_io.COMMAND_TOPIC), latched)
         img_type = CompressedImage if compressed else Image
         self.pub_img = {c: self.create_publisher(img_type, _rel(bag_io.image_topic(c, compressed)), reliable) for c in CAMERAS}
         self.pub_info = {c: self.create_publisher(CameraInfo, _rel(bag_io.camera_info_topic(c)), reliable) for c in CAMERAS}
