@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dima_planner.ros import bag_io
-from dima_planner.ros.env import apply_ros_env_defaults
+from dima_planner.ros.env import apply_ros_env_defaults, discovery_note
 
 DEFAULT_DEPTH = 10
 
@@ -255,7 +255,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    note = discovery_note()
     apply_ros_env_defaults(args.domain_id)
+    if note:
+        print(f"dima bag play: {note}", file=sys.stderr)
     import rclpy
 
     try:
