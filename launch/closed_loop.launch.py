@@ -8,15 +8,31 @@ and /dima/command from the simulated ego; the unchanged planner node (use_sim_ti
 reliable sensor QoS of params/ros/sim.yaml) answers with /dima/trajectory, which the
 simulator tracks. In lockstep the simulation waits for each frame's plan. The simulator
 writes the route's scores (JSON) and BEV picture into `out` and exits.
+
+namespace:=sim1 runs one such loop per namespace side by side: /clock, /tf and /tf_static
+are remapped into the namespace too, so that the loops never see each other's clock or
+poses. Environment as in planner.launch.py: set for this file's processes only.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import LifecycleNode, Node
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import LifecycleNode, Node, PushRosNamespace, SetRemap
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from dima_planner.ros.env import launch_dds_environment
+from dima_planner.data.sample import CAMERAS
+from dima_planner.ros.env import launch_process_environment
+
+
+def _camera_parameters():
+    """The planner subscribes to the transport the simulator publishes (raw or compressed)."""
+    transport = LaunchConfiguration("transport")
+    suffix = PythonExpression(["'/compressed' if '", transport, "' == 'compressed' else ''"])
+    params = {}
+    for cam in CAMERAS:
+        params[f"cameras.{cam}.transport"] = transport
+        params[f"cameras.{cam}.topic"] = [f"{cam.lower()}/image_raw", suffix]
+    return params
 
 
 def generate_launch_description():
@@ -33,30 +49,38 @@ def generate_launch_description():
         DeclareLaunchArgument("out", default_value="out/sim"),
         DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
         DeclareLaunchArgument("device", default_value="cpu"),
-        DeclareLaunchArgument("discovery_range", default_value="LOCALHOST",
-                              description="ROS_AUTOMATIC_DISCOVERY_RANGE (LOCALHOST, SUBNET, OFF, SYSTEM_DEFAULT)"),
-        DeclareLaunchArgument("domain_id", default_value=EnvironmentVariable("ROS_DOMAIN_ID", default_value="42")),
-        SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
-        SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id")),
-        # Fast DDS profile for the discovery range, under the variable this distro reads.
-        OpaqueFunction(function=launch_dds_environment),
-        LifecycleNode(
-            package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
-            output="screen",
-            parameters=[PathJoinSubstitution([share, "params", "ros", "planner.yaml"]), sim_params,
-                        {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
-                         "use_sim_time": True, "autostart": True}],
-        ),
-        Node(
-            package="dima_planner", executable="dima_sim_node", name="dima_sim", namespace="", output="screen",
-            parameters=[sim_params, {
-                "route": LaunchConfiguration("route"),
-                "world": LaunchConfiguration("world"),
-                "mode": LaunchConfiguration("mode"),
-                "frame_hz": ParameterValue(LaunchConfiguration("frame_hz"), value_type=float),
-                "image_scale": ParameterValue(LaunchConfiguration("image_scale"), value_type=float),
-                "transport": LaunchConfiguration("transport"),
-                "out": LaunchConfiguration("out"),
-            }],
-        ),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="ROS namespace of both nodes, their topics and their clock"),
+        DeclareLaunchArgument("discovery_range", default_value="",
+                              description="ROS_AUTOMATIC_DISCOVERY_RANGE (LOCALHOST, SUBNET, OFF, SYSTEM_DEFAULT); "
+                                          "empty: the exported one, else LOCALHOST"),
+        DeclareLaunchArgument("domain_id", default_value="",
+                              description="ROS_DOMAIN_ID of the started processes; empty: the exported one"),
+        GroupAction(scoped=True, actions=[
+            PushRosNamespace(LaunchConfiguration("namespace")),
+            # Relative targets resolve in the namespace (the root one: unchanged).
+            SetRemap(src="/clock", dst="clock"),
+            SetRemap(src="/tf", dst="tf"),
+            SetRemap(src="/tf_static", dst="tf_static"),
+            OpaqueFunction(function=launch_process_environment),
+            LifecycleNode(
+                package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
+                output="screen",
+                parameters=[PathJoinSubstitution([share, "params", "ros", "planner.yaml"]), sim_params,
+                            {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+                             "use_sim_time": True, "autostart": True, **_camera_parameters()}],
+            ),
+            Node(
+                package="dima_planner", executable="dima_sim_node", name="dima_sim", namespace="", output="screen",
+                parameters=[sim_params, {
+                    "route": LaunchConfiguration("route"),
+                    "world": LaunchConfiguration("world"),
+                    "mode": LaunchConfiguration("mode"),
+                    "frame_hz": ParameterValue(LaunchConfiguration("frame_hz"), value_type=float),
+                    "image_scale": ParameterValue(LaunchConfiguration("image_scale"), value_type=float),
+                    "transport": LaunchConfiguration("transport"),
+                    "out": LaunchConfiguration("out"),
+                }],
+            ),
+        ]),
     ])

@@ -1,21 +1,25 @@
 """DiMA planner node alone (ROS 2 Jazzy, launch_ros).
 
     ros2 launch dima_planner planner.launch.py checkpoint:=/path/to/dima_tiny device:=cuda
+    ros2 launch dima_planner planner.launch.py namespace:=car1     # one planner per vehicle
     ros2 launch dima_planner planner.launch.py overlay_params_file:=$(ros2 pkg prefix dima_planner)/share/dima_planner/params/ros/autoware.yaml
 
 The node is a lifecycle node; with autostart:=true (default) it configures and activates
-itself, with autostart:=false a lifecycle manager drives /dima_planner/change_state.
-DDS discovery stays on this machine unless discovery_range:=SUBNET is given; the Fast DDS
-profile follows it (params/fastdds_shm.xml or fastdds_shm_network.xml, see dima_planner.ros.env).
+itself, with autostart:=false a lifecycle manager drives <namespace>/dima_planner/change_state.
+The ROS domain is the one you exported (domain_id:=N sets another for this launch's
+processes). DDS discovery follows ROS_AUTOMATIC_DISCOVERY_RANGE, or stays on this computer
+where that is unset (discovery_range:=SUBNET reaches the others); the Fast DDS profile
+follows it (see dima_planner.ros.env). Everything below is set for the processes this file
+starts only (a scoped group): a launch file that includes this one keeps its environment.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import LifecycleNode
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from dima_planner.ros.env import launch_dds_environment
+from dima_planner.ros.env import launch_process_environment
 
 
 def generate_launch_description():
@@ -30,22 +34,26 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("autostart", default_value="true"),
         DeclareLaunchArgument("log_level", default_value="info"),
-        DeclareLaunchArgument("discovery_range", default_value="LOCALHOST",
-                              description="ROS_AUTOMATIC_DISCOVERY_RANGE (LOCALHOST, SUBNET, OFF, SYSTEM_DEFAULT)"),
-        DeclareLaunchArgument("domain_id", default_value=EnvironmentVariable("ROS_DOMAIN_ID", default_value="42")),
-        SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
-        SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id")),
-        # Fast DDS profile for the discovery range, under the variable this distro reads.
-        OpaqueFunction(function=launch_dds_environment),
-        LifecycleNode(
-            package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
-            output="screen",
-            parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"), {
-                "checkpoint": LaunchConfiguration("checkpoint"),
-                "device": LaunchConfiguration("device"),
-                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-                "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
-            }],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-        ),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="ROS namespace of the node and its relative topics (car1: /car1/dima/path)"),
+        DeclareLaunchArgument("discovery_range", default_value="",
+                              description="ROS_AUTOMATIC_DISCOVERY_RANGE (LOCALHOST, SUBNET, OFF, SYSTEM_DEFAULT); "
+                                          "empty: the exported one, else LOCALHOST"),
+        DeclareLaunchArgument("domain_id", default_value="",
+                              description="ROS_DOMAIN_ID of the started processes; empty: the exported one"),
+        GroupAction(scoped=True, actions=[
+            PushRosNamespace(LaunchConfiguration("namespace")),
+            OpaqueFunction(function=launch_process_environment),
+            LifecycleNode(
+                package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
+                output="screen",
+                parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"), {
+                    "checkpoint": LaunchConfiguration("checkpoint"),
+                    "device": LaunchConfiguration("device"),
+                    "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                    "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
+                }],
+                arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            ),
+        ]),
     ])

@@ -1,15 +1,18 @@
 """DiMA planner + MLLM reasoning node (Dual deployment: the MLLM reads /dima/scene_tokens).
 
     ros2 launch dima_planner planner_mllm.launch.py checkpoint:=/ckpt/dima_tiny device:=cuda
+    ros2 launch dima_planner planner_mllm.launch.py namespace:=car1
+
+Environment and namespace as in planner.launch.py: set for this file's processes only.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import LifecycleNode, Node
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, Node, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from dima_planner.ros.env import launch_dds_environment
+from dima_planner.ros.env import launch_process_environment
 
 
 def generate_launch_description():
@@ -29,29 +32,33 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("autostart", default_value="true"),
         DeclareLaunchArgument("log_level", default_value="info"),
-        DeclareLaunchArgument("discovery_range", default_value="LOCALHOST"),
-        DeclareLaunchArgument("domain_id", default_value=EnvironmentVariable("ROS_DOMAIN_ID", default_value="42")),
-        SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", LaunchConfiguration("discovery_range")),
-        SetEnvironmentVariable("ROS_DOMAIN_ID", LaunchConfiguration("domain_id")),
-        # Fast DDS profile for the discovery range, under the variable this distro reads.
-        OpaqueFunction(function=launch_dds_environment),
-        LifecycleNode(
-            package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
-            output="screen",
-            parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"), {
-                "checkpoint": LaunchConfiguration("checkpoint"),
-                "device": LaunchConfiguration("device"),
-                "use_sim_time": use_sim_time,
-                "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
-            }],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-        ),
-        Node(
-            package="dima_planner", executable="dima_mllm_node", name="dima_mllm", output="screen",
-            parameters=[LaunchConfiguration("mllm_params_file"), {
-                "checkpoint": LaunchConfiguration("mllm_checkpoint"),
-                "use_sim_time": use_sim_time,
-            }],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-        ),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="ROS namespace of both nodes and their relative topics"),
+        DeclareLaunchArgument("discovery_range", default_value="",
+                              description="ROS_AUTOMATIC_DISCOVERY_RANGE; empty: the exported one, else LOCALHOST"),
+        DeclareLaunchArgument("domain_id", default_value="",
+                              description="ROS_DOMAIN_ID of the started processes; empty: the exported one"),
+        GroupAction(scoped=True, actions=[
+            PushRosNamespace(LaunchConfiguration("namespace")),
+            OpaqueFunction(function=launch_process_environment),
+            LifecycleNode(
+                package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
+                output="screen",
+                parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"), {
+                    "checkpoint": LaunchConfiguration("checkpoint"),
+                    "device": LaunchConfiguration("device"),
+                    "use_sim_time": use_sim_time,
+                    "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
+                }],
+                arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            ),
+            Node(
+                package="dima_planner", executable="dima_mllm_node", name="dima_mllm", output="screen",
+                parameters=[LaunchConfiguration("mllm_params_file"), {
+                    "checkpoint": LaunchConfiguration("mllm_checkpoint"),
+                    "use_sim_time": use_sim_time,
+                }],
+                arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            ),
+        ]),
     ])

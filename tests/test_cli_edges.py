@@ -45,15 +45,16 @@ def test_ctrl_c_on_bag_record_finishes_the_bag_without_a_traceback(tmp_path):
 
 def test_demo_keeps_the_users_domain_id(monkeypatch):
     from dima_planner.config import load_yaml
-    from dima_planner.demo import DemoConfig
+    from dima_planner.demo import DEMO_DOMAIN_ID, DemoConfig
     from dima_planner.ros.env import apply_ros_env_defaults
 
     cfg = load_yaml(DemoConfig, REPO / "params" / "demo.yaml")
     assert cfg.domain_id is None and DemoConfig().domain_id is None
     monkeypatch.setenv("ROS_DOMAIN_ID", "77")
-    assert apply_ros_env_defaults(cfg.domain_id)["ROS_DOMAIN_ID"] == "77"
+    assert apply_ros_env_defaults(cfg.domain_id, DEMO_DOMAIN_ID)["ROS_DOMAIN_ID"] == "77"
     monkeypatch.delenv("ROS_DOMAIN_ID")
-    assert apply_ros_env_defaults(cfg.domain_id)["ROS_DOMAIN_ID"] == "42"
+    # the demo is the project's own run: its own domain where none was exported
+    assert apply_ros_env_defaults(cfg.domain_id, DEMO_DOMAIN_ID)["ROS_DOMAIN_ID"] == "42"
 
 
 @pytest.mark.ros

@@ -173,27 +173,88 @@ def test_localhost_is_the_default_everywhere():
     assert "dima_planner.ros.env" in (REPO / "docker" / "entrypoint.sh").read_text()
     for svc in yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"].values():
         assert svc["environment"]["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
-    for launch in sorted((REPO / "launch").glob("*.launch.py")):
-        text = launch.read_text()
-        assert "OpaqueFunction(function=launch_dds_environment)" in text, launch.name
-        assert "_DEFAULT_PROFILES_FILE" not in text, f"{launch.name} fixes a profile variable"
-        tree = ast.parse(text)
-        decl = {n.args[0].value: n for n in ast.walk(tree)
-                if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"}
-        default = {k.arg: k.value for k in decl["discovery_range"].keywords}["default_value"]
-        assert default.value == "LOCALHOST", launch.name
 
 
-def test_launch_helper_exports_the_profile_for_the_launch_argument(monkeypatch, tmp_path):
+def _call_name(node: ast.AST) -> str | None:
+    return getattr(node.func, "id", None) or getattr(node.func, "attr", None) if isinstance(node, ast.Call) else None
+
+
+@pytest.mark.parametrize("launch", sorted((REPO / "launch").glob("*.launch.py")), ids=lambda p: p.name)
+def test_launch_environment_is_for_its_own_processes_only(launch):
+    """A launch file sets ROS_* and the Fast DDS profile for the processes it starts, inside
+    one scoped GroupAction (launch pushes and pops the environment around it), never at the
+    top level, where `SetEnvironmentVariable` would also change every process that a launch
+    file including this one starts afterwards. The domain and the discovery range are the
+    exported ones unless given (empty defaults), and every file has a `namespace` argument."""
+    text = launch.read_text()
+    assert "_DEFAULT_PROFILES_FILE" not in text, f"{launch.name} fixes a profile variable"
+    tree = ast.parse(text)
+    decl = {n.args[0].value: {k.arg: k.value for k in n.keywords} for n in ast.walk(tree)
+            if _call_name(n) == "DeclareLaunchArgument"}
+    for arg in ("domain_id", "discovery_range", "namespace"):
+        assert arg in decl, f"{launch.name}: no {arg} argument"
+        assert isinstance(decl[arg]["default_value"], ast.Constant) and decl[arg]["default_value"].value == "", \
+            f"{launch.name}: {arg} must default to '' (the inherited value / the root namespace)"
+    assert not any(_call_name(n) in ("SetEnvironmentVariable", "EnvironmentVariable") for n in ast.walk(tree)), \
+        f"{launch.name} sets or reads the environment outside launch_process_environment"
+    (ld,) = [n for n in ast.walk(tree) if _call_name(n) == "LaunchDescription"]
+    top = ld.args[0].elts
+    groups = [n for n in top if _call_name(n) == "GroupAction"]
+    assert len(groups) == 1 and not any(_call_name(n) in ("OpaqueFunction", "Node", "LifecycleNode", "ExecuteProcess")
+                                        for n in top), f"{launch.name}: processes outside the scoped group"
+    kw = {k.arg: k.value for k in groups[0].keywords}
+    assert isinstance(kw.get("scoped"), ast.Constant) and kw["scoped"].value is True
+    body = [_call_name(n) for n in kw["actions"].elts]
+    assert body[0] == "PushRosNamespace" and "OpaqueFunction" in body
+    assert any(isinstance(n, ast.Call) and _call_name(n) == "OpaqueFunction" and
+               any(k.arg == "function" and getattr(k.value, "id", None) == "launch_process_environment"
+                   for k in n.keywords) for n in kw["actions"].elts)
+
+
+class _Ctx:
+    def __init__(self, configurations: dict, environment: dict):
+        self.launch_configurations, self.environment = configurations, environment
+
+
+def _env_actions(actions) -> dict:
+    return {a.name[0].text: a.value[0].text for a in actions if type(a).__name__ == "SetEnvironmentVariable"}
+
+
+def test_launch_helper_keeps_the_inherited_domain_and_range(tmp_path):
     pytest.importorskip("launch.actions", reason="ROS launch is not in the venv (a sourced distro has it)")
-    for k in ros_env.PROFILE_ENVS:
-        monkeypatch.delenv(k, raising=False)
+    got = ros_env.launch_process_environment(_Ctx({"domain_id": "", "discovery_range": ""},
+                                                  {"ROS_DOMAIN_ID": "5", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}),
+                                             share=tmp_path)
+    env = _env_actions(got)
+    assert "ROS_DOMAIN_ID" not in env and env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+    assert Path(env[ros_env.profile_env_var()]).name == ros_env.NETWORK_PROFILE
+    assert not [a for a in got if type(a).__name__ == "LogInfo"]
+    # Unset: LOCALHOST, said in one log line that tells how to change it.
+    got = ros_env.launch_process_environment(_Ctx({"domain_id": "7", "discovery_range": ""}, {}), share=tmp_path)
+    env = _env_actions(got)
+    assert env["ROS_DOMAIN_ID"] == "7" and env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    (log,) = [a for a in got if type(a).__name__ == "LogInfo"]
+    assert "discovery_range:=SUBNET" in log.msg[0].text
+    with pytest.raises(ValueError, match="domain_id"):
+        ros_env.launch_process_environment(_Ctx({"domain_id": "300"}, {}), share=tmp_path)
 
-    class Ctx:
-        launch_configurations = {"discovery_range": "SUBNET"}
 
-    (action,) = ros_env.launch_dds_environment(Ctx(), share=tmp_path)
-    assert action.name[0].text == ros_env.profile_env_var()
+def test_nodes_never_change_the_domain(monkeypatch):
+    """The installed node (and every user-facing tool) keeps the user's domain: unset stays
+    unset (the RMW's default 0, where `ros2 topic list` looks), an exported one is kept.
+    Only the project's own runs name one (`default_domain_id`, or `domain_id` to force)."""
+    monkeypatch.delenv("ROS_DOMAIN_ID", raising=False)
+    monkeypatch.delenv("ROS_AUTOMATIC_DISCOVERY_RANGE", raising=False)
+    assert ros_env.discovery_note() == ros_env.LOCALHOST_NOTE
+    got = ros_env.apply_ros_env_defaults()
+    assert "ROS_DOMAIN_ID" not in got and "ROS_DOMAIN_ID" not in os.environ
+    assert got["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and ros_env.discovery_note() is None
+    assert ros_env.apply_ros_env_defaults(default_domain_id=42)["ROS_DOMAIN_ID"] == "42"
+    monkeypatch.setenv("ROS_DOMAIN_ID", "9")
+    assert ros_env.apply_ros_env_defaults(default_domain_id=42)["ROS_DOMAIN_ID"] == "9"
+    assert ros_env.apply_ros_env_defaults(domain_id=11)["ROS_DOMAIN_ID"] == "11"
+    with pytest.raises(ValueError, match="232"):
+        ros_env.apply_ros_env_defaults(default_domain_id=500)
 
 
 def test_env_module_prints_shell_exports(tmp_path):

@@ -189,18 +189,27 @@ def expect_rejection(drv: Driver, proc, stamp_ns: int, key: str, text: str, befo
 
 def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
     domain = pid_domain_id(11)
-    proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "front_timeout:=0.5", "-p", "max_input_age:=1.0")
     drv = Driver(domain)
+    # A mission layer's command, published once and latched before the node exists: the
+    # node's transient-local command subscription must still receive it.
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    drv.node.create_publisher(DrivingCommand, "/dima/command", latched).publish(
+        DrivingCommand(header=Header(stamp=ns_to_stamp(now_ns())), command=DrivingCommand.TURN_LEFT))
+    proc = start_node(domain, "-p", f"checkpoint:={checkpoint}", "-p", "front_timeout:=0.5", "-p", "max_input_age:=1.0")
     try:
         drv.publish_tf_static()
         # Wait for the node: the model status says loaded (active).
         ok = drv.wait(lambda: (d := drv.diag_values("model")) and d[1].startswith("loaded (active)"), 180)
         assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
+        # Statuses carry the node's fully qualified name (unique across namespaces).
+        assert {s.name for a in drv.diags for s in a.status} == {f"/dima_planner: {p}" for p in ("model", "inputs",
+                                                                                                  "planning")}
 
-        # 1. good inputs -> a plan stamped with the front camera stamp, in base_link
+        # 1. good inputs -> a plan stamped with the front camera stamp, in base_link; the
+        # command is the latched one (no other was sent; the default is GO_STRAIGHT)
         t = now_ns()
         for _ in range(20):  # discovery of the test publishers by the node may take a moment
-            drv.send_frame(t, command=DrivingCommand.TURN_LEFT)
+            drv.send_frame(t)
             if drv.wait(lambda: drv.paths_at(t), 1.0):
                 break
             t = now_ns()

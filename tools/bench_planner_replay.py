@@ -222,10 +222,10 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
 
     pub_wall: dict[int, float] = {}
     try:
-        wait_for(lambda: diag_msg.get("dima_planner: model", "").startswith("loaded (active)"), 240,
+        wait_for(lambda: diag_msg.get("/dima_planner: model", "").startswith("loaded (active)"), 240,
                  "the planner to load and activate")
         if name == "mllm":
-            wait_for(lambda: diag.get("dima_mllm: model", {}).get("loaded") == "True", 240, "the MLLM to load")
+            wait_for(lambda: diag.get("/dima_mllm: model", {}).get("loaded") == "True", 240, "the MLLM to load")
 
         from rosbags.rosbag2 import Reader
 
@@ -249,7 +249,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
             print("  warning: a replayed topic the planner reads has no subscriber after 30 s", flush=True)
         time.sleep(1.0)  # let the planner's reliable readers match every writer
         with lock:
-            diag_before = dict(diag.get("dima_planner: planning", {}))
+            diag_before = dict(diag.get("/dima_planner: planning", {}))
         cpu_before = proc_cpu_s(procs["planner"].pid)
         stats = player.play()
         player.drain(5.0)
@@ -266,7 +266,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
         time.sleep(1.5)  # one more /diagnostics period
         player.close()
         with lock:
-            planning = dict(diag.get("dima_planner: planning", {}))
+            planning = dict(diag.get("/dima_planner: planning", {}))
             mllm_diag = dict(diag.get("dima_mllm: reasoning", {}))
             recv = dict(path_recv)
             traj = dict(trajs)

@@ -57,6 +57,7 @@ setup(
             "dima_planner_node = dima_planner.ros.planner_node:main",
             "dima_mllm_node = dima_planner.ros.mllm_node:main",
             "dima_sim_node = dima_planner.ros.sim_node:main",
+            "dima_healthcheck = dima_planner.ros.healthcheck:main",
         ],
     },
 )

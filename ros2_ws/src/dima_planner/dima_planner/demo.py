@@ -32,6 +32,9 @@ from .config import add_set_argument, load_yaml, parse_overrides
 
 REPO = Path(__file__).resolve().parents[4]
 REASONING_TOPIC = "/dima/reasoning"
+# The demo is the project's own self-contained run: where the user exported no ROS_DOMAIN_ID
+# it keeps to this one, away from the default domain (0) of the user's other ROS work.
+DEMO_DOMAIN_ID = 42
 
 
 @dataclass
@@ -51,7 +54,7 @@ class DemoConfig:
         "params/ros/planner.yaml", "params/ros/replay.yaml", "params/ros/demo.yaml"])
     node_ready_timeout: float = 180.0
     frame_timeout: float = 20.0  # longest wait for the node's answer to one front image (s)
-    domain_id: int | None = None  # None: the user's ROS_DOMAIN_ID, else 42 (ros.env); a number forces it
+    domain_id: int | None = None  # None: the user's ROS_DOMAIN_ID, else DEMO_DOMAIN_ID; a number forces it
     with_mllm: bool = True  # start dima_mllm_node beside the planner and print its reasoning
     mllm_params: list[str] = field(default_factory=lambda: ["params/ros/mllm.yaml"])
     mllm_checkpoint: str = ""  # MLLM branch (Q-Formers, LoRA, heads); "" = the untrained branch
@@ -114,7 +117,8 @@ def _wait_ready(node, procs: dict[str, NodeProcess], timeout: float) -> None:
 
     def on_diag(msg: DiagnosticArray) -> None:
         for st in msg.status:
-            name, _, part = st.name.partition(": ")
+            name, _, part = st.name.partition(": ")  # fully qualified node name: "/dima_planner: model"
+            name = name.lstrip("/")
             if part == "model" and st.level == DiagnosticStatus.OK and st.message.startswith("loaded") \
                     and (name != "dima_planner" or "active" in st.message):
                 waiting.discard(name)
@@ -164,7 +168,7 @@ class FrameOutcomes:
 
     def _on_diag(self, msg) -> None:
         for st in msg.status:
-            if st.name == "dima_planner: planning":
+            if st.name == "/dima_planner: planning":
                 values = {kv.key: kv.value for kv in st.values}
                 with self._cond:
                     self._rejected = sum(int(v) for k, v in values.items() if k.startswith("rejected."))
@@ -289,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(width=max(Console().width, 100))
     cfg = load_yaml(DemoConfig, _path(args.config), parse_overrides(args.set))
-    apply_ros_env_defaults(cfg.domain_id)  # loopback-only DDS, own domain, before any rclpy
+    apply_ros_env_defaults(cfg.domain_id, DEMO_DOMAIN_ID)  # loopback-only DDS, own domain, before any rclpy
     out = _path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()

@@ -10,6 +10,7 @@ or the generated world) and writes, per scene in time order:
   /tf, /odom                     odom -> base_link at every ego pose of the written sensors
                                  (REP-105: map -> odom -> base_link; /odom is in odom)
   /dima/command                  dima_msgs/DrivingCommand from the GT future (VAD rule)
+                                 (transient local, as the planner subscribes to it)
   /dima/gt/ego_future            nav_msgs/Path in base_link: the valid GT future steps only
   /dima/gt/sample                std_msgs/String JSON: sample token, stamps, LiDAR-frame GT
                                  future + mask, lidar2ego and the occupancy agent boxes
@@ -489,7 +490,10 @@ def _write_bag(nusc, b: Builder, out: Path, plans: list[ScenePlan], dataroot: Pa
 
         def conn(topic: str, typename: str):
             if topic not in conns:
-                qos = bag_io.recorded_qos(transient_local=(topic == bag_io.TF_STATIC_TOPIC))
+                # Latched like their live publishers: the rig, and the driving command (a
+                # transient-local subscription never matches a volatile publisher).
+                qos = bag_io.recorded_qos(transient_local=topic in (bag_io.TF_STATIC_TOPIC,
+                                                                    bag_io.COMMAND_TOPIC))
                 conns[topic] = writer.add_connection(topic, typename, typestore=b.s, offered_qos_profiles=[qos])
             return conns[topic]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dima_planner.ros import bag_io
-from dima_planner.ros.env import apply_ros_env_defaults
+from dima_planner.ros.env import apply_ros_env_defaults, discovery_note
 
 DEFAULT_DEPTH = 10
 
@@ -124,7 +124,9 @@ class BagPlayer:
             from rclpy.qos import QoSProfile
             from rosgraph_msgs.msg import Clock
 
-            self.clock_pub = node.create_publisher(Clock, bag_io.CLOCK_TOPIC, QoSProfile(depth=1))
+            # /clock is renamed like a recorded topic (`--remap /clock:=/car1/clock`), as ros2 bag play does.
+            self.clock_pub = node.create_publisher(Clock, remap.get(bag_io.CLOCK_TOPIC, bag_io.CLOCK_TOPIC),
+                                                   QoSProfile(depth=1))
         self.stats = PlayStats()
         self._stop = threading.Event()
         self._play_time_ns: int | None = None
@@ -249,11 +251,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SEC",
                         help="wait up to SEC for a subscriber on every played topic before starting")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to sleep before playing (discovery)")
-    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: env or dima default)")
+    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: the exported one)")
 
 
 def run(args: argparse.Namespace) -> int:
+    note = discovery_note()
     apply_ros_env_defaults(args.domain_id)
+    if note:
+        print(f"dima bag play: {note}", file=sys.stderr)
     import rclpy
 
     try:
@@ -261,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dima bag play: error: {exc}", file=sys.stderr)
         return 2
-    rclpy.init()
+    # Not sys.argv: rcl would take the `--remap old:=new` words for (deprecated) node remap rules.
+    rclpy.init(args=[])
     node = rclpy.create_node("dima_bag_player")
     player = None
     try:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from dima_planner.ros import bag_io
-from dima_planner.ros.env import apply_ros_env_defaults
+from dima_planner.ros.env import apply_ros_env_defaults, discovery_note
 
 
 class TopicRecorder:
@@ -105,11 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-sim-time", action="store_true", help="stamp record times with /clock")
     parser.add_argument("--compression", choices=bag_io.COMPRESSIONS, default="zstd",
                         help="MCAP chunk compression (default zstd, as ros2 bag record)")
-    parser.add_argument("--domain-id", type=int, default=None)
+    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: the exported one)")
 
 
 def run(args: argparse.Namespace) -> int:
+    note = discovery_note()
     apply_ros_env_defaults(args.domain_id)
+    if note:
+        print(f"dima bag record: {note}", file=sys.stderr)
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter

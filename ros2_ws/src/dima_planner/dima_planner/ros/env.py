@@ -10,6 +10,11 @@ Why this exists:
 A value the user already exported always wins, except an explicit `domain_id` argument
 (tests pass their own id so that parallel runs never see each other).
 
+The ROS domain is the user's: an installed node or launch file never moves itself to another
+domain (a node on a private default domain is invisible to every tool on the user's). Only the
+project's own runs (tests, `dima demo`, `dima sim`, benches, make targets) pick their own
+domain, and they say so explicitly (`domain_id` / `default_domain_id`).
+
 No rclpy import here: this must run before rclpy is loaded.
 """
 from __future__ import annotations
@@ -19,7 +24,10 @@ from pathlib import Path
 
 from .. import resources
 
-DEFAULT_DOMAIN_ID = 42
+# The one line a process prints when it chose loopback-only discovery itself.
+LOCALHOST_NOTE = ("ROS_AUTOMATIC_DISCOVERY_RANGE is unset: DDS discovery stays on this computer (LOCALHOST); "
+                  "export ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET (launch: discovery_range:=SUBNET) "
+                  "to reach the other computers of the robot")
 # Fast DDS profiles (params/), chosen from ROS_AUTOMATIC_DISCOVERY_RANGE. Both have the
 # 128 MiB shared-memory segment for images between processes on this host; they differ in
 # where UDP may go: loopback only, or every interface (robots with several computers).
@@ -91,32 +99,61 @@ def dds_profile_env(discovery_range: str | None, params: str | Path | None = Non
     return {profile_env_var(distro): str(base / profile_for_range(discovery_range))}
 
 
-def launch_dds_environment(context, share: str | Path | None = None) -> list:
-    """launch OpaqueFunction body: the profile variable for the `discovery_range` launch
-    argument, so that every process of the launch (ros2 bag play too) gets the profile."""
-    from launch.actions import SetEnvironmentVariable
+def launch_process_environment(context, share: str | Path | None = None) -> list:
+    """launch OpaqueFunction body: the environment of the processes this launch file starts.
+
+    Put it inside a scoped `GroupAction` together with those processes: the variables it
+    sets then apply to them only, never to a launch file that includes this one.
+    * `domain_id`: ROS_DOMAIN_ID when given; empty (the default) keeps the inherited one.
+    * `discovery_range`: ROS_AUTOMATIC_DISCOVERY_RANGE when given; empty (the default)
+      keeps the inherited one, or LOCALHOST where it is unset (announced in one log line).
+    * the Fast DDS profile for that range, under the variable this distro reads, unless the
+      environment already names one.
+    """
+    from launch.actions import LogInfo, SetEnvironmentVariable
 
     if share is None:
         from ament_index_python.packages import get_package_share_directory
 
         share = get_package_share_directory(resources.PACKAGE)
-    rng = context.launch_configurations.get("discovery_range", "LOCALHOST")
-    env = dds_profile_env(rng, Path(share) / "params")
-    return [SetEnvironmentVariable(k, v) for k, v in env.items()]
+    cfg, environ = context.launch_configurations, context.environment
+    actions = []
+    domain = cfg.get("domain_id", "").strip()
+    if domain:
+        if not domain.isdigit() or not 0 <= int(domain) <= 232:
+            raise ValueError(f"domain_id:={domain!r} is not a ROS domain id in [0, 232]")
+        actions.append(SetEnvironmentVariable("ROS_DOMAIN_ID", domain))
+    rng = cfg.get("discovery_range", "").strip().upper() or environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "")
+    if not rng:
+        rng = "LOCALHOST"
+        actions.append(LogInfo(msg=LOCALHOST_NOTE))
+    profile_for_range(rng)  # a clear error for a bad value, before any process starts
+    actions.append(SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", rng))
+    if not any(environ.get(k) for k in PROFILE_ENVS):
+        actions += [SetEnvironmentVariable(k, v) for k, v in dds_profile_env(rng, Path(share) / "params").items()]
+    return actions
 
 
-def apply_ros_env_defaults(domain_id: int | None = None) -> dict[str, str]:
+def discovery_note() -> str | None:
+    """LOCALHOST_NOTE when apply_ros_env_defaults() is about to choose the discovery range."""
+    return None if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") else LOCALHOST_NOTE
+
+
+def apply_ros_env_defaults(domain_id: int | None = None, default_domain_id: int | None = None) -> dict[str, str]:
     """Set the network-safe ROS environment; returns the values now in effect.
 
-    domain_id: forced ROS_DOMAIN_ID when given; otherwise the user's value or
-    DEFAULT_DOMAIN_ID. Must be called before rclpy.init (the RMW reads these at init).
+    domain_id: forced ROS_DOMAIN_ID when given; otherwise the user's value, else
+    default_domain_id when given (the project's own runs), else unset (the RMW's default,
+    0). Discovery: the user's ROS_AUTOMATIC_DISCOVERY_RANGE, else LOCALHOST (see
+    discovery_note()). Must be called before rclpy.init (the RMW reads these at init).
     """
+    for value in (domain_id, default_domain_id):
+        if value is not None and not 0 <= int(value) <= 232:
+            raise ValueError(f"ROS domain id must be in [0, 232], got {value}")
     if domain_id is not None:
-        if not 0 <= int(domain_id) <= 232:
-            raise ValueError(f"ROS domain id must be in [0, 232], got {domain_id}")
         os.environ["ROS_DOMAIN_ID"] = str(int(domain_id))
-    else:
-        os.environ.setdefault("ROS_DOMAIN_ID", str(DEFAULT_DOMAIN_ID))
+    elif default_domain_id is not None:
+        os.environ.setdefault("ROS_DOMAIN_ID", str(int(default_domain_id)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.update(dds_profile_env(os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"]))
     keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_ENVS)

@@ -13,7 +13,8 @@ from .params import NODE_NAME, OUTPUT_TOPICS, PARAMS, ParamSpec
 FIXED_TOPICS = [
     ("/tf_static", "tf2_msgs/TFMessage", "in", "base_frame -> camera optical frames and lidar_frame "
      "(transient local)"),
-    ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out", "status, rates, latency, skip reasons"),
+    ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out", "status, rates, latency, skip reasons; statuses "
+     "`<fully qualified node name>: model`, `: inputs`, `: planning` (e.g. `/car1/dima_planner: model`)"),
     ("/clock", "rosgraph_msgs/Clock", "in", "only with use_sim_time (bag replay)"),
 ]
 

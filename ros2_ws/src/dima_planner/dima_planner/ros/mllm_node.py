@@ -311,7 +311,7 @@ class MLLMNode(Node):
     # ---- diagnostics -------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         w = self._worker
-        hw = self.get_name()
+        hw = self.get_fully_qualified_name()  # unique on the shared /diagnostics, namespaces included
         if w.state == "error" and not self._error_logged:
             self._error_logged = True
             self.get_logger().error(f"MLLM not loaded: {w.load_error} (the node stays up; fix the parameter "

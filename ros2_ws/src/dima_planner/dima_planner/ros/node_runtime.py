@@ -9,7 +9,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidHandle, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
-from .env import apply_ros_env_defaults
+from .env import apply_ros_env_defaults, discovery_note
 
 _PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
           "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING}
@@ -50,11 +50,14 @@ def spin(make_node: Callable[[], rclpy.node.Node], prog: str, threads: int, args
     and its dispatch (a lifecycle cleanup running on another executor thread) makes rclpy
     raise InvalidHandle out of spin(); that is a skipped wake-up, not a reason to die, so
     spinning resumes."""
-    apply_ros_env_defaults()  # before rclpy.init: loopback-only discovery, own domain id, SHM profile
+    note = discovery_note()  # said once the node has a logger, so that it reaches /rosout too
+    apply_ros_env_defaults()  # before rclpy.init: loopback-only discovery unless exported, SHM profile
     rclpy.init(args=sys.argv if args is None else args)
     node = None
     try:
         node = make_node()
+        if note:
+            node.get_logger().info(note)
         executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         while True:

@@ -135,8 +135,10 @@ _SPECS: list[ParamSpec] = [
               "nuScenes rig", "str", on_configure=True),
     ParamSpec("odom_topic", "odom", "nav_msgs/Odometry of base_frame (input)", "str", pattern=_TOPIC,
               on_configure=True),
-    ParamSpec("command_topic", "dima/command", "dima_msgs/DrivingCommand (input)", "str", pattern=_TOPIC,
-              on_configure=True),
+    ParamSpec("command_topic", "dima/command",
+              "dima_msgs/DrivingCommand (input), subscribed transient local (latched): a command published "
+              "once before the node started is received; volatile publishers work too",
+              "str", pattern=_TOPIC, on_configure=True),
     ParamSpec("default_command", 2, "command used until one is received (0 right, 1 left, 2 straight)", "int",
               0, 2),
     ParamSpec("max_command_age", 0.0, "a command older than this (s) falls back to default_command; "

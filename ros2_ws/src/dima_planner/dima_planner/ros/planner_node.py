@@ -278,9 +278,16 @@ class PlannerNode(LifecycleNode):
             self._subs.append(self.create_subscription(CameraInfo, p[f"cameras.{cam}.info_topic"],
                                                        lambda m, c=cam: self._on_info(c, m), info))
         self._subs.append(self.create_subscription(Odometry, p["odom_topic"], self._on_odom, sensor))
-        self._subs.append(self.create_subscription(
-            DrivingCommand, p["command_topic"], self._on_command,
-            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)))
+        # A mission layer may publish a driving command once, latched: the transient-local
+        # subscription receives it even when it went out before this node started or was
+        # configured. DDS never matches a transient-local subscription with a volatile
+        # publisher, so a volatile one keeps plain publishers (`ros2 topic pub`, older bags)
+        # working; a latched publisher reaches both, and _on_command drops the second copy.
+        for durability in (DurabilityPolicy.TRANSIENT_LOCAL, DurabilityPolicy.VOLATILE):
+            self._subs.append(self.create_subscription(
+                DrivingCommand, p["command_topic"], self._on_command,
+                QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=durability)))
         self._subs.append(self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, latched))
         self._pubs = {
             "path": self.create_lifecycle_publisher(PathMsg, p["path_topic"], out),
@@ -316,7 +323,10 @@ class PlannerNode(LifecycleNode):
 
     def _on_command(self, msg: DrivingCommand) -> None:
         core = self._core
-        if core is not None and core.on_command(int(msg.command), conv.stamp_to_ns(msg.header.stamp)) is None:
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        if core is None or core.command == (int(msg.command), stamp):
+            return  # not configured, or the copy of a latched command through the other subscription
+        if core.on_command(int(msg.command), stamp) is None:
             self._cache.put("command", conv.stamp_to_ns(msg.header.stamp), None)
 
     def _on_tf_static(self, msg: TFMessage) -> None:
@@ -423,7 +433,8 @@ class PlannerNode(LifecycleNode):
         keys = list(CAMERAS) + ["odom", "command"]
         rates = {k: self._cache.rate(k) for k in keys}
         ages = {k: (None if (t := self._cache.last_arrival(k)) is None else now - t) for k in keys}
-        msg = build_diagnostics(self.get_clock().now().to_msg(), self.get_name(), state=self._state,
+        # Fully qualified: two namespaced planners publish to the one /diagnostics topic.
+        msg = build_diagnostics(self.get_clock().now().to_msg(), self.get_fully_qualified_name(), state=self._state,
                                 model_loaded=self._planner is not None, model_id=self._model_id,
                                 device=self._p["device"], model_error=self._model_error,
                                 snapshot=self._stats.snapshot(), input_rates=rates, input_ages=ages,

@@ -53,6 +53,13 @@ from .frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, optical_frame
 SEC = 1_000_000_000
 
 
+def _rel(topic: str) -> str:
+    """The bag's topic names, relative: in a namespace (closed_loop.launch.py namespace:=)
+    they meet the planner's relative names. /clock and the tf topics stay absolute (the
+    launch file remaps them)."""
+    return topic.lstrip("/")
+
+
 def parse_route(text: str, seconds: float) -> RouteSpec:
     """'scene-0003' (a scene of the world), 'KIND:INDEX' or 'KIND:INDEX@TOWN' (a generated scenario)."""
     return RouteSpec.parse(text, seconds)
@@ -86,12 +93,12 @@ class SimBridge(Node):
 
     PARAMS = (("world", "data/world"), ("route", "turn_left:101"), ("seconds", 20.0), ("frame_hz", 12.0),
               ("image_scale", 0.25), ("transport", "raw"), ("jpeg_quality", 90), ("mode", "lockstep"),
-              ("plan_timeout", 10.0), ("plan_topic", bag_io.TRAJECTORY_TOPIC), ("plan_type", "trajectory"),
+              ("plan_timeout", 10.0), ("plan_topic", _rel(bag_io.TRAJECTORY_TOPIC)), ("plan_type", "trajectory"),
               ("out", "out/sim"), ("time_offset", 1000.0), ("timeout_slack", 15.0),
               ("wait_for_planner", 120.0))
 
     def __init__(self, cfg: SimConfig | None = None, node_name: str = "dima_sim", compressed: bool = False,
-                 jpeg_quality: int = 90, plan_topic: str = bag_io.TRAJECTORY_TOPIC, plan_type: str = "trajectory",
+                 jpeg_quality: int = 90, plan_topic: str = _rel(bag_io.TRAJECTORY_TOPIC), plan_type: str = "trajectory",
                  **kwargs):
         """cfg None: everything from the node's ROS parameters (the console node)."""
         super().__init__(node_name, **kwargs)
@@ -115,11 +122,12 @@ class SimBridge(Node):
         self.pub_clock = self.create_publisher(Clock, bag_io.CLOCK_TOPIC, reliable)
         self.pub_tf = self.create_publisher(TFMessage, bag_io.TF_TOPIC, reliable)
         self.pub_static = self.create_publisher(TFMessage, bag_io.TF_STATIC_TOPIC, latched)
-        self.pub_odom = self.create_publisher(Odometry, bag_io.ODOM_TOPIC, reliable)
-        self.pub_cmd = self.create_publisher(DrivingCommand, bag_io.COMMAND_TOPIC, reliable)
+        self.pub_odom = self.create_publisher(Odometry, _rel(bag_io.ODOM_TOPIC), reliable)
+        # Latched, as the planner subscribes to the command (and a mission layer publishes it).
+        self.pub_cmd = self.create_publisher(DrivingCommand, _rel(bag_io.COMMAND_TOPIC), latched)
         img_type = CompressedImage if compressed else Image
-        self.pub_img = {c: self.create_publisher(img_type, bag_io.image_topic(c, compressed), reliable) for c in CAMERAS}
-        self.pub_info = {c: self.create_publisher(CameraInfo, bag_io.camera_info_topic(c), reliable) for c in CAMERAS}
+        self.pub_img = {c: self.create_publisher(img_type, _rel(bag_io.image_topic(c, compressed)), reliable) for c in CAMERAS}
+        self.pub_info = {c: self.create_publisher(CameraInfo, _rel(bag_io.camera_info_topic(c)), reliable) for c in CAMERAS}
         msg_type = PlannedTrajectory if plan_type == "trajectory" else PathMsg
         self.create_subscription(msg_type, plan_topic, self._on_plan, reliable)
         # An MLLM node's commentary, if one runs, goes into the route's log (sim time, text).
@@ -277,12 +285,15 @@ def main(args: list[str] | None = None) -> int:
     from ..config import ConfigError
     from ..sim.runner import expert_log, route_result
     from ..sim.viz import plot_route
-    from .env import apply_ros_env_defaults
+    from .env import apply_ros_env_defaults, discovery_note
 
+    note = discovery_note()
     apply_ros_env_defaults()
     rclpy.init(args=sys.argv if args is None else args)
     try:
         node = SimBridge()
+        if note:
+            node.get_logger().info(note)
         p = node.params
         spec = parse_route(p["route"], float(p["seconds"]))
         scenario = build_scenario(spec, node.cfg.world)  # a bad route or world fails here, at once
