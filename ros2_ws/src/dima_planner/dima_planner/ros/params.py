@@ -104,6 +104,10 @@ _SPECS: list[ParamSpec] = [
               "working directory, else to the installed share/dima_planner directory", "str", on_configure=True),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str",
               pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),
+    ParamSpec("backend", "torch", "inference engine: 'torch' (eager; every checkpoint), 'onnxruntime' (the "
+              "checkpoint's planner.onnx from `dima export --onnx`; CPU) or 'tensorrt' (its planner_trt.ep from "
+              "`dima export --tensorrt`; device cuda). The LLM-free planner only: dual_mode needs torch", "str",
+              choices=("torch", "onnxruntime", "tensorrt"), on_configure=True),
     ParamSpec("precision", "fp32", "model arithmetic: fp32, or fp16 / bf16 through torch.autocast (GPU)", "str",
               choices=("fp32", "fp16", "bf16"), on_configure=True),
     ParamSpec("num_threads", 1, "torch CPU threads for the model (0 = torch's default: one per core)", "int", 0, 256,

@@ -174,7 +174,8 @@ class PlannerNode(LifecycleNode):
             t0 = time.monotonic()
             mllm = resolve_checkpoint(p["mllm_checkpoint"])[0] if p["mllm_checkpoint"] else None
             self._planner = load_planner(ckpt, p["device"], p["num_threads"] or None, dual=p["dual_mode"],
-                                         mllm_checkpoint=mllm, llm_path=p["llm_path"] or None)
+                                         mllm_checkpoint=mllm, llm_path=p["llm_path"] or None,
+                                         backend=p["backend"])
             load_s = time.monotonic() - t0
             if p["warmup"]:
                 t0 = time.monotonic()
@@ -190,7 +191,7 @@ class PlannerNode(LifecycleNode):
             where = f" (also looked in {', '.join(map(str, tried[1:]))})" if len(tried) > 1 and not ckpt.is_dir() else ""
             return self._fail(f"cannot load checkpoint {str(ckpt)!r} on device {p['device']!r}: {e}{where}")
         self._model_id = model_id_of(ckpt) + ("+dual" if p["dual_mode"] else "")
-        self.get_logger().info(f"loaded {self._model_id} on {p['device']} in {load_s:.2f} s")
+        self.get_logger().info(f"loaded {self._model_id} on {p['device']} ({p['backend']}) in {load_s:.2f} s")
         self._core = PlannerCore(p, self._planner, self._rig, self._stats, self.get_logger())
         self._pool = ThreadPoolExecutor(p["decode_threads"], thread_name_prefix="dima_decode")
         self._create_topics()
