@@ -107,7 +107,7 @@ def export_onnx(model: VisionPlanner, path: str | Path, source_sha256: str) -> P
     import onnx
 
     path = Path(path)
-    graph = PlannerGraph(model.cpu().eval())
+    graph = PlannerGraph(model.cpu().eval()).eval()
     inputs = example_inputs(model)
     # onnxscript's optimizer warns once per multi-output Split it leaves alone (hundreds of
     # lines that say nothing about the result); the exported graph is checked below.

@@ -60,7 +60,7 @@ def write_onnx(checkpoint: str | Path, sha256: str) -> tuple[Path, float]:
 
     model, _ = load_checkpoint(checkpoint)
     path = backends.export_onnx(model, Path(checkpoint) / backends.ONNX_FILE, sha256)
-    graph = backends.PlannerGraph(model)
+    graph = backends.PlannerGraph(model).eval()
     torch.manual_seed(0)
     inputs = list(backends.example_inputs(model))
     inputs[graph.input_names.index("prev_bev")].normal_()

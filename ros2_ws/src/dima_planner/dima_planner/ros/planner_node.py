@@ -167,6 +167,12 @@ class PlannerNode(LifecycleNode):
             self._rig = load_rig(p["rig_file"])
         except (OSError, ValueError, KeyError) as e:
             return self._fail(f"rig_file {p['rig_file']!r}: {e}")
+        if p["autoware_trajectory_topic"] or p["autoware_objects_topic"]:
+            try:
+                from . import autoware  # noqa: F401  (the message packages are optional)
+            except ImportError as e:
+                return self._fail(f"an Autoware output topic is set but its messages are missing ({e}): source an "
+                                  f"Autoware workspace, or run `make setup` (builds them into the venv)")
         try:
             from ..inference import load_planner  # torch is imported here, not at node start
             from ..model.inputs import scale_intrinsics
@@ -283,6 +289,10 @@ class PlannerNode(LifecycleNode):
             DrivingCommand, p["command_topic"], self._on_command,
             QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)))
         self._subs.append(self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, latched))
+        if p["extrinsics_source"] == "tf":  # sensor poses on /tf (carla-ros-bridge): tf2's QoS
+            self._subs.append(self.create_subscription(
+                TFMessage, "/tf", self._on_tf,
+                QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)))
         self._pubs = {
             "path": self.create_lifecycle_publisher(PathMsg, p["path_topic"], out),
             "path_map": self.create_lifecycle_publisher(PathMsg, p["world_path_topic"], out),
@@ -290,6 +300,10 @@ class PlannerNode(LifecycleNode):
             "tokens": self.create_lifecycle_publisher(SceneTokens, p["scene_tokens_topic"], out),
             "markers": self.create_lifecycle_publisher(MarkerArray, p["markers_topic"], out),
         }
+        if p["autoware_trajectory_topic"] or p["autoware_objects_topic"]:
+            from . import autoware
+
+            self._pubs.update(autoware.create_publishers(self, p, out))
 
     # ---- callbacks: cache or hand to the core, nothing else ---------------------------------------
     def _on_image(self, cam: str, msg) -> None:
@@ -326,6 +340,13 @@ class PlannerNode(LifecycleNode):
             return
         for reason in core.on_tf_static(msg):
             self.get_logger().warning(reason)
+
+    def _on_tf(self, msg: TFMessage) -> None:
+        core = self._core
+        if core is None:
+            return
+        for reason in core.on_tf(msg):  # /tf repeats at sensor rate: say it once a few seconds
+            self.get_logger().warning(reason, throttle_duration_sec=5.0)
 
     # ---- worker ---------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -397,6 +418,10 @@ class PlannerNode(LifecycleNode):
         origin = conv.lidar_points_to_base(np.zeros(2), out.lidar2ego)
         self._pubs["trajectory"].publish(conv.build_trajectory(out.base_poses, origin, stamp_ns, base, out.command,
                                                                planner_s, out.model_s, model_id))
+        if "autoware_trajectory" in self._pubs or "autoware_objects" in self._pubs:
+            from . import autoware
+
+            autoware.publish(self._pubs, out, p)
         # Only build the big messages when someone listens.
         if self._pubs["tokens"].get_subscription_count() > 0:
             cfg = self._planner.cfg

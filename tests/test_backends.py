@@ -1,0 +1,115 @@
+"""Inference backends: the LLM-free planner exported to ONNX and run by ONNX Runtime plans
+what torch plans, on frames of the generated world with the shipped checkpoint; stale or
+missing graphs are refused with one sentence. (TensorRT needs a CUDA GPU: tools/bench_gpu.sh.)"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints" / "dima_tiny"
+
+
+def test_rigid_inverse_equals_the_general_inverse():
+    from scipy.spatial.transform import Rotation
+
+    from dima_planner.model.bev_encoder import rigid_inverse
+
+    rng = np.random.default_rng(0)
+    m = np.tile(np.eye(4), (8, 1, 1))
+    m[:, :3, :3] = Rotation.random(8, random_state=1).as_matrix()
+    m[:, :3, 3] = rng.normal(0, 20, (8, 3))
+    t = torch.from_numpy(m).float()
+    assert torch.allclose(rigid_inverse(t), torch.linalg.inv(t), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The shipped checkpoint through `dima export --onnx`, and a small generated world."""
+    from dima_planner.config import load_yaml
+    from dima_planner.export import main as export_main
+    from dima_planner.synth.config import SynthConfig
+    from dima_planner.synth.generate import generate
+
+    root = tmp_path_factory.mktemp("backends")
+    assert export_main(["--checkpoint", str(SHIPPED), "--out", str(root / "llmfree"), "--onnx"]) == 0
+    cfg = load_yaml(SynthConfig, REPO / "params" / "synth_tiny.yaml")
+    generate(cfg, root / "world", progress=False)
+    return root / "llmfree", root / "world"
+
+
+def _plans(planner, world: Path, cache: Path) -> np.ndarray:
+    from torch.utils.data import DataLoader
+
+    from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset, collate
+
+    ds = NuScenesPlanningDataset(DatasetConfig(dataroot=str(world), version="v1.0-dima", split="all",
+                                               image_size=list(planner.cfg.image_size), cache_dir=str(cache)))
+    return np.concatenate([planner.predict(b) for b in DataLoader(ds, batch_size=8, collate_fn=collate)])
+
+
+def test_onnxruntime_plans_what_torch_plans_on_real_frames(exported, tmp_path):
+    """Every keyframe of the world in order (temporal BEV chained, ego motion on): the
+    commanded trajectories of both backends agree within backends.ORT_TOLERANCE metres."""
+    from dima_planner.backends import ORT_TOLERANCE
+    from dima_planner.inference import load_planner
+
+    ckpt, world = exported
+    torch_plans = _plans(load_planner(ckpt, num_threads=1), world, tmp_path)
+    ort = load_planner(ckpt, num_threads=1, backend="onnxruntime")
+    assert type(ort.model).__name__ == "GraphModel"
+    ort_plans = _plans(ort, world, tmp_path)
+    assert len(torch_plans) >= 16 and np.abs(torch_plans).max() > 1.0  # real, moving plans
+    assert np.abs(ort_plans - torch_plans).max() < ORT_TOLERANCE
+
+
+def test_plan_api_returns_the_detections_of_both_backends_alike(exported):
+    """Planner.plan (the node's call) on one frame: the whole PlanResult agrees."""
+    from dima_planner.backends import ORT_TOLERANCE
+    from dima_planner.data.geometry import RIG_HW, load_rig
+    from dima_planner.data.sample import CAMERAS
+    from dima_planner.inference import load_planner
+    from dima_planner.model.inputs import scale_intrinsics
+
+    ckpt, _ = exported
+    rig = load_rig("")
+    h, w = 180, 320
+    ks = np.stack([scale_intrinsics(rig.intrinsics[c], RIG_HW, (h, w)) for c in CAMERAS])
+    c2l = np.stack([np.linalg.inv(rig.lidar2ego) @ rig.cam2ego[c] for c in CAMERAS])
+    images = [np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8) for i in range(6)]
+    results = []
+    for backend in ("torch", "onnxruntime"):
+        p = load_planner(ckpt, backend=backend)
+        for i in range(2):  # the second frame uses the first one's BEV
+            r = p.plan(images, ks, c2l, 1, stamp_ns=int(i * 5e8), lidar2world=np.eye(4))
+        results.append(r)
+    a, b = results
+    assert b.used_prev_bev and a.used_prev_bev
+    for name in ("trajectories", "agent_boxes", "agent_scores", "agent_motion", "map_points", "ego_feat"):
+        assert np.abs(getattr(a, name) - getattr(b, name)).max() < ORT_TOLERANCE, name
+    assert (a.agent_labels == b.agent_labels).all()
+
+
+def test_missing_or_stale_graph_is_refused_with_the_command_to_fix_it(exported, tmp_path):
+    from dima_planner.checkpoint import CheckpointError
+    from dima_planner.inference import load_planner
+
+    ckpt, _ = exported
+    with pytest.raises(CheckpointError, match="dima export"):
+        load_planner(SHIPPED, backend="onnxruntime")  # no planner.onnx next to the shipped weights
+    stale = tmp_path / "stale"
+    shutil.copytree(ckpt, stale)
+    meta = json.loads((stale / "meta.json").read_text())
+    meta["sha256"] = "f" * 64  # as if the weights had been re-trained after the export
+    (stale / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="made from other weights"):
+        load_planner(stale, backend="onnxruntime")
+    with pytest.raises(CheckpointError, match="torch backend only"):
+        load_planner(ckpt, backend="onnxruntime", dual=True)
+    with pytest.raises(CheckpointError, match="CUDA|cuda"):
+        load_planner(ckpt, backend="tensorrt")  # no GPU here: one sentence, not a traceback
