@@ -113,3 +113,29 @@ def test_missing_or_stale_graph_is_refused_with_the_command_to_fix_it(exported, 
         load_planner(ckpt, backend="onnxruntime", dual=True)
     with pytest.raises(CheckpointError, match="CUDA|cuda"):
         load_planner(ckpt, backend="tensorrt")  # no GPU here: one sentence, not a traceback
+
+
+def test_node_runs_the_onnxruntime_backend(exported):
+    """`backend: onnxruntime` in the node: configure loads planner.onnx (warm-up pass included)
+    and the node reaches `active`; the same parameter on a checkpoint without the graph
+    leaves it unconfigured with the export command in its log."""
+    from dds_harness import TestNode, lifecycle_state, start_node_process, stop_node_process
+    from dima_planner.ros.env import pid_domain_id
+
+    ckpt, _ = exported
+    params = REPO / "params" / "ros" / "planner.yaml"
+    for checkpoint, expect in ((ckpt, "active"), (SHIPPED, "unconfigured")):
+        domain = pid_domain_id(57)
+        proc = start_node_process("dima_planner.ros.planner_node", domain, params, "-p", f"checkpoint:={checkpoint}",
+                                  "-p", "backend:=onnxruntime", "-p", "warmup_width:=160", "-p", "warmup_height:=96")
+        probe = TestNode("backend_probe", domain)
+        try:
+            state = lifecycle_state(probe, "dima_planner", timeout=60.0 if expect == "active" else 12.0)
+        finally:
+            probe.close()
+            out = stop_node_process(proc)
+        assert state == expect, out
+        if expect == "active":
+            assert "(onnxruntime)" in out, out
+        else:
+            assert "dima export" in out and "planner.onnx" in out, out
