@@ -27,7 +27,7 @@ if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; 
   [ -f checkpoints/dima_tiny_stage2/mllm.safetensors ] && DUAL=(--dual-checkpoint checkpoints/dima_tiny_stage2)
 else
   DEVICE=cpu
-  echo "no CUDA device: CPU fallback (tiny_cpu only, eager; compiled and TensorRT rows say why they need a GPU here)"
+  echo "no CUDA device: CPU fallback (tiny_cpu only, eager and onnxruntime; the TensorRT row says why it needs a GPU here)"
   FWD=(--device cpu --configs tiny_cpu --modes eager,onnxruntime,tensorrt --iters 10 --warmup 2)
   DUAL=()
 fi
@@ -81,13 +81,13 @@ echo "== summary ($DEVICE, $(($(date +%s) - START)) s)"
 $PY - "$OUT" <<'PYEOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-print(f"{'model':<26}{'mode':<10}{'prec':<6}{'p50 ms':>9}{'p99 ms':>9}{'FPS':>8}")
+print(f"{'model':<26}{'mode':<12}{'prec':<6}{'p50 ms':>9}{'p99 ms':>9}{'FPS':>8}")
 for f in sorted(out.glob("forward_*.json")):
     for r in json.loads(f.read_text())["rows"]:
         if "p50_ms" in r:
-            print(f"{r['config']:<26}{r['mode']:<10}{r['precision']:<6}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['fps']:>8.1f}")
+            print(f"{r['config']:<26}{r['mode']:<12}{r['precision']:<6}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['fps']:>8.1f}")
         else:
-            print(f"{r['config']:<26}{r['mode']:<10}{r['precision']:<6}  not run: {r['error'][:60]}")
+            print(f"{r['config']:<26}{r['mode']:<12}{r['precision']:<6}  not run: {r['error'][:60]}")
 trt = out / "trt_backend.txt"
 print(trt.read_text().strip() if trt.is_file() else "TensorRT backend: not run (no CUDA device or no engine)")
 e2e = out / "node_e2e.json"
