@@ -7,7 +7,7 @@
 #   and compared with torch on the same frames (max |difference| of the trajectories);
 #   and the planner node end to end on a replayed 1600x900 JPEG bag (device cuda), with the
 #   TensorRT backend when the engine was built.
-# Without a CUDA device it runs the CPU fallback (tiny_cpu, eager + compiled, few iterations)
+# Without a CUDA device it runs the CPU fallback (tiny_cpu, eager + onnxruntime, few iterations)
 # so that the script itself stays tested.
 #   bash tools/bench_gpu.sh [OUT_DIR]
 set -euo pipefail
