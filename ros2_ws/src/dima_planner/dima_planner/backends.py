@@ -104,23 +104,32 @@ def weights_sha256(checkpoint: str | Path) -> str:
 def export_onnx(model: VisionPlanner, path: str | Path, source_sha256: str) -> Path:
     """Write PlannerGraph(model) to `path` (ONNX, opset ONNX_OPSET, batch 1, fixed image size)
     with the source weights' hash in its metadata. Needs the onnx and onnxscript packages."""
+    import tempfile
+    import warnings
+
     import onnx
 
     path = Path(path)
     graph = PlannerGraph(model.cpu().eval()).eval()
     inputs = example_inputs(model)
-    # onnxscript's optimizer warns once per multi-output Split it leaves alone (hundreds of
-    # lines that say nothing about the result); the exported graph is checked below.
-    quiet = logging.getLogger("onnxscript.optimizer")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # The exporter logs a line per torchvision op it cannot register (torchvision is not a
+    # dependency) and onnxscript's optimizer one per multi-output Split it leaves alone:
+    # hundreds of lines that say nothing about this graph, which is checked below.
+    quiet = [logging.getLogger(n) for n in ("onnxscript.optimizer", "torch.onnx._internal.exporter._registration")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
-            torch.onnx.export(graph, inputs, str(path), dynamo=True, opset_version=ONNX_OPSET,
+        with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+            warnings.simplefilter("ignore", FutureWarning)
+            # The exporter may write the weights beside the graph (planner.onnx.data); the file
+            # saved below holds everything (a 4 MB model is far from protobuf's 2 GB limit).
+            torch.onnx.export(graph, inputs, f"{tmp}/planner.onnx", dynamo=True, opset_version=ONNX_OPSET,
                               input_names=list(graph.input_names), output_names=list(OUTPUTS), verbose=False)
+            proto = onnx.load(f"{tmp}/planner.onnx")
     finally:
-        quiet.setLevel(level)
-    proto = onnx.load(str(path))
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {SOURCE_KEY: source_sha256,
                                         "dima.image_size": json.dumps(list(model.cfg.image_size))})
