@@ -46,7 +46,7 @@ from dima_planner.model.inputs import scale_intrinsics  # noqa: E402
 from dima_planner.ros.conversions import ns_to_stamp, stamp_to_ns  # noqa: E402
 from dima_planner.ros.params import flatten_ros_params  # noqa: E402
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 AW_TRAJECTORY, AW_OBJECTS = "/planning/dima/trajectory", "/planning/dima/objects"
 
 
