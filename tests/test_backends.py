@@ -139,3 +139,46 @@ def test_node_runs_the_onnxruntime_backend(exported):
             assert "(onnxruntime)" in out, out
         else:
             assert "dima export" in out and "planner.onnx" in out, out
+
+
+def test_stacked_camera_sampling_equals_sampling_each_camera_alone():
+    """The BEV encoder's camera sampling (one 2-D grid_sample over the stacked camera maps,
+    exportable) equals the volumetric form it replaced (camera = the exact depth slice, zero
+    padding per camera), with offsets large enough to leave the maps and cross stripes."""
+    import torch.nn.functional as F
+
+    from dima_planner.model.bev_encoder import SpatialCrossAttention
+
+    torch.manual_seed(0)
+    b, n, c, h, w, q, nz, p, heads = 1, 6, 32, 6, 10, 40, 4, 2, 4
+    sca = SpatialCrossAttention(c, heads, nz, p).eval()
+    torch.nn.init.uniform_(sca.offsets.bias, -8.0, 8.0)  # pixels: many samples fall outside their camera
+    torch.nn.init.normal_(sca.weights.weight, std=0.1)
+    query, feats = torch.randn(b, q, c), torch.randn(b, n, c, h, w)
+    ref_cam, hit = torch.rand(b, n, q, nz, 2), torch.rand(b, n, q, nz) > 0.6
+
+    def volumetric(self, query, feats, ref_cam, hit):  # the former form, as a reference
+        b, n, c, h, w = feats.shape
+        q, nh, nz, p = query.shape[1], self.heads, self.num_z, self.points
+        k = min(self.max_cams, n)
+        cams = hit.sum(-1).topk(k, dim=1).indices
+        ref = ref_cam.gather(1, cams[..., None, None].expand(-1, -1, -1, nz, 2))
+        sel_hit = hit.gather(1, cams[..., None].expand(-1, -1, -1, nz))
+        value = self.value(feats.permute(0, 1, 3, 4, 2))
+        value = value.view(b, n, h, w, nh, c // nh).permute(0, 4, 5, 1, 2, 3).reshape(b * nh, c // nh, n, h, w)
+        off = self.offsets(query).view(b, 1, q, nh, nz, p, 2) / feats.new_tensor([w, h])
+        loc = ref[:, :, :, None, :, None, :] + off
+        camz = ((2 * cams + 1).to(loc.dtype) / n - 1)[:, :, :, None, None, None, None].expand(-1, -1, -1, nh, nz, p, 1)
+        grid = torch.cat([loc * 2 - 1, camz], -1).permute(0, 3, 2, 1, 4, 5, 6).reshape(b * nh, q, k * nz * p, 1, 3)
+        sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0]
+        attn = self.weights(query).view(b, q, nh, nz * p).softmax(-1).view(b, 1, q, nh, nz, p)
+        attn = attn * sel_hit[:, :, :, None, :, None].to(attn.dtype)
+        attn = attn.permute(0, 3, 2, 1, 4, 5).reshape(b * nh, 1, q, k * nz * p)
+        out = (sampled * attn).sum(-1).view(b, c, q).transpose(1, 2)
+        count = sel_hit.any(-1).sum(1).clamp(min=1).to(out.dtype)
+        return self.out(out / count[..., None])
+
+    with torch.no_grad():
+        got, want = sca(query, feats, ref_cam, hit), volumetric(sca, query, feats, ref_cam, hit)
+    assert want.abs().max() > 0.1
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
