@@ -237,3 +237,18 @@ def test_tf_sensor_poses_are_stamped_bounded_in_age_and_cycle_free():
     bad = tf.add(_tf_msg(("ego/rgb_front", "ego", np.eye(4), 0)))
     assert len(bad) == 1 and "cycle" in bad[0]
     np.testing.assert_allclose(tf.lookup("map", "ego/rgb_front", 11 * sec, 2 * sec), far @ moved, atol=1e-6)
+
+
+def test_autoware_trajectory_profile_of_a_known_motion():
+    """A plan along a circle at constant speed: velocity v, heading rate v / r, acceleration 0
+    at every point (second-order differences are exact for it up to the arc's curvature)."""
+    from dima_planner.ros.autoware import _planar, trajectory_profile
+
+    v, r, dt = 8.0, 40.0, 0.5
+    w = v / r
+    poses = np.stack([_planar(r * math.sin(w * t), r * (1 - math.cos(w * t)), 0.0, w * t)
+                      for t in np.arange(7) * dt])
+    out, speed, accel, yaw_rate = trajectory_profile(poses[1:], poses[0], dt)
+    assert out.shape == (7, 4, 4)
+    assert np.allclose(speed, v, rtol=5e-3) and np.allclose(accel, 0.0, atol=0.05)
+    assert np.allclose(yaw_rate, w, atol=1e-9)
