@@ -31,6 +31,8 @@ def generate_launch_description():
                               description="loaded after params_file (carla.yaml, autoware.yaml, replay.yaml)"),
         DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
         DeclareLaunchArgument("device", default_value="cpu"),
+        DeclareLaunchArgument("backend", default_value="torch",
+                              description="torch | onnxruntime (planner.onnx) | tensorrt (planner_trt.ep)"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("autostart", default_value="true"),
         DeclareLaunchArgument("log_level", default_value="info"),
@@ -50,6 +52,7 @@ def generate_launch_description():
                 parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"), {
                     "checkpoint": LaunchConfiguration("checkpoint"),
                     "device": LaunchConfiguration("device"),
+                    "backend": LaunchConfiguration("backend"),
                     "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
                     "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
                 }],

@@ -188,9 +188,67 @@ def test_static_transforms_chain_and_rig():
     np.testing.assert_allclose(tf.lookup("base_link", "cam_front_optical"), rig.cam2ego["CAM_FRONT"], atol=1e-9)
     c2l = tf.lookup("lidar_top", "cam_front_optical")
     np.testing.assert_allclose(c2l, np.linalg.inv(rig.lidar2ego) @ rig.cam2ego["CAM_FRONT"], atol=1e-9)
-    with pytest.raises(InputError, match="no /tf_static chain"):
+    with pytest.raises(InputError, match="no /tf_static or /tf chain"):
         tf.lookup("base_link", "cam_back_optical")
     # the packaged rig: the front camera looks along base_link +x, intrinsics for 1600x900
     assert rig.cam2ego["CAM_FRONT"][0, 2] > 0.99 and RIG_SIZE == (1600, 900)
     k = scale_intrinsics(rig.intrinsics["CAM_FRONT"], RIG_HW, (450, 800))
     assert k[0, 0] == pytest.approx(rig.intrinsics["CAM_FRONT"][0, 0] / 2)
+
+
+def _tf_msg(*edges) -> TFMessage:
+    """TFMessage of (parent, child, 4x4, stamp_ns) edges."""
+    msg = TFMessage()
+    for parent, child, m, stamp_ns in edges:
+        t = TransformStamped(header=Header(frame_id=parent), child_frame_id=child)
+        t.header.stamp.sec, t.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = map(float, m[:3, 3])
+        x, y, z, w = matrix_to_quat_xyzw(m)
+        t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = x, y, z, w
+        msg.transforms.append(t)
+    return msg
+
+
+def test_tf_sensor_poses_are_stamped_bounded_in_age_and_cycle_free():
+    """carla-ros-bridge style: sensor poses on /tf every tick next to a moving map -> ego pose."""
+    rig = load_rig()
+    sec = 1_000_000_000
+    tf = StaticTransforms()
+    moved = rig.cam2ego["CAM_FRONT"].copy()
+    moved[0, 3] += 0.5  # the mount as re-published 1 s later (a calibration update)
+    far = np.eye(4)
+    far[:3, 3] = (3000.0, -200.0, 0.0)  # map -> ego: far from the origin, fine on /tf
+    assert tf.add(_tf_msg(("map", "ego", far, 10 * sec), ("ego", "ego/rgb_front", rig.cam2ego["CAM_FRONT"], 10 * sec)),
+                  max_translation=50.0, static=False) == []
+    assert tf.add(_tf_msg(("ego", "ego/rgb_front", moved, 11 * sec)), static=False) == []
+    # the sample nearest the image stamp, within max_age
+    np.testing.assert_allclose(tf.lookup("ego", "ego/rgb_front", 10 * sec + 100, sec // 2), rig.cam2ego["CAM_FRONT"],
+                               atol=1e-9)
+    np.testing.assert_allclose(tf.lookup("ego", "ego/rgb_front", 11 * sec - 100, sec // 2), moved, atol=1e-9)
+    with pytest.raises(InputError, match="nearest sample is 2.000 s") as e:
+        tf.lookup("ego", "ego/rgb_front", 13 * sec, sec // 2)
+    assert e.value.category == "stale_extrinsics"
+    # a /tf_static mount below a /tf frame composes; static edges never go stale
+    assert tf.add(_tf_msg(("ego/rgb_front", "ego/rgb_front_optical", np.eye(4), 0))) == []
+    np.testing.assert_allclose(tf.lookup("ego", "ego/rgb_front_optical", 11 * sec, sec // 2), moved, atol=1e-9)
+    # a loop through /tf and /tf_static is refused on arrival, from either side
+    bad = tf.add(_tf_msg(("ego/rgb_front_optical", "map", np.eye(4), 11 * sec)), static=False)
+    assert len(bad) == 1 and "cycle" in bad[0]
+    bad = tf.add(_tf_msg(("ego/rgb_front", "ego", np.eye(4), 0)))
+    assert len(bad) == 1 and "cycle" in bad[0]
+    np.testing.assert_allclose(tf.lookup("map", "ego/rgb_front", 11 * sec, 2 * sec), far @ moved, atol=1e-6)
+
+
+def test_autoware_trajectory_profile_of_a_known_motion():
+    """A plan along a circle at constant speed: velocity v, heading rate v / r, acceleration 0
+    at every point (second-order differences are exact for it up to the arc's curvature)."""
+    from dima_planner.ros.autoware import _planar, trajectory_profile
+
+    v, r, dt = 8.0, 40.0, 0.5
+    w = v / r
+    poses = np.stack([_planar(r * math.sin(w * t), r * (1 - math.cos(w * t)), 0.0, w * t)
+                      for t in np.arange(7) * dt])
+    out, speed, accel, yaw_rate = trajectory_profile(poses[1:], poses[0], dt)
+    assert out.shape == (7, 4, 4)
+    assert np.allclose(speed, v, rtol=5e-3) and np.allclose(accel, 0.0, atol=0.05)
+    assert np.allclose(yaw_rate, w, atol=1e-9)

@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--planner-threads", type=int, default=1, help="planner num_threads (0 = torch default)")
     p.add_argument("--device", default="cpu", help="planner device (cpu, cuda, ...)")
     p.add_argument("--precision", default="fp32", help="planner precision (fp32, fp16, bf16)")
+    p.add_argument("--backend", default="torch", help="planner backend (torch, onnxruntime, tensorrt): the "
+                   "checkpoint must hold the exported graph (dima export --onnx / --tensorrt)")
     p.add_argument("--mllm-min-period", type=float, default=None, help="override mllm.yaml min_period")
     p.add_argument("--domain-id", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -154,6 +156,8 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
         pcmd += ["-p", f"device:={args.device}"]
     if args.precision != "fp32":
         pcmd += ["-p", f"precision:={args.precision}"]
+    if args.backend != "torch":
+        pcmd += ["-p", f"backend:={args.backend}"]
     if args.compressed:
         from dima_planner.data.sample import CAMERAS
 

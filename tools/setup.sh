@@ -5,8 +5,9 @@
 #      (tools/requirements-ros-jazzy.txt), Kilted with `ROS_DISTRO=kilted make setup`
 #      (tools/requirements-ros-kilted.txt), plus torch CPU, ... (tools/requirements.txt);
 #   2. the ROS wheels' CMake exports fixed to point at this interpreter's headers;
-#   3. dima_msgs (and tf2_msgs where the ROS environment lacks it) built with plain
-#      cmake into the venv prefix, so they import without sourcing anything;
+#   3. dima_msgs (and tf2_msgs, autoware_planning_msgs, autoware_perception_msgs where the
+#      ROS environment lacks them) built with plain cmake into the venv prefix, so they
+#      import without sourcing anything;
 #   4. the dima_planner package installed editable (console entry points in .venv/bin).
 # Each step records a stamp (a hash of its inputs) and is skipped when nothing changed,
 # so a second run takes about a second. A venv made for another distro is removed and
@@ -63,7 +64,8 @@ if ! stamp_ok requirements "$req_hash"; then
   "$py" -m pip install -q -r "$ros_req" -r "$root/tools/requirements.txt"
   # Packages whose declared dependencies must not be installed (see the file's comments).
   "$py" -m pip install -q --no-deps -r "$root/tools/requirements-nodeps.txt"
-  rm -f "$stamps/cmake-fix" "$stamps/dima_msgs" "$stamps/tf2_msgs"
+  rm -f "$stamps/cmake-fix" "$stamps/dima_msgs" "$stamps/tf2_msgs" "$stamps/autoware_planning_msgs" \
+    "$stamps/autoware_perception_msgs"
   stamp_set requirements "$req_hash"
 fi
 
@@ -93,11 +95,14 @@ build_interface() {  # name source_dir
   stamp_set "$name" "$h"
 }
 build_interface dima_msgs "$root/ros2_ws/src/dima_msgs"
-# tf2_msgs: only where the environment does not already provide it (never shadow a
-# distro's own). A stamp means the copy in the venv is ours and may be rebuilt.
-if [ -f "$stamps/tf2_msgs" ] || ! "$py" -c 'import tf2_msgs.msg' >/dev/null 2>&1; then
-  build_interface tf2_msgs "$root/tools/interfaces/tf2_msgs"
-fi
+# tf2_msgs, and the Autoware messages the node can publish: only where the environment does
+# not already provide them (never shadow a distro's or an Autoware install's own). A stamp
+# means the copy in the venv is ours and may be rebuilt.
+for pkg in tf2_msgs autoware_planning_msgs autoware_perception_msgs; do
+  if [ -f "$stamps/$pkg" ] || ! "$py" -c "import $pkg.msg" >/dev/null 2>&1; then
+    build_interface "$pkg" "$root/tools/interfaces/$pkg"
+  fi
+done
 
 # 4. the dima_planner package -------------------------------------------------------
 pkg_hash=$(hash_of "$root/ros2_ws/src/dima_planner/setup.py" "$root/ros2_ws/src/dima_planner/package.xml")

@@ -1,48 +1,19 @@
-"""Faster forward passes of the LLM-free planner: torch.compile (CUDA graphs on a GPU) and an
-optional TensorRT engine through torch-tensorrt. Used by `dima export --tensorrt` and
-tools/bench_forward.py; nothing here is needed for plain eager inference.
-
-`PlannerGraph` is the planner as one tensor-in/tensor-out module with the temporal input
-always present (a zero BEV and has_prev=False at a scene start), so that one compiled
-graph / engine serves every frame.
+"""TensorRT engine of the LLM-free planner through torch-tensorrt (`dima export --tensorrt`),
+loaded by the node's `backend: tensorrt` (backends.py). The engine is compiled from
+backends.PlannerGraph, the same graph the ONNX export writes, so every backend returns
+the same outputs. Nothing here is needed for eager inference.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from .backends import TRT_ENGINE, TRT_META, PlannerGraph, example_inputs
 from .model.planner import VisionPlanner
 
-TRT_ENGINE = "planner_trt.ep"  # torch_tensorrt.save'd ExportedProgram, next to model.safetensors
-
-
-class PlannerGraph(torch.nn.Module):
-    def __init__(self, model: VisionPlanner):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, lidar2img, prev_bev, prev2cur, has_prev, command, can_bus):
-        uses_can_bus = bool(getattr(self.model.cfg, "can_bus", False))
-        enc = self.model.encode(images, lidar2img, prev_bev, prev2cur, has_prev, None,
-                                can_bus if uses_can_bus else None)
-        out = self.model.plan(enc, command, None)
-        return out["plan_all"], enc.beam.bev, out["ego_feat"]
-
-
-def example_inputs(model: VisionPlanner, device: str | torch.device = "cpu", dtype=torch.float32) -> tuple:
-    """Batch-1 inputs of the right shapes (a plausible camera geometry, a previous BEV)."""
-    cfg = model.cfg
-    h, w = cfg.image_size
-    images = torch.rand(1, 6, 3, h, w, device=device, dtype=dtype)
-    lidar2img = torch.eye(4, device=device).repeat(1, 6, 1, 1)
-    lidar2img[..., 0, 0] = lidar2img[..., 1, 1] = 0.5 * w
-    lidar2img[..., 0, 2], lidar2img[..., 1, 2] = 0.5 * w, 0.5 * h
-    prev_bev = torch.zeros(1, cfg.bev_h * cfg.bev_w, cfg.embed_dim, device=device, dtype=dtype)
-    from .model.ego_motion import CAN_BUS_DIM
-
-    return (images, lidar2img, prev_bev, torch.eye(4, device=device)[None], torch.tensor([True], device=device),
-            torch.tensor([2], device=device), torch.zeros(1, CAN_BUS_DIM, device=device, dtype=dtype))
+__all__ = ["TRT_ENGINE", "PlannerGraph", "build_tensorrt", "example_inputs", "tensorrt_available"]
 
 
 def tensorrt_available() -> str | None:
@@ -56,9 +27,11 @@ def tensorrt_available() -> str | None:
     return None
 
 
-def build_tensorrt(model: VisionPlanner, precision: str = "fp16", out: str | Path | None = None):
-    """Compile PlannerGraph(model) with torch-tensorrt (ops TensorRT lacks, such as the 4x4
-    inverse, stay in PyTorch); saved to `out` when given. RuntimeError if unavailable."""
+def build_tensorrt(model: VisionPlanner, precision: str = "fp16", out: str | Path | None = None,
+                   source_sha256: str = ""):
+    """Compile PlannerGraph(model) with torch-tensorrt; saved to `out` when given, with
+    TRT_META beside it (source weights, precision) for the backend's staleness check.
+    RuntimeError if unavailable."""
     why = tensorrt_available()
     if why:
         raise RuntimeError(f"TensorRT engine not built: {why}")
@@ -72,4 +45,7 @@ def build_tensorrt(model: VisionPlanner, precision: str = "fp16", out: str | Pat
                                      min_block_size=3)
     if out is not None:
         torch_tensorrt.save(trt, str(out), inputs=list(inputs))
+        Path(out).with_name(TRT_META).write_text(json.dumps(
+            {"source_sha256": source_sha256, "precision": precision, "torch_tensorrt": torch_tensorrt.__version__,
+             "device": torch.cuda.get_device_name(0)}, indent=2) + "\n")
     return trt

@@ -7,10 +7,18 @@ output holds model.safetensors / config.yaml / meta.json (the checkpoint.py form
 loadable by inference.load_planner) and no MLLM or LLM tensors. The weights are
 re-verified (hash, architecture) on the way through, and the output is read back.
 
+    dima export ... --onnx
+
+also writes <out>/planner.onnx (backends.PlannerGraph, opset 20, batch 1) for the node's
+`backend: onnxruntime`, and checks it: ONNX Runtime and torch on the same inputs agree
+within backends.ORT_TOLERANCE, else it exits 1.
+
     dima export ... --tensorrt [--precision fp16]
 
-also builds a TensorRT engine of the planner (torch-tensorrt; needs a CUDA GPU) into
-<out>/planner_trt.ep (accel.py); without torch-tensorrt or a GPU it says so and exits 1.
+also builds a TensorRT engine of the same graph (torch-tensorrt; needs a CUDA GPU) into
+<out>/planner_trt.ep (accel.py) for `backend: tensorrt`; without torch-tensorrt or a GPU it
+says so and exits 1. Both files record the weights they were made from; the backends
+refuse them for other weights.
 """
 from __future__ import annotations
 
@@ -41,9 +49,32 @@ def export_planner(src: str | Path, dst: str | Path) -> dict:
     return out_meta
 
 
+def write_onnx(checkpoint: str | Path, sha256: str) -> tuple[Path, float]:
+    """Export the checkpoint's planner to <checkpoint>/planner.onnx; returns (path, the largest
+    |ONNX Runtime - torch| over every output on the example inputs with a previous BEV)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from . import backends
+
+    model, _ = load_checkpoint(checkpoint)
+    path = backends.export_onnx(model, Path(checkpoint) / backends.ONNX_FILE, sha256)
+    graph = backends.PlannerGraph(model).eval()
+    torch.manual_seed(0)
+    inputs = list(backends.example_inputs(model))
+    inputs[graph.input_names.index("prev_bev")].normal_()
+    with torch.no_grad():
+        ref = graph(*inputs)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(list(backends.OUTPUTS), {n: t.numpy() for n, t in zip(graph.input_names, inputs)})
+    return path, max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="stage-1 or stage-2 checkpoint directory")
     parser.add_argument("--out", required=True, help="directory for the LLM-free planner")
+    parser.add_argument("--onnx", action="store_true", help="also write planner.onnx (backend onnxruntime)")
     parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (CUDA + torch-tensorrt)")
     parser.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "bf16"),
                         help="TensorRT engine precision")
@@ -58,13 +89,28 @@ def run(args: argparse.Namespace) -> int:
     size = (Path(args.out) / WEIGHTS).stat().st_size
     print(f"wrote the LLM-free planner to {args.out} ({meta['num_parameters']:,} parameters, "
           f"{size / 1e6:.1f} MB, sha256 {meta['sha256'][:12]})")
+    if getattr(args, "onnx", False):
+        try:
+            path, err = write_onnx(args.out, meta["sha256"])
+        except (ImportError, RuntimeError, ValueError) as e:
+            print(f"dima export: ONNX export failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        from .backends import ORT_TOLERANCE
+
+        if err > ORT_TOLERANCE:
+            print(f"dima export: {path} disagrees with torch by {err:.2e} (> {ORT_TOLERANCE:g}); not usable",
+                  file=sys.stderr)
+            path.unlink()
+            return 1
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); ONNX Runtime vs torch: max |difference| "
+              f"{err:.1e} (tolerance {ORT_TOLERANCE:g})")
     if getattr(args, "tensorrt", False):
         from . import accel
 
         try:
             model, _ = load_checkpoint(args.out)
             engine = Path(args.out) / accel.TRT_ENGINE
-            accel.build_tensorrt(model, args.precision, engine)
+            accel.build_tensorrt(model, args.precision, engine, meta["sha256"])
         except RuntimeError as e:
             print(f"dima export: {e}", file=sys.stderr)
             return 1

@@ -266,12 +266,22 @@ class Planner:
 
 def load_planner(checkpoint_dir: str | Path, device: str = "cpu", num_threads: int | None = None,
                  dual: bool = False, mllm_checkpoint: str | Path | None = None,
-                 llm_path: str | None = None) -> Planner:
+                 llm_path: str | None = None, backend: str = "torch") -> Planner:
     """Planner from a checkpoint directory (CheckpointError with one sentence if unusable).
 
     dual=True: DiMA's Dual inference (DualModel below) with the MLLM branch of
     `mllm_checkpoint` (default: the same directory, as stage-2 training writes it);
-    `llm_path` overrides the LLM folder named in its mllm.yaml."""
+    `llm_path` overrides the LLM folder named in its mllm.yaml.
+    backend: "torch" (eager), or "onnxruntime" / "tensorrt" running the graph that
+    `dima export --onnx` / `--tensorrt` wrote into the checkpoint (backends.py)."""
+    if backend != "torch":
+        from .backends import graph_model
+        from .checkpoint import CheckpointError, read_model_config
+
+        if dual:
+            raise CheckpointError(f"Dual inference runs on the torch backend only, not {backend}")
+        cfg = read_model_config(checkpoint_dir)
+        return Planner(graph_model(backend, checkpoint_dir, cfg, device, num_threads), device, num_threads)
     model, _ = load_checkpoint(checkpoint_dir, device)
     if dual:
         branch = load_mllm_branch(mllm_checkpoint or checkpoint_dir, device, llm_path)

@@ -78,9 +78,13 @@ class SpatialCrossAttention(nn.Module):
 
     Like VAD (which gathers, per camera, only the queries that hit it), work is spent
     only where a pillar is seen: each query samples its `max_cams` cameras with the most
-    hits (a pillar is seen by ~1 camera, 2 where fields of view overlap). The six
-    camera maps are stacked as a depth axis and one volumetric `grid_sample` reads them,
-    with the depth coordinate on the exact centre of the chosen camera's slice.
+    hits (a pillar is seen by ~1 camera, 2 where fields of view overlap). The six camera
+    maps are stacked one above the other, each followed by a row of zeros, and one 2-D
+    `grid_sample` reads them: a sample is shifted into its camera's stripe, the zero row
+    (and the zero padding above the first) reproduces per-camera zero padding at the
+    stripe edges, and a sample farther outside its camera is masked. This equals sampling
+    each camera map on its own, and exports to ONNX/TensorRT as a plain GridSample (the
+    volumetric 5-D form has no TorchScript ONNX export and runs 20x slower in ONNX Runtime).
     """
 
     def __init__(self, dim: int, heads: int, num_z: int, points: int, max_cams: int = 2):
@@ -106,16 +110,25 @@ class SpatialCrossAttention(nn.Module):
         ref = ref_cam.gather(1, cams[..., None, None].expand(-1, -1, -1, nz, 2))  # (B, k, Q, Z, 2)
         sel_hit = hit.gather(1, cams[..., None].expand(-1, -1, -1, nz))  # (B, k, Q, Z)
         value = self.value(feats.permute(0, 1, 3, 4, 2))  # (B, N, h, w, C)
-        value = value.view(b, n, h, w, nh, c // nh).permute(0, 4, 5, 1, 2, 3).reshape(b * nh, c // nh, n, h, w)
+        value = value.view(b, n, h, w, nh, c // nh).permute(0, 4, 5, 1, 2, 3)  # (B, nh, Ch, N, h, w)
+        # Stripes of h + 1 rows: camera i's map, then a zero row.
+        value = F.pad(value, (0, 0, 0, 1)).reshape(b * nh, c // nh, n * (h + 1), w)
         # Offsets are predicted in feature pixels and shared by all cameras, as in VAD.
         off = self.offsets(query).view(b, 1, q, nh, nz, p, 2) / feats.new_tensor([w, h])
-        loc = ref[:, :, :, None, :, None, :] + off  # (B, k, Q, nh, Z, P, 2) in [0, 1]
-        camz = ((2 * cams + 1).to(loc.dtype) / n - 1)[:, :, :, None, None, None, None].expand(-1, -1, -1, nh, nz, p, 1)
-        grid = torch.cat([loc * 2 - 1, camz], -1).permute(0, 3, 2, 1, 4, 5, 6).reshape(b * nh, q, k * nz * p, 1, 3)
+        loc = ref[:, :, :, None, :, None, :] + off  # (B, k, Q, nh, Z, P, 2) in [0, 1] of the camera map
+        y = loc[..., 1:] * h  # (pixel row + 0.5) in the camera map
+        # Outside (-1, h) a camera's own sample reads only its zero padding: mask it, since in
+        # the stack it would read a neighbouring stripe.
+        inside = ((y > -0.5) & (y < h + 0.5)).to(loc.dtype)
+        stripe = cams.to(loc.dtype)[:, :, :, None, None, None, None] * (h + 1)
+        y_stack = (stripe + y) / (n * (h + 1))
+        grid = torch.cat([loc[..., :1], y_stack], -1) * 2 - 1
+        grid = grid.permute(0, 3, 2, 1, 4, 5, 6).reshape(b * nh, q, k * nz * p, 2)
         sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False)[..., 0]  # (B*nh, Ch, Q, k*Z*P)
+                                align_corners=False)  # (B*nh, Ch, Q, k*Z*P)
         attn = self.weights(query).view(b, q, nh, nz * p).softmax(-1).view(b, 1, q, nh, nz, p)
         attn = attn * sel_hit[:, :, :, None, :, None].to(attn.dtype)  # a missed height contributes nothing
+        attn = attn * inside[..., 0]
         attn = attn.permute(0, 3, 2, 1, 4, 5).reshape(b * nh, 1, q, k * nz * p)
         out = (sampled * attn).sum(-1).view(b, c, q).transpose(1, 2)
         # Average over the cameras that see the pillar (a pillar seen by none stays zero).
@@ -153,6 +166,17 @@ class TemporalSelfAttention(nn.Module):
         return self.out(out.view(b, 2, q, c).mean(1))
 
 
+def rigid_inverse(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid transforms (..., 4, 4): [R t; 0 1]^-1 = [R^T -R^T t; 0 1].
+
+    prev2cur is an ego motion (rotation + translation), so the closed form is exact, needs
+    no pivoting, and exports to ONNX/TensorRT (a general `linalg_inv` has no ONNX op)."""
+    r_t = m[..., :3, :3].transpose(-1, -2)
+    t = -(r_t @ m[..., :3, 3:])
+    top = torch.cat([r_t, t], -1)
+    return torch.cat([top, m.new_tensor([0.0, 0.0, 0.0, 1.0]).expand_as(m[..., 3:, :])], -2)
+
+
 def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelConfig,
                    fill: str = "zeros") -> tuple[torch.Tensor, torch.Tensor]:
     """Warp the previous BEV (B, Q, C) into the current frame with prev2cur (B, 4, 4).
@@ -167,7 +191,7 @@ def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelCon
     b, q, c = prev_bev.shape
     xy = bev_cell_centres(cfg).to(prev_bev)
     homog = torch.cat([xy, torch.zeros_like(xy[:, :1]), torch.ones_like(xy[:, :1])], -1)  # (Q, 4)
-    cur2prev = torch.linalg.inv(prev2cur.float()).to(prev_bev)
+    cur2prev = rigid_inverse(prev2cur.float()).to(prev_bev)
     p = torch.einsum("bij,qj->bqi", cur2prev, homog)[..., :2]
     grid = p / p.new_tensor([cfg.bev_range_x, cfg.bev_range_y])  # [-1, 1] at the grid edges
     valid = (grid.abs() <= 1).all(-1)

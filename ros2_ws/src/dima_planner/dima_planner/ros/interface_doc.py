@@ -7,12 +7,14 @@ parameters a ROS user reads are the ones the node declares. No rclpy import.
 """
 from __future__ import annotations
 
-from .params import NODE_NAME, OUTPUT_TOPICS, PARAMS, ParamSpec
+from .params import NODE_NAME, OPTIONAL_OUTPUT_TOPICS, OUTPUT_TOPICS, PARAMS, ParamSpec
 
 # Fixed names (not parameters), per ROS / tf2 conventions.
 FIXED_TOPICS = [
     ("/tf_static", "tf2_msgs/TFMessage", "in", "base_frame -> camera optical frames and lidar_frame "
      "(transient local)"),
+    ("/tf", "tf2_msgs/TFMessage", "in", "extrinsics_source tf only: stamped sensor poses (e.g. carla-ros-bridge), "
+     "each within tf_max_age of the image"),
     ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out", "status, rates, latency, skip reasons; statuses "
      "`<fully qualified node name>: model`, `: inputs`, `: planning` (e.g. `/car1/dima_planner: model`)"),
     ("/clock", "rosgraph_msgs/Clock", "in", "only with use_sim_time (bag replay)"),
@@ -51,7 +53,7 @@ def render() -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for name, spec in topic_params.items():
-        if name in OUTPUT_TOPICS:
+        if name in OUTPUT_TOPICS or name in OPTIONAL_OUTPUT_TOPICS:
             continue
         msg = ("sensor_msgs/Image or CompressedImage" if name.endswith(".topic") and name.startswith("cameras.")
                else "sensor_msgs/CameraInfo" if name.endswith("info_topic")
@@ -59,6 +61,8 @@ def render() -> str:
         lines.append(f"| in | `{name}` | `{spec.default}` | {msg} | {spec.description} |")
     for name, (default, msg, what) in OUTPUT_TOPICS.items():
         lines.append(f"| out | `{name}` | `{default}` | {msg} | {what} |")
+    for name, (default, msg, what) in OPTIONAL_OUTPUT_TOPICS.items():
+        lines.append(f"| out | `{name}` | (off) | {msg} | {what} |")
     for topic, msg, direction, what in FIXED_TOPICS:
         lines.append(f"| {direction} | (fixed) | `{topic}` | {msg} | {what} |")
     lines += [

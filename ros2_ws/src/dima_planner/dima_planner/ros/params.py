@@ -72,6 +72,16 @@ OUTPUT_TOPICS = {
                       "agents, map elements and the plan (only while subscribed)"),
 }
 
+# Outputs that are off unless their topic is set (their message packages are optional).
+OPTIONAL_OUTPUT_TOPICS = {
+    "autoware_trajectory_topic": ("", "autoware_planning_msgs/Trajectory",
+                                  "the plan for Autoware's planning/control in the odometry's frame (map): the "
+                                  "current point, then the waypoints with time_from_start, velocity, acceleration "
+                                  "and heading rate; empty = off"),
+    "autoware_objects_topic": ("", "autoware_perception_msgs/PredictedObjects",
+                               "the detection head's agents with their predicted paths, same frame; empty = off"),
+}
+
 _TOPIC = r"~?/?[A-Za-z_][A-Za-z0-9_/{}~]*"
 
 
@@ -104,6 +114,10 @@ _SPECS: list[ParamSpec] = [
               "working directory, else to the installed share/dima_planner directory", "str", on_configure=True),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str",
               pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),
+    ParamSpec("backend", "torch", "inference engine: 'torch' (eager; every checkpoint), 'onnxruntime' (the "
+              "checkpoint's planner.onnx from `dima export --onnx`; CPU) or 'tensorrt' (its planner_trt.ep from "
+              "`dima export --tensorrt`; device cuda). The LLM-free planner only: dual_mode needs torch", "str",
+              choices=("torch", "onnxruntime", "tensorrt"), on_configure=True),
     ParamSpec("precision", "fp32", "model arithmetic: fp32, or fp16 / bf16 through torch.autocast (GPU)", "str",
               choices=("fp32", "fp16", "bf16"), on_configure=True),
     ParamSpec("num_threads", 1, "torch CPU threads for the model (0 = torch's default: one per core)", "int", 0, 256,
@@ -126,8 +140,12 @@ _SPECS: list[ParamSpec] = [
               "empty = the rig_file LIDAR_TOP pose (a virtual LiDAR, e.g. on Autoware/CARLA)",
               "str", pattern=r"([A-Za-z_][\w/]*)?"),
     ParamSpec("extrinsics_source", "tf_static",
-              "'tf_static': base_frame -> camera optical frames and lidar_frame from /tf_static; "
-              "'rig': from rig_file", "str", choices=("tf_static", "rig")),
+              "'tf_static': base_frame -> camera optical frames and lidar_frame from /tf_static; 'tf': from "
+              "/tf_static and /tf (stamped sensor poses, e.g. carla-ros-bridge; no rig file needed); "
+              "'rig': from rig_file", "str", choices=("tf_static", "tf", "rig"), on_configure=True),
+    ParamSpec("tf_max_age", 0.5, "extrinsics_source tf: a /tf transform on the way from base_frame to a "
+              "camera must be stamped within this (s) of the front image; older is stale (no plan)",
+              "float", 0.001, 60.0),
     ParamSpec("intrinsics_source", "camera_info",
               "'camera_info': from each camera's CameraInfo; 'rig': rig_file intrinsics scaled to the image",
               "str", choices=("camera_info", "rig")),
@@ -190,9 +208,14 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("diagnostics_period", 1.0, "period (s) of /diagnostics", "float", 0.05, 60.0, on_configure=True),
     ParamSpec("front_timeout", 1.0, "no front image for this long (s) while active is reported as an error",
               "float", 0.01, 60.0),
+    ParamSpec("autoware_objects_score_threshold", 0.3, "autoware_objects_topic carries the agents whose class "
+              "probability reaches this", "float", 0.0, 1.0),
 ] + _camera_specs() + [
     ParamSpec(name, default, f"{msg} (output): {what}", "str", pattern=_TOPIC, on_configure=True)
     for name, (default, msg, what) in OUTPUT_TOPICS.items()
+] + [
+    ParamSpec(name, default, f"{msg} (output): {what}", "str", pattern=f"({_TOPIC})?", on_configure=True)
+    for name, (default, msg, what) in OPTIONAL_OUTPUT_TOPICS.items()
 ]
 
 PARAMS: dict[str, ParamSpec] = {s.name: s for s in _SPECS}

@@ -8,7 +8,7 @@ decides *whether and with what* to plan lives here, so it is tested with plain t
   staleness and order of the front stamp, the side cameras (fresh / reused / masked, and a
   corrupt side camera treated like a missing one), intrinsics matched to their image
   (CameraInfo by stamp, else the last valid one of that size; P for rectified images),
-  extrinsics from a cycle-free /tf_static store, odometry (never poisoned by one bad stamp;
+  extrinsics from a cycle-free /tf_static (+ stamped /tf) store, odometry (never poisoned by one bad stamp;
   a plan that bridged a rejected sample says so), command and ego status, the temporal
   state, plausibility limits on everything that becomes an output, and the counters the
   watchdog and /diagnostics read (planner_stats.PlannerStats).
@@ -220,6 +220,13 @@ class PlannerCore:
             self.stats.input_rejected("tf_static", r)
         return reasons
 
+    def on_tf(self, msg) -> list[str]:
+        """/tf (extrinsics_source: tf): stamped sensor poses, e.g. carla-ros-bridge's."""
+        reasons = self.tf.add(msg, static=False)
+        for r in reasons:
+            self.stats.input_rejected("tf", r)
+        return reasons
+
     def on_command(self, command: int, stamp: int) -> str | None:
         if command not in COMMANDS:
             reason = f"driving command {command} is not 0, 1 or 2; ignored"
@@ -352,7 +359,7 @@ class PlannerCore:
             frames.append(frame_id)
 
         # 4. extrinsics
-        lidar2ego, cam2ego = self._extrinsics(frames)
+        lidar2ego, cam2ego = self._extrinsics(frames, anchor_ns)
         cam2lidar = np.linalg.inv(lidar2ego)[None] @ cam2ego
 
         # 5. odometry at the front stamp: places the plan in the map and aligns the temporal BEV
@@ -438,17 +445,27 @@ class PlannerCore:
         k = self._scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, wh[::-1])
         return np.zeros((wh[1], wh[0], 3), np.uint8), k, None, f"masked.{cam}"
 
-    def _extrinsics(self, frames: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        if self.p["extrinsics_source"] == "rig":
+    def _extrinsics(self, frames: list[str | None], stamp_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        source = self.p["extrinsics_source"]
+        if source == "rig":
             return self.rig.lidar2ego, np.stack([self.rig.cam2ego[c] for c in CAMERAS])
         base, lidar = self.p["base_frame"], self.p["lidar_frame"]
+        max_age = int(float(self.p["tf_max_age"]) * SEC)
+        limit = float(self.p["max_extrinsic_translation"])
+
+        def lookup(frame: str) -> np.ndarray:
+            m = self.tf.lookup(base, frame, stamp_ns, max_age)
+            if np.linalg.norm(m[:3, 3]) > limit:  # a /tf chain may pass through a moving frame
+                raise InputError("bad_extrinsics", f"{frame} is {np.linalg.norm(m[:3, 3]):.3g} m from {base} "
+                                                   f"(max_extrinsic_translation {limit:g} m)")
+            return m
+
         try:
-            lidar2ego = self.tf.lookup(base, lidar) if lidar else self.rig.lidar2ego
+            lidar2ego = lookup(lidar) if lidar else self.rig.lidar2ego
             # a masked camera never seen has no frame: the rig's pose relative to base_link
-            cam2ego = np.stack([self.rig.cam2ego[c] if f is None else self.tf.lookup(base, f)
-                                for c, f in zip(CAMERAS, frames)])
+            cam2ego = np.stack([self.rig.cam2ego[c] if f is None else lookup(f) for c, f in zip(CAMERAS, frames)])
         except InputError as e:
-            raise InputError(e.category, e.reason + " (extrinsics_source: tf_static)") from None
+            raise InputError(e.category, e.reason + f" (extrinsics_source: {source})") from None
         return lidar2ego, cam2ego
 
     def _ego_status(self, odom: OdomSample, lidar2ego: np.ndarray) -> np.ndarray:

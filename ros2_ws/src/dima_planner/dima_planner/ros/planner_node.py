@@ -167,6 +167,12 @@ class PlannerNode(LifecycleNode):
             self._rig = load_rig(p["rig_file"])
         except (OSError, ValueError, KeyError) as e:
             return self._fail(f"rig_file {p['rig_file']!r}: {e}")
+        if p["autoware_trajectory_topic"] or p["autoware_objects_topic"]:
+            try:
+                from . import autoware  # noqa: F401  (the message packages are optional)
+            except ImportError as e:
+                return self._fail(f"an Autoware output topic is set but its messages are missing ({e}): source an "
+                                  f"Autoware workspace, or run `make setup` (builds them into the venv)")
         try:
             from ..inference import load_planner  # torch is imported here, not at node start
             from ..model.inputs import scale_intrinsics
@@ -174,7 +180,8 @@ class PlannerNode(LifecycleNode):
             t0 = time.monotonic()
             mllm = resolve_checkpoint(p["mllm_checkpoint"])[0] if p["mllm_checkpoint"] else None
             self._planner = load_planner(ckpt, p["device"], p["num_threads"] or None, dual=p["dual_mode"],
-                                         mllm_checkpoint=mllm, llm_path=p["llm_path"] or None)
+                                         mllm_checkpoint=mllm, llm_path=p["llm_path"] or None,
+                                         backend=p["backend"])
             load_s = time.monotonic() - t0
             if p["warmup"]:
                 t0 = time.monotonic()
@@ -190,7 +197,7 @@ class PlannerNode(LifecycleNode):
             where = f" (also looked in {', '.join(map(str, tried[1:]))})" if len(tried) > 1 and not ckpt.is_dir() else ""
             return self._fail(f"cannot load checkpoint {str(ckpt)!r} on device {p['device']!r}: {e}{where}")
         self._model_id = model_id_of(ckpt) + ("+dual" if p["dual_mode"] else "")
-        self.get_logger().info(f"loaded {self._model_id} on {p['device']} in {load_s:.2f} s")
+        self.get_logger().info(f"loaded {self._model_id} on {p['device']} ({p['backend']}) in {load_s:.2f} s")
         self._core = PlannerCore(p, self._planner, self._rig, self._stats, self.get_logger())
         self._pool = ThreadPoolExecutor(p["decode_threads"], thread_name_prefix="dima_decode")
         self._create_topics()
@@ -289,6 +296,10 @@ class PlannerNode(LifecycleNode):
                 QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                            durability=durability)))
         self._subs.append(self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, latched))
+        if p["extrinsics_source"] == "tf":  # sensor poses on /tf (carla-ros-bridge): tf2's QoS
+            self._subs.append(self.create_subscription(
+                TFMessage, "/tf", self._on_tf,
+                QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)))
         self._pubs = {
             "path": self.create_lifecycle_publisher(PathMsg, p["path_topic"], out),
             "path_map": self.create_lifecycle_publisher(PathMsg, p["world_path_topic"], out),
@@ -296,6 +307,10 @@ class PlannerNode(LifecycleNode):
             "tokens": self.create_lifecycle_publisher(SceneTokens, p["scene_tokens_topic"], out),
             "markers": self.create_lifecycle_publisher(MarkerArray, p["markers_topic"], out),
         }
+        if p["autoware_trajectory_topic"] or p["autoware_objects_topic"]:
+            from . import autoware
+
+            self._pubs.update(autoware.create_publishers(self, p, out))
 
     # ---- callbacks: cache or hand to the core, nothing else ---------------------------------------
     def _on_image(self, cam: str, msg) -> None:
@@ -335,6 +350,13 @@ class PlannerNode(LifecycleNode):
             return
         for reason in core.on_tf_static(msg):
             self.get_logger().warning(reason)
+
+    def _on_tf(self, msg: TFMessage) -> None:
+        core = self._core
+        if core is None:
+            return
+        for reason in core.on_tf(msg):  # /tf repeats at sensor rate: say it once a few seconds
+            self.get_logger().warning(reason, throttle_duration_sec=5.0)
 
     # ---- worker ---------------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -406,6 +428,10 @@ class PlannerNode(LifecycleNode):
         origin = conv.lidar_points_to_base(np.zeros(2), out.lidar2ego)
         self._pubs["trajectory"].publish(conv.build_trajectory(out.base_poses, origin, stamp_ns, base, out.command,
                                                                planner_s, out.model_s, model_id))
+        if "autoware_trajectory" in self._pubs or "autoware_objects" in self._pubs:
+            from . import autoware
+
+            autoware.publish(self._pubs, out, p)
         # Only build the big messages when someone listens.
         if self._pubs["tokens"].get_subscription_count() > 0:
             cfg = self._planner.cfg
