@@ -202,6 +202,14 @@ def test_a_sensor_pose_that_is_no_longer_published_is_stale(running):
     ok = bridge.wait(lambda: int(bridge.planning_values().get("rejected.stale_extrinsics", 0)) > before, 20.0)
     assert ok, f"no stale_extrinsics skip; diagnostics: {bridge.planning_values()}"
     assert not bridge.at(bridge.paths, t)
-    t = time.time_ns()
-    bridge.send(t, x=22.0)  # fresh poses: planning again
-    assert bridge.wait(lambda: bridge.at(bridge.paths, t), 20.0)
+    # Fresh poses: planning again. Ticks are resent until one is planned: a lone tick can be
+    # dropped while the node is busy or the sync waits (the node plans the latest frame only).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        t = time.time_ns()
+        bridge.send(t, x=22.0)
+        if bridge.wait(lambda: bridge.at(bridge.paths, t), 3.0):
+            break
+        assert proc.poll() is None, "node died"
+    else:
+        pytest.fail(f"no plan after fresh sensor poses; diagnostics: {bridge.planning_values()}")
