@@ -52,6 +52,7 @@ from . import conversions as conv
 from .diagnostics import build_diagnostics
 from .errors import InputError
 from .images import Decoded, ImageLimits, decode
+from .lifecycle_guard import guard_change_state
 from .node_runtime import descriptor, set_parameters, spin
 from .params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
 from .planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
@@ -105,6 +106,7 @@ class PlannerNode(LifecycleNode):
         self._pool: ThreadPoolExecutor | None = None
         self._slot = AnchorSlot()
         super().__init__(node_name, **kwargs)
+        guard_change_state(self)  # an invalid ChangeState request gets success=false, not an exit
         for spec in PARAMS.values():
             try:
                 self.declare_parameter(spec.name, spec.default, descriptor(spec, notes=["applies at the next configure"] if spec.on_configure else []))
