@@ -401,7 +401,21 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         time.sleep(0.1)
         drv.send_frame(t)
         expect_rejection(drv, proc, t, "rejected.time_jump", "jumped back", before)
-        plan_after_reset(drv, t)
+        t = plan_after_reset(drv, t)
+
+        # forward jump (a bag skipped ahead, a simulator fast-forwarded 100 s): the first or second
+        # frame on the new timeline is planned as a new scene, and /diagnostics counts the jump
+        before = drv.counter("degraded.time_jump_forward")
+        t += 100 * 10**9
+        for _ in range(2):
+            t += 100_000_000
+            drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
+            time.sleep(0.1)
+            drv.send_frame(t)
+            if drv.wait(lambda: drv.paths_at(t), 5.0):
+                break
+        expect_plan(drv, t, timeout=5.0)
+        assert drv.wait(lambda: drv.counter("degraded.time_jump_forward") > before, 5.0)
 
         # deactivate + cleanup: back to unconfigured, model released
         assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
