@@ -152,13 +152,13 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def plan_after_reset(drv: Driver, t: int) -> int:
+def plan_after_reset(drv: Driver, t: int, frames: int = 3) -> int:
     """After a time jump the node plans again; returns the stamp it planned.
 
     The first frames after the reset may still race the new /clock (or find the worker
     busy on a loaded machine), so a few frames 100 ms apart are sent, as a camera would.
     """
-    for _ in range(3):
+    for _ in range(frames):
         t += 100_000_000
         drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
         time.sleep(0.1)
@@ -406,15 +406,7 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         # forward jump (a bag skipped ahead, a simulator fast-forwarded 100 s): the first or second
         # frame on the new timeline is planned as a new scene, and /diagnostics counts the jump
         before = drv.counter("degraded.time_jump_forward")
-        t += 100 * 10**9
-        for _ in range(2):
-            t += 100_000_000
-            drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
-            time.sleep(0.1)
-            drv.send_frame(t)
-            if drv.wait(lambda: drv.paths_at(t), 5.0):
-                break
-        expect_plan(drv, t, timeout=5.0)
+        t = plan_after_reset(drv, t + 100 * 10**9, frames=2)
         assert drv.wait(lambda: drv.counter("degraded.time_jump_forward") > before, 5.0)
 
         # deactivate + cleanup: back to unconfigured, model released

@@ -25,6 +25,7 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_world_generation_killed_midway_is_detected_and_regenerated(training_world, tmp_path):
     from dima_planner.synth.config import SynthConfig

@@ -85,7 +85,7 @@ def straight(world, tmp_path_factory):
 
 # k=3: before meta.json of step 2 is in place (weights already written); k=5: in between the
 # renames that swap the whole directory (the previous one set aside, the new one not yet in).
-@pytest.mark.parametrize("kill_at", [3, 5])
+@pytest.mark.parametrize("kill_at", [3, pytest.param(5, marks=pytest.mark.slow)])
 def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(world, straight, tmp_path, kill_at):
     out = tmp_path / "run"
     child = run_child(world, out, kill_at)
