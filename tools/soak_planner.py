@@ -13,7 +13,9 @@ threads, open file descriptors, the /dev/shm segments it has mapped (Fast DDS tr
 and data sharing: count and bytes); Paths received; the machine's load average. The report compares
 the end of the run with the end of the first minute (the warm-up: allocator pools, DDS
 history buffers and the decode pool fill during it):
-    RSS growth %, plan rate of the last minute vs the first, thread / fd / shm deltas.
+    RSS growth %, plan rate of the last minute vs the first, the node's CPU time per plan
+    (first vs last minute: on a shared machine the plan rate follows the other jobs' load,
+    the CPU spent per plan much less), thread / fd / shm deltas.
 """
 from __future__ import annotations
 
@@ -77,6 +79,12 @@ def proc_status(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "Threads"):
             vals[key] = int(rest.split()[0])
     return {"rss_kib": vals["VmRSS"], "threads": vals["Threads"], "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def shm_usage(pid: int) -> dict[str, int]:
@@ -198,7 +206,7 @@ def main(argv=None) -> int:
     samples = []
     t0 = time.monotonic()
     end = t0 + args.minutes * 60
-    last_paths, last_sent, last_t = paths[0], sent[0], t0
+    last_paths, last_sent, last_t, last_cpu = paths[0], sent[0], t0, cpu_seconds(node_proc.pid)
     bar = tqdm(total=int(args.minutes * 60), unit="s", desc="soak")
     try:
         while time.monotonic() < end:
@@ -209,11 +217,13 @@ def main(argv=None) -> int:
             now = time.monotonic()
             with lock:
                 n = paths[0]
+            cpu = cpu_seconds(node_proc.pid)
             s = {"t_s": round(now - t0, 1), **proc_status(node_proc.pid), **shm_usage(node_proc.pid),
                  "plans": n - last_paths, "frames_sent": sent[0] - last_sent,
-                 "plan_hz": (n - last_paths) / (now - last_t), "load1": os.getloadavg()[0]}
+                 "plan_hz": (n - last_paths) / (now - last_t), "cpu_s": cpu - last_cpu,
+                 "load1": os.getloadavg()[0]}
             samples.append(s)
-            last_paths, last_sent, last_t = n, sent[0], now
+            last_paths, last_sent, last_t, last_cpu = n, sent[0], now, cpu
             bar.update(int(round(now - t0)) - bar.n)
             bar.set_postfix(rss_mib=f"{s['rss_kib'] / 1024:.0f}", plan_hz=f"{s['plan_hz']:.2f}", thr=s["threads"],
                             fds=s["fds"], load=f"{s['load1']:.1f}")
@@ -246,6 +256,9 @@ def summarise(samples: list[dict], args) -> dict:
         span = group[-1]["t_s"] - (group[0]["t_s"] - args.sample_s)
         return sum(s["plans"] for s in group) / span
 
+    def cpu_ms_per_plan(group):  # the node's own cost per plan: what machine load does not change much
+        return 1e3 * sum(s["cpu_s"] for s in group) / max(1, sum(s["plans"] for s in group))
+
     r0, r1 = ref[-1], samples[-1]
     return {
         "minutes": round(samples[-1]["t_s"] / 60, 2), "camera_hz": args.hz, "image_wh": [args.width, args.height],
@@ -254,6 +267,8 @@ def summarise(samples: list[dict], args) -> dict:
         "rss_growth_pct": round(100 * (r1["rss_kib"] - r0["rss_kib"]) / r0["rss_kib"], 2),
         "plan_hz_first_min": round(hz(ref), 3), "plan_hz_last_min": round(hz(last_min), 3),
         "plan_rate_change_pct": round(100 * (hz(last_min) - hz(ref)) / max(hz(ref), 1e-9), 2),
+        "cpu_ms_per_plan_first_min": round(cpu_ms_per_plan(ref), 1),
+        "cpu_ms_per_plan_last_min": round(cpu_ms_per_plan(last_min), 1),
         "threads": [r0["threads"], r1["threads"]], "fds": [r0["fds"], r1["fds"]],
         "shm_files": [r0["shm_files"], r1["shm_files"]], "shm_mib": [round(r0["shm_bytes"] / 2**20, 1),
                                                                       round(r1["shm_bytes"] / 2**20, 1)],
