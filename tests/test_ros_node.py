@@ -392,7 +392,7 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         time.sleep(0.1)
         drv.send_frame(t)
         expect_rejection(drv, proc, t, "rejected.time_jump", "jumped back", before)
-        t = plan_after_reset(drv, t)
+        t = plan_after_reset(drv, t, frames=1)  # the second frame after the jump
 
         # clock reset (a simulator restarted: /clock back to 5 s): same handling as a bag loop
         before = drv.counter("rejected.time_jump")
@@ -401,7 +401,7 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         time.sleep(0.1)
         drv.send_frame(t)
         expect_rejection(drv, proc, t, "rejected.time_jump", "jumped back", before)
-        t = plan_after_reset(drv, t)
+        t = plan_after_reset(drv, t, frames=1)
 
         # forward jump (a bag skipped ahead, a simulator fast-forwarded 100 s): the first or second
         # frame on the new timeline is planned as a new scene, and /diagnostics counts the jump
