@@ -152,13 +152,13 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def plan_after_reset(drv: Driver, t: int) -> int:
+def plan_after_reset(drv: Driver, t: int, frames: int = 3) -> int:
     """After a time jump the node plans again; returns the stamp it planned.
 
     The first frames after the reset may still race the new /clock (or find the worker
     busy on a loaded machine), so a few frames 100 ms apart are sent, as a camera would.
     """
-    for _ in range(3):
+    for _ in range(frames):
         t += 100_000_000
         drv.clock_pub.publish(Clock(clock=ns_to_stamp(t)))
         time.sleep(0.1)
@@ -401,7 +401,7 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         time.sleep(0.1)
         drv.send_frame(t)
         expect_rejection(drv, proc, t, "rejected.time_jump", "jumped back", before)
-        t = plan_after_reset(drv, t)
+        t = plan_after_reset(drv, t, frames=1)  # the second frame after the jump
 
         # clock reset (a simulator restarted: /clock back to 5 s): same handling as a bag loop
         before = drv.counter("rejected.time_jump")
@@ -410,7 +410,13 @@ def test_lifecycle_and_sim_time(checkpoint, tmp_path):
         time.sleep(0.1)
         drv.send_frame(t)
         expect_rejection(drv, proc, t, "rejected.time_jump", "jumped back", before)
-        plan_after_reset(drv, t)
+        t = plan_after_reset(drv, t, frames=1)
+
+        # forward jump (a bag skipped ahead, a simulator fast-forwarded 100 s): the first or second
+        # frame on the new timeline is planned as a new scene, and /diagnostics counts the jump
+        before = drv.counter("degraded.time_jump_forward")
+        t = plan_after_reset(drv, t + 100 * 10**9, frames=2)
+        assert drv.wait(lambda: drv.counter("degraded.time_jump_forward") > before, 5.0)
 
         # deactivate + cleanup: back to unconfigured, model released
         assert _call(drv, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
@@ -464,6 +470,9 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
         assert ego_feature is not None and ego_feature.shape == (beam["ego"].shape[1],)
         assert np.all(np.isfinite(ego_feature))
 
+        # the planner's graph has the MLLM node (and this driver) as subscribers of its scene tokens
+        two = drv.wait(lambda: (d := drv.diag_values("peers")) and d[0].get("subscribers./dima/scene_tokens") == "2", 60.0)
+        assert two, f"the MLLM node never subscribed: {drv.diag_values('peers')}"
         for action in (signal.SIGSTOP, signal.SIGKILL):
             os.kill(mllm.pid, action)
             time.sleep(0.3)
@@ -478,8 +487,28 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
             assert planned == 5, f"only {planned}/{sent} frames planned after {action.name} of the MLLM node"
             assert proc.poll() is None
         mllm.wait(10)
-        # The killed node's subscription leaves the graph when its lease runs out.
+        # The killed node's subscription leaves the graph when its lease runs out; the planner's
+        # /diagnostics then names what disappeared.
         drv.wait(lambda: drv.node.count_subscribers("/dima/scene_tokens") <= 1, 60.0, poll=0.5)
+        peers = drv.wait(lambda: (d := drv.diag_values("peers")) and "/dima/scene_tokens" in d[1] and d, 10.0)
+        assert peers and peers[2] == 1, {k: v for k, v in drv.diag_values("peers")[0].items() if "dima" in k}  # WARN: 1 of 2 gone
+        # Restarted, the MLLM node gets the planner's scenes again; the planner was never restarted.
+        with drv.lock:
+            drv.diags.clear()  # the killed node's last words counted scenes too
+        mllm = start_node_process("dima_planner.ros.mllm_node", domain, REPO / "params" / "ros" / "mllm.yaml",
+                                  "-p", "llm_path:=/nonexistent/llm")
+
+        def mllm_scenes() -> int:
+            d = drv.diag_values("reasoning")
+            return int(d[0].get("scenes_received", 0)) if d else 0
+
+        def fed() -> bool:
+            drv.send_frame(now_ns())
+            return mllm_scenes() > 0
+
+        assert drv.wait(fed, 60.0, poll=0.3), "the restarted MLLM node never received a scene"
+        assert drv.wait(lambda: (d := drv.diag_values("peers")) and d[2] == 0, 10.0), drv.diag_values("peers")
+        assert proc.poll() is None
     finally:
         if mllm.poll() is None:
             os.kill(mllm.pid, signal.SIGCONT)

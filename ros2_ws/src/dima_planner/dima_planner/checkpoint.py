@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,69 @@ def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it visible (a power cut keeps old or new)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared/committed files
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sibling(directory: Path, tag: str) -> Path:
+    return directory.with_name(f".{directory.name}.{tag}")
+
+
+def replace_dir(directory: str | Path, fill: Callable[[Path], Any]) -> Path:
+    """Write a directory whole or not at all: `fill(tmp)` writes a fresh sibling directory,
+    every file in it is fsynced, then it takes the place of `directory` by two renames (the
+    old one moves aside first and is deleted last). A process killed at any point leaves
+    either the previous complete directory (possibly aside: `recover_dir` puts it back) or
+    the new complete one, never a mix of the two (weights of one step, optimiser of another).
+    Files of the previous directory that `fill` does not write are carried over."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(directory)
+    tmp, old = _sibling(directory, "tmp"), _sibling(directory, "old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    fill(tmp)
+    if directory.is_dir():  # files the writer does not make (a user's notes, an export) stay
+        for path in directory.iterdir():
+            if path.is_file() and not (tmp / path.name).exists():
+                shutil.copy2(path, tmp / path.name)
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if directory.exists():
+        os.rename(directory, old)
+    os.rename(tmp, directory)
+    _fsync_dir(directory.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def recover_dir(directory: str | Path) -> bool:
+    """Undo what a kill inside `replace_dir` left: the previous directory moved aside and no
+    new one in its place -> put it back; a half-written new one -> delete it. True if the
+    previous directory was restored."""
+    directory = Path(directory)
+    tmp, old = _sibling(directory, "tmp"), _sibling(directory, "old")
+    restored = False
+    if old.exists() and not directory.exists():
+        os.rename(old, directory)
+        restored = True
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return restored
 
 
 def save_checkpoint(directory: str | Path, model: VisionPlanner, train_config: dict[str, Any] | None = None,

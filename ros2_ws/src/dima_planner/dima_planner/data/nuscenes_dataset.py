@@ -38,7 +38,7 @@ from .sample import (
     Sample,
     command_from_future,
 )
-from .splits import META_FILE, load_meta, scene_meta, scenes_in_split
+from .splits import META_FILE, incomplete_world, load_meta, scene_meta, scenes_in_split
 
 # mmdet3d NuScenesDataset.NameMapping: nuScenes category -> detection class. Categories not
 # listed (emergency vehicles, strollers, wheelchairs, animals, debris...) are not agents.
@@ -104,6 +104,8 @@ def validate_dataroot(dataroot: str | Path, version: str):
     root = Path(dataroot)
     if not root.is_dir():
         raise DataRootError(f"dataroot {root} does not exist or is not a directory")
+    if reason := incomplete_world(root):
+        raise DataRootError(reason)
     table_root = root / version
     if not table_root.is_dir():
         raise DataRootError(f"dataroot {root} has no table folder {table_root} (wrong --version?)")

@@ -19,12 +19,28 @@ from nuscenes.utils.splits import create_splits_scenes
 META_FILE = "dima_meta.json"
 
 
+# Written by `dima synth` before it touches a dataroot and removed after dima_meta.json:
+# while it exists the world is partial (generation interrupted) and nothing may use it.
+INCOMPLETE_FILE = ".dima_synth_incomplete"
+
+
 class SplitError(ValueError):
     """The requested split cannot be resolved for this dataroot."""
 
 
+def incomplete_world(dataroot: str | Path) -> str | None:
+    """Why `dataroot` must not be trained or evaluated on (an interrupted generation), or None."""
+    if (Path(dataroot) / INCOMPLETE_FILE).exists():
+        return (f"{dataroot} is a partially generated world (generation was interrupted): run `dima synth` "
+                f"(or `make demo`) again to regenerate it")
+    return None
+
+
 def load_meta(dataroot: str | Path) -> dict[str, Any] | None:
     """The generated world's metadata, or None for real nuScenes (no dima_meta.json)."""
+    reason = incomplete_world(dataroot)
+    if reason:
+        raise SplitError(reason)
     path = Path(dataroot) / META_FILE
     if not path.exists():
         return None

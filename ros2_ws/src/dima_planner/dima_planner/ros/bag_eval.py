@@ -67,9 +67,12 @@ def _pose_xy(poses) -> np.ndarray:
     return np.array([[p.position.x, p.position.y] for p in poses], dtype=np.float64).reshape(-1, 2)
 
 
-def read_bags(paths: list[str | Path], pred_topic: str) -> tuple[dict[int, GtSample], dict[int, np.ndarray]]:
-    """GT samples by stamp and predictions (base_link xy, (S, 2)) by stamp from the bags."""
-    from rosbags.rosbag2 import Reader
+def read_bags(paths: list[str | Path], pred_topic: str,
+              damaged: list[str] | None = None) -> tuple[dict[int, GtSample], dict[int, np.ndarray]]:
+    """GT samples by stamp and predictions (base_link xy, (S, 2)) by stamp from the bags.
+    A truncated or corrupt bag: BagEvalError, or with `damaged` (a list) its intact messages
+    are used and the damage is appended there."""
+    from .bag_salvage import BagDamagedError, open_bag, read_messages
 
     store = bag_io.make_typestore()
     gts: dict[int, GtSample] = {}
@@ -78,9 +81,13 @@ def read_bags(paths: list[str | Path], pred_topic: str) -> tuple[dict[int, GtSam
         path = Path(path)
         if not (path / "metadata.yaml").is_file():
             raise BagEvalError(f"{path} is not a rosbag2 directory (no metadata.yaml)")
-        with Reader(path) as reader:
+        try:
+            reader = open_bag(path)  # a damaged MCAP: its intact messages, then BagDamagedError
+        except ValueError as exc:
+            raise BagEvalError(str(exc)) from None
+        try:
             conns = [c for c in reader.connections if c.topic in (bag_io.GT_SAMPLE_TOPIC, pred_topic)]
-            for c, _t, raw in reader.messages(connections=conns):
+            for c, _t, raw in read_messages(reader, path, connections=conns):
                 msg = store.deserialize_cdr(raw, c.msgtype)
                 if c.topic == bag_io.GT_SAMPLE_TOPIC:
                     try:
@@ -96,6 +103,12 @@ def read_bags(paths: list[str | Path], pred_topic: str) -> tuple[dict[int, GtSam
                     preds[bag_io.stamp_to_ns(msg.header.stamp)] = _pose_xy(poses)  # last one wins
                 else:
                     raise BagEvalError(f"{path}: {pred_topic} has unsupported type {c.msgtype}")
+        except BagDamagedError as exc:  # what came before the damage is in gts / preds
+            if damaged is None:
+                raise BagEvalError(str(exc)) from None
+            damaged.append(str(exc))
+        finally:
+            reader.close()
     return gts, preds
 
 
@@ -118,7 +131,10 @@ def evaluate(paths: list[str | Path], pred_topic: str = bag_io.TRAJECTORY_TOPIC,
              convention: str = "vad") -> dict:
     from dima_planner.eval.metrics import occupancy_from_boxes, planning_metrics
 
-    gts, preds = read_bags(paths, pred_topic)
+    damaged: list[str] = []
+    gts, preds = read_bags(paths, pred_topic, damaged)
+    if damaged and not (gts and preds):
+        raise BagEvalError("; ".join(damaged))
     if not gts:
         raise BagEvalError(f"no {bag_io.GT_SAMPLE_TOPIC} messages in {[str(p) for p in paths]} "
                            "(evaluate against the bag written by `dima bag convert`)")
@@ -137,7 +153,7 @@ def evaluate(paths: list[str | Path], pred_topic: str = bag_io.TRAJECTORY_TOPIC,
     valid = mask if convention == "uniad" else mask.all(axis=1)
     metrics = planning_metrics(pred, gt, occ, valid, convention=convention)
     metrics.update({"gt_keyframes": len(gts), "predictions": len(preds), "matched": len(pairs),
-                    "too_short": len(short), "pred_topic": pred_topic})
+                    "too_short": len(short), "pred_topic": pred_topic, "damaged": damaged})
     return metrics
 
 
@@ -163,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
         *(100 * m[k] for k in ("col_1s", "col_2s", "col_3s", "col_avg"))))
     if args.json:
         Path(args.json).write_text(json.dumps(m, indent=2))
-    return 0
+    for damage in m["damaged"]:  # scored on the intact messages before it
+        print(f"dima bag eval: error: {damage}", file=sys.stderr)
+    return 1 if m["damaged"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,10 @@ def read_info(path: str | Path) -> BagInfo:
             storages = getattr(reader.storage, "storages", [])
             chunks = sorted({c.compression or "none" for st in storages for c in getattr(st, "chunks", [])})
     except ReaderError as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
+        from .bag_salvage import locate_damage
+
+        # a truncated / corrupt MCAP: say which file and where, not rosbags' "end magic is invalid"
+        raise locate_damage(path) or ValueError(f"cannot read {path}: {exc}") from None
     meta = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     files = [path / f["path"] for f in meta.get("files", [])] or [path / p for p in meta.get("relative_file_paths", [])]
     if count == 0:

@@ -88,7 +88,7 @@ class BagPlayer:
     def __init__(self, node, bag: str | Path, topics: list[str] | None = None, remap: dict[str, str] | None = None,
                  rate: float = 1.0, start_offset: float = 0.0, loop: bool = False, clock_hz: float = 0.0,
                  depth: int = DEFAULT_DEPTH):
-        from rosbags.rosbag2 import Reader
+        from .bag_salvage import open_bag
 
         if rate <= 0:
             raise ValueError(f"--rate must be > 0, got {rate}")
@@ -98,8 +98,7 @@ class BagPlayer:
         self.bag = Path(bag)
         if not (self.bag / "metadata.yaml").is_file():
             raise FileNotFoundError(f"{self.bag} is not a rosbag2 directory (no metadata.yaml)")
-        self.reader = Reader(self.bag)
-        self.reader.open()
+        self.reader = open_bag(self.bag)  # a damaged MCAP: its intact messages (play raises the damage after them)
         self.rate, self.start_offset, self.loop, self.clock_hz = rate, start_offset, loop, clock_hz
         remap = remap or {}
         available = {c.topic for c in self.reader.connections}
@@ -173,6 +172,9 @@ class BagPlayer:
         return now - self._held_s
 
     def play(self) -> PlayStats:
+        """Publish the bag (looping if asked); BagDamagedError after the intact messages of a damaged one."""
+        from .bag_salvage import read_messages
+
         clock_thread = None
         if self.clock_pub is not None:
             clock_thread = threading.Thread(target=self._clock_loop, daemon=True)
@@ -185,12 +187,13 @@ class BagPlayer:
                 self.stats.loops += 1
                 # Latched topics recorded before the start offset still go out first.
                 if self.start_offset > 0:
-                    for c, _t, raw in self.reader.messages(connections=self.connections, stop=start_ns):
+                    for c, _t, raw in read_messages(self.reader, self.bag, connections=self.connections,
+                                                    stop=start_ns):
                         if self.publishers[self.out_topic[c.id]].qos_profile.durability.name == "TRANSIENT_LOCAL":
                             self._publish(c, raw)
                 wall0 = self._wall()
                 self._play_time_ns = (start_ns, wall0)
-                for c, t, raw in self.reader.messages(connections=self.connections, start=start_ns):
+                for c, t, raw in read_messages(self.reader, self.bag, connections=self.connections, start=start_ns):
                     if self._stop.is_set():
                         break
                     due = wall0 + (t - start_ns) * 1e-9 / self.rate
@@ -261,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dima bag play: {note}", file=sys.stderr)
     import rclpy
 
+    from .bag_salvage import BagDamagedError
+
     try:
         remap = parse_remaps(args.remap)
     except ValueError as exc:
@@ -282,13 +287,19 @@ def run(args: argparse.Namespace) -> int:
             print("dima bag play: warning: not every topic has a subscriber; playing anyway", file=sys.stderr)
         if args.delay > 0:
             time.sleep(args.delay)
+        damage = None
         try:
             stats = player.play()
         except KeyboardInterrupt:
             player.stop()
             stats = player.stats
+        except BagDamagedError as exc:  # the intact messages before it went out
+            damage, stats = exc, player.stats
         player.drain()
         print(stats.summary(), flush=True)
+        if damage is not None:
+            print(f"dima bag play: error: {damage}", file=sys.stderr)
+            return 1
         return 0
     finally:
         if player is not None:

@@ -43,6 +43,7 @@ class TopicRecorder:
         self.writer = bag_io.open_writer(self.out, compression)
         self.writer.open()
         self._lock = threading.Lock()
+        self.failed: OSError | None = None  # the write error that stopped the recording
         self.counts: dict[str, int] = {}
         self._subs = []
         for topic, typename in topics.items():
@@ -70,9 +71,14 @@ class TopicRecorder:
     def _on_msg(self, conn, topic: str, raw: bytes) -> None:
         t = self.node.get_clock().now().nanoseconds
         with self._lock:
-            if self.writer is None:
+            if self.writer is None or self.failed is not None:
                 return
-            self.writer.write(conn, t, raw)
+            try:
+                self.writer.write(conn, t, raw)
+            except OSError as exc:  # disk full (ENOSPC), file size limit (EFBIG), I/O error
+                self.failed = exc
+                self.node.get_logger().error(f"recording stopped: cannot write {self.out}: {exc}")
+                return
             self.counts[topic] += 1
 
     def close(self) -> dict[str, int]:
@@ -81,9 +87,33 @@ class TopicRecorder:
                 self.node.destroy_subscription(s)
             self._subs = []
             if self.writer is not None:
-                self.writer.close()
+                try:
+                    self.writer.close()
+                except OSError as exc:
+                    self.failed = self.failed or exc
+                    self._close_unfinished()
                 self.writer = None
         return dict(self.counts)
+
+    def _close_unfinished(self) -> None:
+        """The MCAP file cannot take its summary and footer (the disk is full): leave it as it is,
+        complete up to its last whole chunk, and still write metadata.yaml (a small file beside
+        it) so that the readers find the bag; they read it up to the damage (bag_salvage)."""
+        storage = self.writer.storage
+        if storage is None:  # the storage was finished; only metadata.yaml failed
+            return
+
+        class Unfinished:  # stands in for the storage rosbags would finish
+            path = storage.path
+
+            def close(self, version, metadata) -> None:
+                pass
+
+        self.writer.storage = Unfinished()
+        try:
+            self.writer.close()
+        except OSError as exc:
+            self.node.get_logger().error(f"cannot write {self.out / 'metadata.yaml'} either: {exc}")
 
 
 def parse_topics(items: list[str]) -> dict[str, str] | list[str]:
@@ -117,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    rclpy.init()
+    # Not sys.argv: rcl would take the TOPIC:=pkg/msg/Type arguments for remap rules.
+    rclpy.init(args=[sys.argv[0]])
     node = rclpy.create_node("dima_bag_recorder",
                              parameter_overrides=[Parameter("use_sim_time", value=bool(args.use_sim_time))])
     rec = None
@@ -131,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         ex.add_node(node)
         end = time.monotonic() + args.duration if args.duration > 0 else None
         try:
-            while rclpy.ok() and (end is None or time.monotonic() < end):
+            while rclpy.ok() and (end is None or time.monotonic() < end) and rec.failed is None:
                 ex.spin_once(timeout_sec=0.1)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass  # Ctrl-C (rclpy's signal handler shuts the context down first): finish the bag
@@ -139,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"recorded {sum(counts.values())} messages into {args.out}")
         for topic, n in sorted(counts.items()):
             print(f"  {topic:40s} {n}")
+        if rec.failed is not None:
+            print(f"dima bag record: error: recording stopped, cannot write {args.out}: {rec.failed}; the bag is "
+                  "readable up to its last complete chunk", file=sys.stderr)
+            return 1
         return 0
     finally:
         if rec is not None and rec.writer is not None:

@@ -386,6 +386,8 @@ class PlannerCore:
         # 7. temporal inputs, then the model
         lidar2world = pose.matrix @ lidar2ego
         temporal = self.temporal.advance(anchor_ns, int(p["max_scene_gap"] * SEC))
+        if temporal.category:  # a forward jump: the planner drops its BEV (scene_start); so does the rest
+            degraded.append((temporal.category, temporal.reason))
         t_model = time.monotonic()
         try:
             with self._torch.inference_mode(), self._precision:

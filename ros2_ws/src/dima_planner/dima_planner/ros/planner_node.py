@@ -52,6 +52,8 @@ from . import conversions as conv
 from .diagnostics import build_diagnostics
 from .errors import InputError
 from .images import Decoded, ImageLimits, decode
+from .lifecycle_guard import guard_change_state
+from .peers import PeerWatch
 from .node_runtime import descriptor, set_parameters, spin
 from .params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
 from .planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
@@ -105,6 +107,7 @@ class PlannerNode(LifecycleNode):
         self._pool: ThreadPoolExecutor | None = None
         self._slot = AnchorSlot()
         super().__init__(node_name, **kwargs)
+        guard_change_state(self)  # an invalid ChangeState request gets success=false, not an exit
         for spec in PARAMS.values():
             try:
                 self.declare_parameter(spec.name, spec.default, descriptor(spec, notes=["applies at the next configure"] if spec.on_configure else []))
@@ -128,6 +131,7 @@ class PlannerNode(LifecycleNode):
         self._state = "unconfigured"
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
+        self._peers: PeerWatch | None = None  # the graph around the topics, while configured
 
         # /diagnostics is published in every state (that is where a failed configure shows).
         self._diag_group = MutuallyExclusiveCallbackGroup()
@@ -259,6 +263,7 @@ class PlannerNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
+        self._peers = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -311,6 +316,11 @@ class PlannerNode(LifecycleNode):
             from . import autoware
 
             self._pubs.update(autoware.create_publishers(self, p, out))
+        # A killed camera driver / bag player / simulator or MLLM node shows up in /diagnostics.
+        images = [s.topic_name for s in self._subs if s.msg_type in (Image, CompressedImage)]
+        odom = [s.topic_name for s in self._subs if s.msg_type is Odometry]
+        self._peers = PeerWatch(inputs=images + odom,
+                                outputs=[self._pubs[k].topic_name for k in ("tokens", "trajectory")])
 
     # ---- callbacks: cache or hand to the core, nothing else ---------------------------------------
     def _on_image(self, cam: str, msg) -> None:
@@ -468,6 +478,10 @@ class PlannerNode(LifecycleNode):
                                 drops_busy=self._slot.dropped_busy, loss_warn=self._p["loss_warn_ratio"],
                                 watchdog=self._stats.watchdog(self._p["no_plan_warn_after"],
                                                               self._p["no_plan_error_after"]))
+        peers = self._peers
+        if peers is not None:
+            peers.update(self)
+            msg.status.append(peers.status(self.get_name()))
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:

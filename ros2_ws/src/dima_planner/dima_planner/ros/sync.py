@@ -319,7 +319,13 @@ class TemporalState:
                                 reason=f"front image stamp is {back:.3f} s older than the last planned one")
 
     def advance(self, stamp_ns: int, max_gap_ns: int) -> TemporalDecision:
-        """Record a planned frame; a first frame or one after a gap starts a new scene."""
-        start = self.last_stamp_ns is None or stamp_ns - self.last_stamp_ns > max_gap_ns
+        """Record a planned frame; a first frame or one after a gap starts a new scene (a gap
+        is also a forward time jump: a bag skipped ahead, a simulator fast-forwarded; its
+        reason says so)."""
+        gap = None if self.last_stamp_ns is None else stamp_ns - self.last_stamp_ns
         self.last_stamp_ns = stamp_ns
-        return TemporalDecision(True, scene_start=start)
+        if gap is not None and gap > max_gap_ns:
+            return TemporalDecision(True, scene_start=True, category="time_jump_forward",
+                                    reason=f"front stamp jumped forward {gap / 1e9:.3f} s (more than max_scene_gap "
+                                           f"{max_gap_ns / 1e9:g} s): temporal state reset, new scene")
+        return TemporalDecision(True, scene_start=gap is None)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from importlib import resources
 from pathlib import Path
@@ -14,6 +17,7 @@ from shapely.geometry import box as shapely_box
 from tqdm import tqdm
 
 from dima_planner.config import to_dict
+from dima_planner.data.splits import INCOMPLETE_FILE
 from dima_planner.data.geometry import RIG_HW, pose_from_quat, pose_matrix, rigid_inverse
 from dima_planner.model.inputs import scale_intrinsics
 
@@ -34,8 +38,22 @@ DYNAMIC = ("instance", "ego_pose", "scene", "sample", "sample_data", "sample_ann
 _WORKER: dict = {}
 
 
-def _init_worker(cfg, root) -> None:
+def _init_worker(cfg, root, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     _WORKER["gen"] = _Generator(cfg, root, progress=False)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A scene worker ends with the generating process: killed (SIGKILL, OOM) it cannot clean
+    up its pool, and an orphaned worker would go on writing into the world that the next
+    run is deleting and regenerating."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _worker_scene(i: int):
@@ -59,7 +77,8 @@ def generate(cfg: SynthConfig, dataroot: str | Path, progress: bool = True, forc
     """Write the world to dataroot; reuse it when it already holds this exact config."""
     root = Path(dataroot)
     meta_path = root / META_NAME
-    if meta_path.exists() and not force:
+    partial = (root / INCOMPLETE_FILE).exists()  # an earlier generation was killed: redo it
+    if meta_path.exists() and not force and not partial:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -69,19 +88,38 @@ def generate(cfg: SynthConfig, dataroot: str | Path, progress: bool = True, forc
             validate_dataroot(root, cfg.version)
             return root
     if root.exists() and any(root.iterdir()):
-        if not meta_path.exists():
+        if not meta_path.exists() and not partial:
             raise GenerationError(
                 f"{root} is not empty and has no {META_NAME}: refusing to overwrite what may be real "
                 f"nuScenes data; choose an empty or new --out directory")
-        for name in (*OWNED, json.loads(meta_path.read_text()).get("version", cfg.version), cfg.version):
+        mark_incomplete(root)  # before anything is deleted: from here on the world is partial
+        for name in (*OWNED, _meta_version(meta_path, cfg.version), cfg.version):
             p = root / name
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
     root.mkdir(parents=True, exist_ok=True)
+    mark_incomplete(root)
     _Generator(cfg, root, progress, workers=max(1, min(cfg.workers, cfg.num_scenes))).run()
+    (root / INCOMPLETE_FILE).unlink()  # after dima_meta.json: the world is complete
     return root
+
+
+def mark_incomplete(root: Path) -> None:
+    """Durably mark `root` as a world being written (data.splits refuses to load it)."""
+    with open(root / INCOMPLETE_FILE, "w") as f:
+        f.write("dima synth is writing this world; it is incomplete until this file is gone\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _meta_version(meta_path: Path, default: str) -> str:
+    """The table version a previous (possibly interrupted or corrupt) world recorded."""
+    try:
+        return json.loads(meta_path.read_text()).get("version", default)
+    except (OSError, ValueError, AttributeError):
+        return default
 
 
 class _Generator:
@@ -127,7 +165,7 @@ class _Generator:
         else:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(self.cfg, self.root)) as pool:
+                                     initargs=(self.cfg, self.root, os.getpid())) as pool:
                 futs = {pool.submit(_worker_scene, i): i for i in range(n)}
                 for fut in as_completed(futs):
                     results[futs[fut]] = fut.result()

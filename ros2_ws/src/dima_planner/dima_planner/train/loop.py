@@ -206,8 +206,8 @@ def train(cfg: TrainConfig, resume: bool = False, datasets: tuple | None = None,
         if save_now and shard:
             optim.consolidate_state_dict(to=0)  # a collective: every rank, before rank 0 saves
         if dist.main and save_now:
-            save_train_state(run_dir, model, cfg, optim, sched, step, metrics, objective.mllm)
-            (run_dir / "last" / OBJECTIVE_STATE).write_text(json.dumps(objective.state()))
+            save_train_state(run_dir, model, cfg, optim, sched, step, metrics, objective.mllm,
+                             {OBJECTIVE_STATE: json.dumps(objective.state())})
         if interrupted:
             break
     bar.close()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, recover_dir, replace_dir, save_checkpoint
 from ..config import to_dict
 from ..model.config import ModelConfig
 from ..model.planner import VisionPlanner
@@ -65,7 +65,13 @@ def read_mllm_weights(directory: Path) -> dict[str, torch.Tensor]:
 def save_model_dir(directory: str | Path, model: VisionPlanner, cfg, mllm: nn.Module | None,
                    meta: dict[str, Any]) -> Path:
     """Planner checkpoint (checkpoint.py format); in stage 2 plus the MLLM branch's trainable
-    weights in the format the ROS MLLM node loads (ros.reasoning.save_mllm_checkpoint)."""
+    weights in the format the ROS MLLM node loads (ros.reasoning.save_mllm_checkpoint).
+    Written whole or not at all (checkpoint.replace_dir)."""
+    return replace_dir(directory, lambda tmp: _write_model_dir(tmp, model, cfg, mllm, meta))
+
+
+def _write_model_dir(directory: Path, model: VisionPlanner, cfg, mllm: nn.Module | None,
+                     meta: dict[str, Any]) -> Path:
     meta = {"stage": cfg.stage, **meta}
     if mllm is not None:
         from ..checkpoint import sha256_file
@@ -84,22 +90,29 @@ def is_sharded(optim: torch.optim.Optimizer) -> bool:
 
 
 def save_train_state(run_dir: Path, model: VisionPlanner, cfg, optim, sched, step: int,
-                     metrics: dict | None = None, mllm: nn.Module | None = None) -> None:
-    ckpt = run_dir / "last"
-    save_model_dir(ckpt, model, cfg, mllm, {"step": step, "val": metrics or {}})
+                     metrics: dict | None = None, mllm: nn.Module | None = None,
+                     extra_files: dict[str, str] | None = None) -> None:
+    """<run_dir>/last: the model checkpoint, train_state.pt and `extra_files` ({name: text}),
+    replaced as one directory: a run killed while saving resumes from the previous step."""
     opt_state = optim.state_dict()  # sharded: needs optim.consolidate_state_dict(to=0) on every rank first
     if is_sharded(optim):  # drop the placeholders a sharded load leaves for other ranks' parameters
         opt_state["state"] = {k: v for k, v in opt_state["state"].items() if v is not None}
     state = {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(), "rng": rng_state()}
-    tmp = ckpt / (TRAIN_STATE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt / TRAIN_STATE)
+
+    def fill(tmp: Path) -> None:
+        _write_model_dir(tmp, model, cfg, mllm, {"step": step, "val": metrics or {}})
+        torch.save(state, tmp / TRAIN_STATE)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+
+    replace_dir(run_dir / "last", fill)
 
 
 def load_train_state(run_dir: Path, model: VisionPlanner, cfg, optim, sched, device: torch.device,
                      mllm=None) -> int:
     """Restore <run_dir>/last into model (and MLLM), optimiser, scheduler and RNGs; the step."""
     ckpt = run_dir / "last"
+    recover_dir(ckpt)  # a run killed between the two renames of its last save
     if not (ckpt / TRAIN_STATE).is_file():
         raise CheckpointError(f"cannot resume: {ckpt / TRAIN_STATE} does not exist")
     loaded, _ = load_checkpoint(ckpt, device, expect=cfg.model)
