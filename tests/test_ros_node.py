@@ -203,7 +203,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
         assert ok, f"node never became active; output:\n{stop_node_process(proc)}"
         # Statuses carry the node's fully qualified name (unique across namespaces).
         assert {s.name for a in drv.diags for s in a.status} == {f"/dima_planner: {p}" for p in ("model", "inputs",
-                                                                                                  "planning")}
+                                                                                                  "planning", "peers")}
 
         # 1. good inputs -> a plan stamped with the front camera stamp, in base_link; the
         # command is the latched one (no other was sent; the default is GO_STRAIGHT)

@@ -481,7 +481,7 @@ class PlannerNode(LifecycleNode):
         peers = self._peers
         if peers is not None:
             peers.update(self)
-            msg.status.append(peers.status(self.get_name()))
+            msg.status.append(peers.status(self.get_fully_qualified_name()))
         self._diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
