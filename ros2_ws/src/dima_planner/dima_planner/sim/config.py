@@ -27,7 +27,11 @@ class ControllerConfig:
     stanley_gain: float = 1.5
     speed_gain: float = 1.5  # 1/s on the speed error
     position_gain: float = 0.6  # 1/s^2 on the along-track position error (timing of the plan)
+    accel_feedforward: float = 1.0  # x the speed profile's acceleration
+    accel_window: float = 0.5  # s, the profile's acceleration is its mean over this window
+    preview_time: float = 0.1  # s ahead on the profile (the actuator's jerk-limited lag)
     stop_distance: float = 0.4  # a plan that moves less than this over its horizon means stop
+    hold_heading_distance: float = 1.0  # m; a plan shorter than this keeps the wheels straight
 
     def __post_init__(self) -> None:
         if self.lateral not in ("pure_pursuit", "stanley"):

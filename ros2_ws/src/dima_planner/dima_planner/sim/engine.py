@@ -137,8 +137,8 @@ class Simulator:
             self.missed += 1
         else:
             self.plans += 1
-            start = np.array(self.pose_at(plan.stamp)[:2])
-            self.plan = TrackedPlan(plan.stamp, plan.times, plan.xy, start)
+            x, y, yaw = self.pose_at(plan.stamp)
+            self.plan = TrackedPlan(plan.stamp, plan.times, plan.xy, np.array([x, y]), yaw)
         self.log.frames.append({"t": self.t, "command": self.command(), "missed": plan is None,
                                 "plan": None if plan is None else np.asarray(plan.xy, float).copy()})
         cfg = self.cfg
