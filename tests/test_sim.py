@@ -30,7 +30,7 @@ def _cfg(world: str, **kw) -> SimConfig:
 def test_expert_completes_a_turn_with_score_100(world):
     cfg = _cfg(world)
     sc = build_scenario(RouteSpec(kind="turn_left", index=101), world)
-    assert sc.turns and sc.turns[0].command == 1  # the route turns left at its first junction
+    assert sc.turns and sc.turns[0].left  # the route turns left at its first junction
     sim = drive(sc, Expert().plan, cfg)
     res = route_result("t", sim, cfg, sim.log)
     assert res["end"] == "completed"

@@ -36,7 +36,7 @@ from .sample import (
     MAP_POINTS,
     OCCUPANCY_CLASSES,
     Sample,
-    command_from_future,
+    route_command,
 )
 from .splits import META_FILE, load_meta, scene_meta, scenes_in_split
 
@@ -327,7 +327,7 @@ def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene
         "ego_fut_mask": fut_mask,
         "ego_hist_traj": ego_hist,
         "ego_hist_mask": hist_mask,
-        "command": command_from_future(ego_fut),
+        "command": route_command(ego_fut),
         "ego_status": _ego_status(nusc, lidar_sd, global2lidar, cfg.ego_status_min_dt),
         "agent_boxes": np.asarray(boxes, np.float32).reshape(k, 7),
         "agent_labels": np.asarray(labels, np.int64).reshape(k),

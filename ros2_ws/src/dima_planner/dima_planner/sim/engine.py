@@ -16,7 +16,10 @@ import numpy as np
 import shapely
 from shapely.prepared import prep
 
+from dima_planner.data.geometry import pose_from_quat
+from dima_planner.data.sample import COMMAND_HORIZON_S, route_command
 from dima_planner.synth import agents as ag_mod
+from dima_planner.synth.generate import load_rig
 from dima_planner.synth.nuscenes_writer import CAMERA_OFFSETS
 
 from .config import SimConfig
@@ -66,6 +69,19 @@ class SimLog:
         return np.asarray(getattr(self, name))
 
 
+def lidar2ego() -> np.ndarray:
+    """LIDAR_TOP -> base_link of the rig the world is rendered with."""
+    rig = load_rig()["LIDAR_TOP"]
+    return pose_from_quat(rig["translation"], rig["rotation"])
+
+
+def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+    m[:2, 3] = (x, y)
+    return m
+
+
 def box_polygon(x: float, y: float, yaw: float, length: float, width: float):
     c, s = math.cos(yaw), math.sin(yaw)
     hl, hw = length / 2, width / 2
@@ -88,6 +104,7 @@ class Simulator:
         self.missed = 0
         self.s_route = scenario.route_s0
         self.log = SimLog()
+        self.l2e = lidar2ego()
         self._drivable = prep(scenario.net.drivable)
         self._contacts: set[int] = set()
         self._flagged: set[int] = set()
@@ -104,7 +121,13 @@ class Simulator:
         return self.sc.seconds + self.cfg.timeout_slack
 
     def command(self) -> int:
-        return self.sc.command_at(self.s_route, self.state.v)
+        """The command of the training data (data.sample.route_command) on the route ahead: its
+        point as far along as the car gets in the planning horizon at its current speed, seen
+        from the current LiDAR frame."""
+        st = self.state
+        reach, _ = self.sc.route.at(self.s_route + COMMAND_HORIZON_S * st.v)
+        w2l = np.linalg.inv(ego_matrix(st.x, st.y, st.yaw) @ self.l2e)
+        return route_command(w2l[:2, :2] @ reach + w2l[:2, 3])
 
     def pose_at(self, t: float) -> tuple[float, float, float]:
         """Ego (x, y, yaw) at a past time t (interpolated in the log; clamped to its span)."""

@@ -17,26 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from dima_planner.data.sample import FUTURE_STEPS, HISTORY_STEPS, STEP_SECONDS
-from dima_planner.data.geometry import pose_from_quat
 from dima_planner.synth import agents as ag_mod
-from dima_planner.synth.generate import load_rig
 
-from .engine import Plan, Simulator
+from .engine import Plan, Simulator, ego_matrix, lidar2ego
 
 TIMES = np.arange(1, FUTURE_STEPS + 1) * STEP_SECONDS
-
-
-def lidar2ego() -> np.ndarray:
-    """LIDAR_TOP -> base_link of the rig the world is rendered with."""
-    rig = load_rig()["LIDAR_TOP"]
-    return pose_from_quat(rig["translation"], rig["rotation"])
-
-
-def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:
-    m = np.eye(4)
-    m[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
-    m[:2, 3] = (x, y)
-    return m
 
 
 def lidar_track_to_plan(world_lidar_xy: np.ndarray, start_yaw: float, start_lidar_xy: np.ndarray,

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from dima_planner.config import ConfigError, from_dict
-from dima_planner.data.sample import CMD_LEFT, CMD_RIGHT, CMD_STRAIGHT
 from dima_planner.synth import agents as ag_mod
 from dima_planner.synth.config import SCENARIOS, SynthConfig
 from dima_planner.synth.generate import META_NAME
@@ -28,9 +27,10 @@ from .config import RouteSpec
 
 @dataclass
 class Turn:
+    """A junction turn of the route (geometry only: the command comes from route_command)."""
     s0: float  # route coordinate where the manoeuvre starts / ends
     s1: float
-    command: int  # CMD_LEFT / CMD_RIGHT
+    left: bool
 
 
 @dataclass
@@ -53,15 +53,6 @@ class Scenario:
     @property
     def route_length(self) -> float:
         return self.route_s1 - self.route_s0
-
-    def command_at(self, s: float, speed: float) -> int:
-        """The manoeuvre at the next junction, as CARLA's navigation commands, issued once the
-        turn is within the 3 s horizon the planner was trained with (at least 12 m)."""
-        horizon = max(12.0, 3.0 * speed)
-        for t in self.turns:
-            if t.s1 > s and t.s0 - s <= horizon:
-                return t.command
-        return CMD_STRAIGHT
 
 
 def world_config(world: str | Path) -> tuple[SynthConfig, dict]:
@@ -90,7 +81,7 @@ def find_turns(path: ag_mod.Path, s0: float, s1: float) -> list[Turn]:
         dyaw = float(path.heading[j] - path.heading[i])
         a, b = float(path.s[i]), float(path.s[j])
         if abs(dyaw) > np.radians(45) and b > s0 and a < s1 + 30.0:
-            out.append(Turn(a, b, CMD_LEFT if dyaw > 0 else CMD_RIGHT))
+            out.append(Turn(a, b, dyaw > 0))
         i = j + 1
     return out
 
