@@ -58,3 +58,34 @@ def test_training_and_simulator_commands_agree_on_the_same_route(lane_change_wor
     # Left/right frames of training: the simulator says the same (the lane change included).
     assert np.mean(simulated[turning] == data[turning]) >= 0.9, list(zip(kinds, data, simulated))
     assert np.mean(simulated == data) >= 0.9
+
+
+def test_closed_loop_baselines_get_the_ego_status_of_the_dataset(tmp_path):
+    """The ego-status MLP was fitted on 0.5-s backward differences of the LiDAR poses (the
+    world's keyframes): accelerating at 1.5 m/s^2, its speed input lags the car's by 0.375 m/s,
+    and its acceleration input is the change between the last two 0.5-s intervals."""
+    import json
+
+    from dima_planner.config import to_dict
+    from dima_planner.sim.engine import Plan
+    from dima_planner.sim.planners import TIMES, ConstVelPlanner
+    from dima_planner.synth.config import SynthConfig
+
+    (tmp_path / "dima_meta.json").write_text(json.dumps({"config": to_dict(SynthConfig()), "scenes": []}))
+    sim = Simulator(build_scenario(RouteSpec(kind="straight", index=100), str(tmp_path)),
+                    SimConfig(world=str(tmp_path), frame_hz=4.0, substeps=6))
+    for _ in range(12):
+        st = sim.state
+        d = np.array([np.cos(st.yaw), np.sin(st.yaw)])
+        s = st.v * TIMES + 0.75 * TIMES ** 2
+        sim.advance(Plan(sim.t, TIMES.copy(), np.array([st.x, st.y]) + s[:, None] * d))
+    planner = ConstVelPlanner()
+    status = planner.batch(sim)["ego_status"][0]
+    lidar = [(sim.pose_at(sim.t - k * 0.5)) for k in (0, 1, 2)]
+    off = planner.l2e[:2, 3]
+    pts = [np.array([x, y]) + [np.cos(h) * off[0] - np.sin(h) * off[1], np.sin(h) * off[0] + np.cos(h) * off[1]]
+           for x, y, h in lidar]
+    v1, v2 = np.linalg.norm(pts[0] - pts[1]) / 0.5, np.linalg.norm(pts[1] - pts[2]) / 0.5
+    assert status[5] == pytest.approx(v1, abs=0.01)
+    assert abs(status[5] - sim.state.v) > 0.2  # not the simulator's instantaneous speed
+    assert status[3] == pytest.approx((v1 - v2) / 0.5, abs=0.05)  # ay: y is forward in the LiDAR frame
