@@ -120,7 +120,7 @@ def test_driving_straight_into_a_parked_car_is_a_collision(world):
 
 def test_a_braking_lead_vehicle_is_hit_by_a_planner_that_ignores_it(world):
     cfg = _cfg(world)
-    sim = drive(build_scenario(RouteSpec(kind="lead_brake", index=102), world), ConstVelPlanner().plan, cfg)
+    sim = drive(build_scenario(RouteSpec(kind="lead_brake", index=102), world), RouteFollower().plan, cfg)
     res = route_result("l", sim, cfg, None)
     assert res["collisions"] == 1 and res["collision_events"][0]["kind"] == "car" and res["red_flags"] >= 1
 
@@ -209,3 +209,17 @@ def test_planner_messages_become_the_same_plan(world):
     msgs[0].time_from_start = msgs[0].time_from_start[::-1]
     with pytest.raises(ValueError):
         plan_from_msg(msgs[0], sim, offset, l2e)
+
+
+def test_a_missing_world_names_the_command_that_builds_it(tmp_path, capsys):
+    """`dima sim --bench` without its world: the error says how to build that world (the
+    benchmark world's own synth config), it does not suggest a command that writes another."""
+    from dima_planner.sim import cli
+
+    parser = __import__("argparse").ArgumentParser()
+    cli.add_arguments(parser)
+    rc = cli.run(parser.parse_args(["--bench", "--planner", "expert", "--set", f"sim.world={tmp_path / 'nowhere'}",
+                                    f"out={tmp_path / 'out'}"]))
+    printed = " ".join(capsys.readouterr().out.split())
+    assert rc == 2
+    assert f"dima synth --config params/synth_bench.yaml --out {tmp_path / 'nowhere'}" in printed

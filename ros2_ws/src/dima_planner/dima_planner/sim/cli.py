@@ -166,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 110))
     cfg = load_yaml(BenchConfig, _path(args.config), parse_overrides(args.set))
     cfg = replace(cfg, sim=replace(cfg.sim, world=str(_path(cfg.sim.world))))
+    if not (Path(cfg.sim.world) / "dima_meta.json").exists():
+        console.print(f"[red]dima sim: {cfg.sim.world} holds no generated world. Build it with "
+                      f"`dima synth --config {cfg.world_synth_config} --out {cfg.sim.world}` (`make bench`).[/]")
+        return 2
     planners = args.planners or (cfg.planners if args.bench else ["dima"])
     if args.bench:
         planners = [*REFERENCES, *[p for p in planners if p not in REFERENCES]]
@@ -188,10 +192,6 @@ def run(args: argparse.Namespace) -> int:
 
     console.rule(f"[bold]closed loop: {len(routes)} route(s) x {', '.join(planners)}")
     bench_t0 = time.monotonic()
-    if not (Path(cfg.sim.world) / "dima_meta.json").exists():
-        console.print(f"[red]dima sim: {cfg.sim.world} holds no generated world. Build it with "
-                      f"`dima synth --config {cfg.world_synth_config} --out {cfg.sim.world}` (`make bench`).[/]")
-        return 2
     scenarios, experts, expert_sims = {}, {}, {}
     ref_t0 = time.monotonic()
     try:
