@@ -60,7 +60,8 @@ class Expert:
 
     def leader(self, sim: Simulator, s: float) -> tuple[float, float]:
         """(gap, leader speed) along the route: the nearest agent in its corridor now or at any
-        PREVIEW time (agents advanced at their current speed along their own paths)."""
+        PREVIEW time (agents advanced at their current speed along their own paths; a
+        predicted one counts as a leader as near as it must be now to get there)."""
         tr = sim.traffic
         gap, v_lead = tr.leader(0, s)
         xy, yaw = tr.poses()
@@ -71,6 +72,9 @@ class Expert:
                 p, h = sim.sc.agents[j].path.at(tr.s[j] + tr.v[j] * tau)
                 fut[j], fyaw[j] = p, h
             g, vl = tr.leader(0, s, fut, fyaw)
+            # Where it will be at tau, moving at vl along the route, it is a leader now at
+            # g - vl * tau: one about to merge in beside the ego is one just ahead of it.
+            g = max(0.5, g - vl * tau) if np.isfinite(g) else g
             if g < gap:
                 gap, v_lead = g, vl
         return gap, v_lead
