@@ -287,6 +287,8 @@ def test_generated_world_invariants(tmp_path):
             for sp in ("train", "val")}
     assert len(sets["train"]) and len(sets["val"])
     assert not {r["scene_name"] for r in sets["train"].records} & {r["scene_name"] for r in sets["val"].records}
+    # Location-disjoint: no validation keyframe is in a town a training keyframe is in.
+    assert not {r["location"] for r in sets["train"].records} & {r["location"] for r in sets["val"].records}
     s = sets["val"][0]
     assert s.images.shape == (6, 90, 160, 3) and s.occupancy.shape == (6, 200, 200)
     for rec in sets["train"].records:

@@ -144,14 +144,40 @@ def test_map_vectors_and_meta(world):
     assert meta["seed"] == cfg.seed and meta["scale"] == cfg.scale
     assert {s["split"] for s in meta["scenes"]} == {"train", "val"}
     assert meta["scenes"][0]["tags"] and "turn_left" in meta["scenes"][0]["tags"]
-    vec = json.loads((root / meta["map_vectors"]).read_text())
-    types = {e["type"] for e in vec["elements"]}
-    assert types == {"divider", "ped_crossing", "boundary"}
-    for e in vec["elements"]:
-        pts = np.array(e["points"])
-        assert pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 2
-        if e["type"] == "ped_crossing":
-            assert np.allclose(pts[0], pts[-1])
+    for town in meta["towns"]:
+        vec = json.loads((root / town["map_vectors"]).read_text())
+        assert vec["location"] == town["name"] and (root / town["map_mask"]).stat().st_size > 0
+        types = {e["type"] for e in vec["elements"]}
+        assert types == {"divider", "ped_crossing", "boundary"}
+        for e in vec["elements"]:
+            pts = np.array(e["points"])
+            assert pts.ndim == 2 and pts.shape[1] == 2 and len(pts) >= 2
+            if e["type"] == "ped_crossing":
+                assert np.allclose(pts[0], pts[-1])
+
+
+def test_scenes_are_in_towns_the_devkit_sees_and_splits_share_none(world, nusc):
+    """Each scene's town is its log.location; training and validation towns are disjoint and the
+    held-out town, recorded in the world with its map, has no scene."""
+    cfg, root = world
+    meta = json.loads((root / "dima_meta.json").read_text())
+    roles = {t["name"]: t["role"] for t in meta["towns"]}
+    assert sorted(roles.values()) == ["heldout", "train", "val"]
+    by_name = {s["name"]: s for s in meta["scenes"]}
+    locations = {"train": set(), "val": set()}
+    for scene in nusc.scene:
+        location = nusc.get("log", scene["log_token"])["location"]
+        rec = by_name[scene["name"]]
+        assert rec["town"] == location and roles[location] == rec["split"]
+        locations[rec["split"]].add(location)
+    assert locations["train"] and locations["val"] and not locations["train"] & locations["val"]
+    heldout = [t for t in meta["towns"] if t["role"] == "heldout"]
+    assert all(t["scenes"] == 0 for t in heldout)
+    # One map record per town (the devkit's map table), holding exactly its logs.
+    maps = {m["filename"]: m for m in nusc.map}
+    for t in meta["towns"]:
+        logs = {nusc.get("log", tok)["location"] for tok in maps[t["map_mask"]]["log_tokens"]}
+        assert logs == ({t["name"]} if t["scenes"] else set())
 
 
 def test_same_seed_byte_identical_and_reuse(world, tmp_path):

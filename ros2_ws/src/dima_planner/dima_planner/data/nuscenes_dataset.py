@@ -394,7 +394,8 @@ def build_records(cfg: DatasetConfig, nusc=None) -> list[dict]:
         nusc = validate_dataroot(cfg.dataroot, cfg.version)
     meta = load_meta(cfg.dataroot)
     names = [s["name"] for s in nusc.scene]
-    chosen = scenes_in_split(cfg.split, cfg.version, names, [s["token"] for s in nusc.scene], meta)
+    chosen = scenes_in_split(cfg.split, cfg.version, names, [s["token"] for s in nusc.scene], meta,
+                             [nusc.get("log", s["log_token"])["location"] for s in nusc.scene])
     tags = {name: rec.get("tags", []) for name, rec in scene_meta(meta).items()}
     maps = MapSource(cfg.dataroot)
     canbus = CanBusSource.find(cfg.dataroot)

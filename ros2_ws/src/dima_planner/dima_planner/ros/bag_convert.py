@@ -101,7 +101,8 @@ def select_scenes(nusc, dataroot: Path, version: str, scenes: list[str] | None, 
     elif split:
         try:
             names = scenes_in_split(split, version, list(by_name), [s["token"] for s in nusc.scene],
-                                    load_meta(dataroot))
+                                    load_meta(dataroot),
+                                    [nusc.get("log", s["log_token"])["location"] for s in nusc.scene])
         except SplitError as exc:
             raise BagConvertError(str(exc)) from None
         chosen = [s for s in nusc.scene if s["name"] in names]

@@ -54,11 +54,8 @@ SEC = 1_000_000_000
 
 
 def parse_route(text: str, seconds: float) -> RouteSpec:
-    """'scene-0003' (a scene of the world) or 'KIND:INDEX' (a generated scenario)."""
-    if ":" in text:
-        kind, index = text.split(":", 1)
-        return RouteSpec(kind=kind, index=int(index), seconds=seconds)
-    return RouteSpec(scene=text, seconds=seconds)
+    """'scene-0003' (a scene of the world), 'KIND:INDEX' or 'KIND:INDEX@TOWN' (a generated scenario)."""
+    return RouteSpec.parse(text, seconds)
 
 
 def plan_from_msg(msg, sim: Simulator, offset_ns: int, l2e: np.ndarray) -> Plan:

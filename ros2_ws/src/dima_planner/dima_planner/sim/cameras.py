@@ -18,7 +18,7 @@ class CameraRig:
     """
 
     def __init__(self, scenario: Scenario, scale: float, reuse_m: float = 10.0):
-        self.gen = scene_generator(with_scale(scenario.synth, scale))
+        self.gen = scene_generator(with_scale(scenario.synth, scale), town=scenario.town.name)
         self.width, self.height = self.gen.W, self.gen.H
         self.intrinsics = {ch: self.gen.K[ch] for ch in CAMERA_CHANNELS}
         self.cam2ego = {ch: self.gen.cam2ego[ch] for ch in (*CAMERA_CHANNELS, "LIDAR_TOP")}

@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="params/sim/bench.yaml", help="BenchConfig YAML")
     parser.add_argument("--bench", action="store_true", help="run every planner on every route of the config")
     parser.add_argument("--route", nargs="*", default=None, metavar="ROUTE",
-                        help="routes instead of the config's: scene-000N or KIND:INDEX (or a route name of the config)")
+                        help="routes instead of the config's: scene-000N, KIND:INDEX or KIND:INDEX@TOWN "
+                             "(TOWN: a town name or role of the world; default its first held-out town), "
+                             "or a route name of the config")
     parser.add_argument("--planner", "--planners", dest="planners", nargs="*", default=None, choices=PLANNERS,
                         help="planners (default: the config's with --bench, else dima)")
     parser.add_argument("--also", nargs="*", default=[], metavar="NAME=CHECKPOINT",
@@ -59,19 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _routes(cfg: BenchConfig, names: list[str] | None) -> list[RouteSpec]:
+    from .scenario import bench_routes
+
+    config_routes = bench_routes(cfg.routes, _path(cfg.sim.world))
     if not names:
-        return cfg.routes
-    by_name = {r.name: r for r in cfg.routes}
-    out = []
-    for n in names:
-        if n in by_name:
-            out.append(by_name[n])
-        elif ":" in n:
-            kind, idx = n.split(":", 1)
-            out.append(RouteSpec(kind=kind, index=int(idx)))
-        else:
-            out.append(RouteSpec(scene=n))
-    return out
+        return config_routes
+    by_name = {r.name: r for r in config_routes}
+    return [by_name[n] if n in by_name else RouteSpec.parse(n) for n in names]
 
 
 class DimaInTheLoop:

@@ -66,22 +66,63 @@ class ScoringConfig:
 
 @dataclass
 class RouteSpec:
-    """One route: a scene of the world (`scene: scene-0003`) or a generated scenario
-    (`kind` + `index`: the generator's random stream of scene `index`; indices past the world's
-    num_scenes were never trained on)."""
+    """One route: a scene of the world (`scene: scene-0003`, in that scene's town) or a generated
+    scenario (`kind` + `index`: the generator's random stream of scene `index`, driven in `town`).
+    `town` is a town name of the world or a role (train | val | heldout: the first town of it);
+    empty: the world's first held-out town (roads no scene of the world drives), else its
+    first town."""
     name: str = ""
     scene: str = ""
     kind: str = ""
     index: int = 0
+    town: str = ""
     seconds: float = 20.0  # the route is what the generator's scripted ego drives in this time
 
     def __post_init__(self) -> None:
         if bool(self.scene) == bool(self.kind):
             raise ConfigError(f"route {self.name!r}: give exactly one of scene or kind")
+        if self.scene and self.town:
+            raise ConfigError(f"route {self.name!r}: a scene route drives in its scene's town; leave town empty")
         if not 4.0 <= self.seconds <= 60.0:
             raise ConfigError(f"route {self.name!r}: seconds must be in [4, 60]")
         if not self.name:
-            self.name = self.scene or f"{self.kind}-{self.index}"
+            self.name = self.scene or f"{self.kind}-{self.index}" + (f"@{self.town}" if self.town else "")
+
+    @classmethod
+    def parse(cls, text: str, seconds: float = 20.0) -> "RouteSpec":
+        """`scene-000N`, `KIND:INDEX` or `KIND:INDEX@TOWN` (TOWN: a town name or role)."""
+        if ":" not in text:
+            return cls(scene=text, seconds=seconds)
+        kind, rest = text.split(":", 1)
+        index, _, town = rest.partition("@")
+        try:
+            index = int(index)
+        except ValueError:
+            raise ConfigError(f"route {text!r}: expected KIND:INDEX or KIND:INDEX@TOWN") from None
+        return cls(kind=kind, index=index, town=town, seconds=seconds)
+
+
+@dataclass
+class RoutesConfig:
+    """The bench's routes, built in whatever world `sim.world` is: for each scenario kind, `count`
+    routes from the generator's own agents and streams, in the towns `towns` names (a role,
+    train | val | heldout, or one town's name), spread over those towns in turn. Stream indices
+    start at `first_index` (past any scene index, so no route replays a scene of the world).
+    `extra` routes are added as given (a scene of the world, or KIND + INDEX)."""
+    kinds: dict[str, int] = field(default_factory=dict)
+    towns: str = "heldout"
+    seconds: float = 20.0
+    first_index: int = 1000
+    extra: list[RouteSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for kind, count in self.kinds.items():
+            if count < 0:
+                raise ConfigError(f"routes.kinds.{kind}: count must be >= 0, got {count}")
+        if not 4.0 <= self.seconds <= 60.0:
+            raise ConfigError("routes.seconds must be in [4, 60]")
+        if self.first_index < 0:
+            raise ConfigError("routes.first_index must be >= 0")
 
 
 @dataclass
@@ -111,7 +152,7 @@ class SimConfig:
 @dataclass
 class BenchConfig:
     sim: SimConfig = field(default_factory=SimConfig)
-    routes: list[RouteSpec] = field(default_factory=list)
+    routes: RoutesConfig = field(default_factory=RoutesConfig)
     planners: list[str] = field(default_factory=lambda: ["expert", "route_follower", "stand_still", "const_vel",
                                                          "ego_mlp", "dima", "dima_dual"])
     checkpoint: str = "checkpoints/dima_tiny_stage2"

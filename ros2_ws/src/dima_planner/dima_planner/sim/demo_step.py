@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dima_planner.config import load_yaml
 
-from .config import BenchConfig, RouteSpec
+from .config import BenchConfig, RoutesConfig, RouteSpec
 
 
 
@@ -31,7 +31,7 @@ def closed_loop_demo(out: Path, checkpoint: Path, world: Path, console, route: R
 
     console.rule("[bold]closed loop: dima_planner_node drives a route of the world (dima_sim, lockstep)")
     cfg = load_yaml(BenchConfig, REPO / "params" / "sim" / "bench.yaml")
-    cfg = replace(cfg, sim=replace(cfg.sim, world=str(world)), checkpoint=str(checkpoint), routes=[route])
+    cfg = replace(cfg, sim=replace(cfg.sim, world=str(world)), checkpoint=str(checkpoint), routes=RoutesConfig(extra=[route]))
     out.mkdir(parents=True, exist_ok=True)
     video = VideoWriter(out / f"{route.name}.gif", cfg.sim.frame_hz, every=1)
     dima = DimaInTheLoop(cfg, out, console)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dima_planner.config import ConfigError, to_dict
 
-GENERATOR_VERSION = "1.0.0"
+# 2.0.0: several towns per world, location-disjoint splits.
+GENERATOR_VERSION = "2.0.0"
 SCENARIOS = ("straight", "turn_left", "turn_right", "stop_and_go", "overtake",
              # where ego history alone cannot predict the future (perception matters):
              "lead_brake",  # the lead vehicle brakes hard to a stop, then drives on
@@ -16,6 +17,42 @@ SCENARIOS = ("straight", "turn_left", "turn_right", "stop_and_go", "overtake",
 # Fields added after worlds were generated: left out of the hash at their defaults, so an
 # existing world (data/world) keeps its hash.
 _NEW_FIELDS_DEFAULTS = {"val_only_scenarios": (), "stratified_split": False}
+
+TOWN_ROLES = ("train", "val", "heldout")
+
+
+@dataclass
+class TownsConfig:
+    """The road networks of a world, by role. Each town is its own network drawn from the
+    world seed; a scene belongs to one town (its nuScenes log.location). Training scenes are
+    only in `train` towns, validation scenes only in `val` towns, and `heldout` towns hold no
+    scene at all: `dima sim --bench` builds its routes there, on roads no model saw."""
+    train: int = 1
+    val: int = 1
+    heldout: int = 1
+    grid_nodes: tuple[int, ...] = (3, 4)  # junctions per axis, drawn per town and axis from these
+    block_length: tuple[float, float] = (100.0, 140.0)  # metres between junctions, drawn per block
+    skew_deg: float = 8.0  # each road direction turns by up to this: junction angles 90 +/- 2x this
+    jitter: float = 4.0  # metres each junction moves (per axis): roads kink a little at junctions
+    # Each town turned by a random heading as a whole: no two towns' roads run alike in the
+    # global frame (nuScenes' maps of different cities share coordinates, not roads).
+    rotate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.train < 1:
+            raise ConfigError(f"towns.train must be >= 1, got {self.train}")
+        if self.val < 0 or self.heldout < 0:
+            raise ConfigError("towns.val and towns.heldout must be >= 0")
+        if not self.grid_nodes or min(self.grid_nodes) < 3:
+            raise ConfigError(f"towns.grid_nodes must be values >= 3, got {list(self.grid_nodes)}")
+        lo, hi = self.block_length
+        if not 80.0 <= lo <= hi <= 300.0:
+            raise ConfigError(f"towns.block_length must be a range within [80, 300] m, got {[lo, hi]}")
+        if not 0.0 <= self.skew_deg <= 15.0:
+            # beyond ~15 degrees a straight-on continuation could read as a turn (agents.turn_of)
+            raise ConfigError(f"towns.skew_deg must be in [0, 15], got {self.skew_deg}")
+        if not 0.0 <= self.jitter <= 6.0:
+            raise ConfigError(f"towns.jitter must be in [0, 6] m, got {self.jitter}")
 
 
 @dataclass
@@ -39,7 +76,7 @@ class SynthConfig:
     lidar_azimuth_step_deg: float = 0.6
     lidar_beams: int = 32
     render_distance: float = 110.0  # metres of world drawn around the ego
-    grid_nodes: int = 4  # the town is grid_nodes x grid_nodes intersections
+    towns: TownsConfig = field(default_factory=TownsConfig)
     scenarios: tuple[str, ...] = SCENARIOS  # cycled over scenes
     # Long tail: scenarios only in the validation split (the scenes that draw them are val).
     val_only_scenarios: tuple[str, ...] = ()
@@ -61,8 +98,9 @@ class SynthConfig:
             raise ConfigError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.camera_hz < 2.0 or abs(self.camera_hz / 2.0 - round(self.camera_hz / 2.0)) > 1e-9:
             raise ConfigError(f"camera_hz must be a multiple of the 2 Hz keyframe rate, got {self.camera_hz}")
-        if self.grid_nodes < 3:
-            raise ConfigError(f"grid_nodes must be >= 3, got {self.grid_nodes}")
+        if self.towns.val == 0 and (self.val_only_scenarios or (self.val_fraction > 0 and self.num_scenes >= 2)):
+            raise ConfigError("the world has validation scenes but towns.val is 0: validation scenes are "
+                              "drawn in their own towns (set towns.val >= 1, or val_fraction: 0)")
         if self.lidar_beams < 1 or self.lidar_azimuth_step_deg <= 0:
             raise ConfigError("lidar_beams must be >= 1 and lidar_azimuth_step_deg > 0")
         for s in self.scenarios:

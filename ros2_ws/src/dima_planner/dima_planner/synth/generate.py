@@ -23,13 +23,13 @@ from .config import GENERATOR_VERSION, SynthConfig
 from .nuscenes_writer import (CAMERA_CHANNELS, CAMERA_OFFSETS, KIND_CATEGORY, Tokens,
                               calibrated_sensors, data_filename, static_tables, write_tables, yaw_quat)
 from .render import GroundBatch, RenderBox, Renderer, ground_batch
-from .roads import RoadNetwork, build_network, drivable_mask, map_vectors
+from .roads import RoadNetwork, Town, build_network, drivable_mask, map_vectors
+from .towns import ScenePlace, scene_places, world_towns
 
 META_NAME = "dima_meta.json"
 OWNED = ("samples", "sweeps", "maps", META_NAME)  # what a regeneration may delete
 EPOCH_US = 1533151600000000  # 2018-08-01, like the nuScenes Boston logs
 KEYFRAME_S = 0.5
-PER_LOG = 4  # scenes per log
 DYNAMIC = ("instance", "ego_pose", "scene", "sample", "sample_data", "sample_annotation")
 _WORKER: dict = {}
 
@@ -44,24 +44,6 @@ def _worker_scene(i: int):
 
 class GenerationError(RuntimeError):
     """The dataroot cannot be (re)generated safely."""
-
-
-def scene_splits(cfg: SynthConfig, n: int) -> list[str]:
-    """Per scene "train"/"val": val_only_scenarios all go to val; of every other scenario,
-    val_fraction of its scenes (at least one where it has two or more), seeded."""
-    rng = np.random.default_rng([cfg.seed, 77])
-    out = ["train"] * n
-    for scenario in dict.fromkeys(cfg.scenarios):
-        idx = [i for i in range(n) if cfg.scenarios[i % len(cfg.scenarios)] == scenario]
-        if scenario in cfg.val_only_scenarios:
-            chosen = idx
-        else:
-            k = int(round(len(idx) * cfg.val_fraction))
-            k = max(1, min(len(idx) - 1, k)) if len(idx) >= 2 and cfg.val_fraction > 0 else k
-            chosen = rng.permutation(idx)[:k].tolist()
-        for i in chosen:
-            out[i] = "val"
-    return out
 
 
 def load_rig() -> dict:
@@ -103,7 +85,7 @@ def generate(cfg: SynthConfig, dataroot: str | Path, progress: bool = True, forc
 
 
 class _Generator:
-    def __init__(self, cfg: SynthConfig, root: Path, progress: bool, workers: int = 1):
+    def __init__(self, cfg: SynthConfig, root: Path, progress: bool, workers: int = 1, town: str = ""):
         self.cfg, self.root, self.progress, self.workers = cfg, root, progress, workers
         self.tok = Tokens(cfg.seed)
         self.rig = load_rig()
@@ -119,21 +101,24 @@ class _Generator:
                                                               "scene", "sample", "sample_data",
                                                               "sample_annotation", "map")}
         self.tables.update(static_tables(self.tok))
-        self.net = build_network(cfg.seed, cfg.grid_nodes)
-        self._prepare_drawables(self.net)
+        self.towns = world_towns(cfg)
+        self.places = scene_places(cfg)
+        self._nets: dict[str, tuple[RoadNetwork, dict]] = {}
+        self._use_town(next((t for t in self.towns if t.name == town), self.towns[0]))
         self.cat_token = {c["name"]: c["token"] for c in self.tables["category"]}
         self.attr_token = {a["name"]: a["token"] for a in self.tables["attribute"]}
 
     # ------------------------------------------------------------------ top level
     def run(self) -> None:
         cfg = self.cfg
-        net = self.net
-        self._write_maps(net)
         n = cfg.num_scenes
         scene_meta = []
-        splits = self._splits(n)
-        for log_idx in range((n + PER_LOG - 1) // PER_LOG):
-            self._add_log(log_idx)
+        places = self.places
+        for log_idx in range(max(p.log for p in places) + 1):
+            self._add_log(log_idx, places)
+        for town in self.towns:
+            self._use_town(town)  # every town is in the world: its map too, held-out ones included
+            self._write_maps(town, [lg["token"] for lg in self.tables["log"] if lg["location"] == town.name])
         bar = tqdm(total=n * self._frames_per_scene(), desc="dima synth", unit="img", disable=not self.progress)
         results: dict[int, tuple[dict, list[str]]] = {}
         if self.workers <= 1 or n == 1:
@@ -154,14 +139,19 @@ class _Generator:
                 self.tables[name].extend(rows)
             scenario = cfg.scenarios[i % len(cfg.scenarios)]
             scene_meta.append({"name": f"scene-{i + 1:04d}", "token": self.tok("scene", i),
-                               "split": splits[i], "scenario": scenario, "tags": tags})
-        self.tables["map"][0]["log_tokens"] = [lg["token"] for lg in self.tables["log"]]
+                               "split": places[i].split, "town": places[i].town.name, "scenario": scenario,
+                               "tags": tags})
         write_tables(self.root / cfg.version, self.tables)
+        towns = [{"name": t.name, "role": t.role, "scenes": sum(p.town == t for p in places),
+                  "junctions": len(self._nets[t.name][0].nodes), "extent_m": list(self._nets[t.name][0].extent),
+                  "map_vectors": f"maps/dima_vectors/{t.name}.json",
+                  "map_mask": f"maps/{self.tok('map', t.name)}.png"} for t in self.towns]
         meta = {"generator": "dima_planner.synth", "generator_version": GENERATOR_VERSION,
                 "config_hash": cfg.config_hash(), "config": to_dict(cfg), "version": cfg.version,
                 "seed": cfg.seed, "scale": cfg.scale, "image_size": [self.W, self.H],
-                "location": net.location, "map_vectors": f"maps/dima_vectors/{net.location}.json",
-                "scenes": scene_meta}
+                # The split is location-disjoint: a town's role is the split of all its scenes;
+                # held-out towns have none (data/splits.py checks this when it reads the world).
+                "towns": towns, "scenes": scene_meta}
         # Written last: its presence (with the hash) marks a complete world.
         (self.root / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
@@ -171,7 +161,9 @@ class _Generator:
         for k in DYNAMIC:
             self.tables[k] = []
         try:
-            tags = self._scene(i, i // PER_LOG, self.cfg.scenarios[i % len(self.cfg.scenarios)], bar)
+            place = self.places[i]
+            self._use_town(place.town)
+            tags = self._scene(i, place.log, self.cfg.scenarios[i % len(self.cfg.scenarios)], bar)
             return {k: self.tables[k] for k in DYNAMIC}, tags
         finally:
             for k in DYNAMIC:
@@ -182,47 +174,46 @@ class _Generator:
         sw = int(round(self.cfg.camera_hz * KEYFRAME_S)) - 1 if self.cfg.camera_sweeps else 0
         return len(CAMERA_CHANNELS) * (k + (k - 1) * sw)
 
-    def _splits(self, n: int) -> list[str]:
-        cfg = self.cfg
-        if cfg.stratified_split or cfg.val_only_scenarios:
-            return scene_splits(cfg, n)
-        n_val = int(round(n * self.cfg.val_fraction))
-        if self.cfg.val_fraction > 0 and n >= 2:
-            n_val = max(1, min(n - 1, n_val))
-        order = np.random.default_rng([self.cfg.seed, 77]).permutation(n)
-        val = set(order[:n_val].tolist())
-        return ["val" if i in val else "train" for i in range(n)]
-
-    def _write_maps(self, net: RoadNetwork) -> None:
+    def _write_maps(self, town: Town, log_tokens: list[str]) -> None:
+        """The town's drivable mask (nuScenes map table, one per location) and its map vectors."""
+        net = self._nets[town.name][0]
         maps = self.root / "maps"
         (maps / "dima_vectors").mkdir(parents=True, exist_ok=True)
         map_token = self.tok("map", net.location)
         Image.fromarray(drivable_mask(net)).save(maps / f"{map_token}.png", optimize=True)
         (maps / "dima_vectors" / f"{net.location}.json").write_text(json.dumps(map_vectors(net)))
-        self.tables["map"].append({"token": map_token, "log_tokens": [], "category": "semantic_prior",
+        self.tables["map"].append({"token": map_token, "log_tokens": log_tokens, "category": "semantic_prior",
                                    "filename": f"maps/{map_token}.png"})
 
-    def _prepare_drawables(self, net: RoadNetwork) -> None:
-        # Precomputed drawable ground: hole-free layers then markings, with their bounds.
-        self.layers = net.ground_layers
-        self.mark_polys = [m.polygon for m in net.markings]
-        self.mark_colors = [m.color for m in net.markings]
-        self.mark_centres = np.array([p.mean(0) for p in self.mark_polys])
-        self.buildings = [RenderBox(b.center[0], b.center[1], 0.0, 0.0, b.size[0], b.size[1], b.size[2], b.color)
-                          for b in net.buildings]
-        self.bld_centres = np.array([b.center for b in net.buildings]).reshape(-1, 2)
+    def _use_town(self, town: Town) -> None:
+        """Make `town` the one scenes are simulated and drawn in (its network built once)."""
+        if town.name not in self._nets:
+            net = build_network(town)
+            # Precomputed drawable ground: hole-free layers then markings, with their bounds.
+            mark_polys = [m.polygon for m in net.markings]
+            draw = {"layers": net.ground_layers, "mark_polys": mark_polys,
+                    "mark_colors": [m.color for m in net.markings],
+                    "mark_centres": np.array([p.mean(0) for p in mark_polys]),
+                    "buildings": [RenderBox(b.center[0], b.center[1], 0.0, b.yaw, b.size[0], b.size[1], b.size[2],
+                                            b.color) for b in net.buildings],
+                    "bld_centres": np.array([b.center for b in net.buildings]).reshape(-1, 2)}
+            self._nets[town.name] = (net, draw)
+        self.net, draw = self._nets[town.name]
+        for k, v in draw.items():
+            setattr(self, k, v)
 
-    def _add_log(self, log_idx: int) -> None:
-        self.tables["log"].append(self._log_record(log_idx))
+    def _add_log(self, log_idx: int, places: list[ScenePlace]) -> None:
+        self.tables["log"].append(self._log_record(log_idx, places))
         self.tables["calibrated_sensor"].extend(
             calibrated_sensors(self.tok, self.tables["log"][-1]["token"], self.rig, self.K))
 
-    def _log_record(self, log_idx: int) -> dict:
+    def _log_record(self, log_idx: int, places: list[ScenePlace]) -> dict:
         date = f"2018-08-{1 + log_idx % 28:02d}"
         logfile = f"dima-{date}-10-{log_idx % 60:02d}-00-0400"
         token = self.tok("log", log_idx)
+        town = next(p.town for p in places if p.log == log_idx)
         return {"token": token, "logfile": logfile, "vehicle": "dima-n015",
-                "date_captured": date, "location": self.net.location}
+                "date_captured": date, "location": town.name}
 
     # ------------------------------------------------------------------ one scene
     def _scene(self, i: int, log_idx: int, scenario: str, bar) -> list[str]:
@@ -231,7 +222,7 @@ class _Generator:
         agents = ag_mod.make_scene_agents(self.net, cfg, scenario, rng)
         times = ag_mod.simulate(agents, cfg.scene_seconds + 0.5)
         ego, others = agents[0], agents[1:]
-        log = self._log_record(log_idx)
+        log = self._log_record(log_idx, self.places)
         cs_tok = {ch: tok("calibrated_sensor", log["token"], ch) for ch in (*CAMERA_CHANNELS, "LIDAR_TOP")}
         scene_tok = tok("scene", i)
         t_us0 = EPOCH_US + i * 3_600_000_000 + int(rng.integers(0, 1_000_000))
@@ -330,7 +321,7 @@ class _Generator:
         near_b = np.nonzero(np.hypot(*(self.bld_centres - [ex, ey]).T) < lidar.MAX_RANGE + 30)[0]
         for b in near_b:
             bl = self.buildings[b]
-            rows.append([bl.x, bl.y, 0.0, bl.length, bl.width, bl.height, 0.0])
+            rows.append([bl.x, bl.y, 0.0, bl.length, bl.width, bl.height, bl.yaw])
             intens.append(15.0)
         boxes = np.array(rows, float).reshape(-1, 7)
         pts, hit, n_any = lidar.cast(T_l2w[:3, 3], T_l2w[:3, :3], self.beams, self.rings, boxes,
@@ -424,9 +415,10 @@ class _Generator:
         return self._ground_window(x, y)
 
 
-def scene_generator(cfg: SynthConfig) -> "_Generator":
-    """The generator's town, rig and renderers for cfg, without writing anything."""
-    return _Generator(cfg, Path("."), progress=False)
+def scene_generator(cfg: SynthConfig, town: str = "") -> "_Generator":
+    """The generator's rig and renderers for cfg, drawing town `town` (a name; default the
+    world's first town), without writing anything."""
+    return _Generator(cfg, Path("."), progress=False, town=town)
 
 
 def agent_boxes(a, x: float, y: float, yaw: float, g: int) -> list[RenderBox]:

@@ -1,16 +1,19 @@
-"""The town: a grid road network, its drawable surfaces and markings, and map vectors.
+"""A town: a road network, its drawable surfaces and markings, and map vectors.
 
-Roads are axis-aligned with 2 travel lanes per direction plus a parking strip, right-hand
-traffic. Perimeter nodes of the grid are T-junctions/corners, interior nodes are 4-way;
-one interior road is removed (seeded) to add interior T-junctions. Global coordinates
-are positive metres so the devkit's map mask (origin at the PNG's bottom-left) covers it.
+A town is a grid of straight roads, 2 travel lanes per direction plus a parking strip,
+right-hand traffic. Each town draws its own layout from its seed: the number of junctions
+along each axis, the block lengths, the angle of its two road directions (so junctions meet
+at other than 90 degrees), the heading of the whole town and a small offset of every junction. Perimeter nodes are
+T-junctions/corners, interior nodes 4-way; one or two interior roads are removed (seeded) to
+add interior T-junctions. Global coordinates are positive metres so the devkit's map mask
+(origin at the PNG's bottom-left) covers the town.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-from shapely.geometry import Polygon, box
+from shapely.geometry import Polygon
 from shapely.ops import unary_union
 
 LANE_W = 3.5
@@ -40,8 +43,27 @@ class Marking:
 @dataclass
 class Building:
     center: np.ndarray  # (2,)
-    size: np.ndarray  # (3,) length (x), width (y), height
+    size: np.ndarray  # (3,) length (along yaw), width, height
     color: tuple[int, int, int]
+    yaw: float = 0.0  # set along the block side it fronts
+
+    def footprint(self) -> Polygon:
+        u = np.array([np.cos(self.yaw), np.sin(self.yaw)])
+        return Polygon(_rect(self.center, u, self.size[0], self.size[1]))
+
+
+@dataclass(frozen=True)
+class Town:
+    """What determines one road network: its name (the nuScenes log.location of its scenes),
+    its role in the world's split, its random stream and its layout ranges."""
+    name: str
+    role: str  # "train" | "val" | "heldout" (see synth/towns.py)
+    seed: tuple[int, ...]
+    grid_nodes: tuple[int, ...] = (4,)  # junctions per axis, drawn from these
+    block_length: tuple[float, float] = (100.0, 140.0)  # metres between junctions
+    skew_deg: float = 0.0  # each road direction turns by up to this from the axes
+    jitter: float = 0.0  # each junction moves by up to this (metres, per axis)
+    rotate: bool = False  # turn the whole town by a random heading
 
 
 @dataclass
@@ -67,40 +89,51 @@ class RoadNetwork:
         return float(np.linalg.norm(self.nodes[b] - self.nodes[a]))
 
 
-def build_network(seed: int, grid_nodes: int = 4) -> RoadNetwork:
-    rng = np.random.default_rng([seed, 1001])
-    n = grid_nodes
-    # Varied block sizes; at least one long road so an overtake fits between junctions.
-    sx = rng.uniform(100.0, 140.0, n - 1)
-    sy = rng.uniform(100.0, 140.0, n - 1)
-    sx[rng.integers(n - 1)] = 150.0
-    xs = MARGIN + np.concatenate([[0.0], np.cumsum(sx)])
-    ys = MARGIN + np.concatenate([[0.0], np.cumsum(sy)])
-    nodes = np.array([[x, y] for y in ys for x in xs])
-    idx = lambda i, j: j * n + i  # noqa: E731
-    adj: dict[int, list[int]] = {k: [] for k in range(n * n)}
+LONG_BLOCK = 150.0  # every town has a road this long in both directions: overtakes and cut-ins fit
+
+
+def build_network(town: Town) -> RoadNetwork:
+    rng = np.random.default_rng(list(town.seed))
+    nx, ny = (int(town.grid_nodes[int(rng.integers(len(town.grid_nodes)))]) for _ in range(2))
+    lo, hi = town.block_length
+    sx, sy = rng.uniform(lo, hi, nx - 1), rng.uniform(lo, hi, ny - 1)
+    sx[rng.integers(nx - 1)] = max(LONG_BLOCK, hi)
+    sy[rng.integers(ny - 1)] = max(LONG_BLOCK, hi)
+    # The two road directions: the town is turned by `heading` as a whole (towns share no
+    # road direction by construction), then x roads turn by alpha, y roads by beta more;
+    # junctions meet at 90 + beta - alpha degrees.
+    heading = rng.uniform(0.0, 2 * np.pi) if town.rotate else 0.0
+    alpha, beta = heading + np.radians(rng.uniform(-town.skew_deg, town.skew_deg, 2))
+    ex, ey = np.array([np.cos(alpha), np.sin(alpha)]), np.array([-np.sin(beta), np.cos(beta)])
+    X, Y = np.concatenate([[0.0], np.cumsum(sx)]), np.concatenate([[0.0], np.cumsum(sy)])
+    nodes = np.array([X[i] * ex + Y[j] * ey for j in range(ny) for i in range(nx)])
+    nodes += rng.uniform(-town.jitter, town.jitter, nodes.shape)
+    nodes += MARGIN - nodes.min(0)
+    idx = lambda i, j: j * nx + i  # noqa: E731
+    adj: dict[int, list[int]] = {k: [] for k in range(nx * ny)}
     edges = []
-    for j in range(n):
-        for i in range(n):
-            if i + 1 < n:
+    for j in range(ny):
+        for i in range(nx):
+            if i + 1 < nx:
                 edges.append((idx(i, j), idx(i + 1, j)))
-            if j + 1 < n:
+            if j + 1 < ny:
                 edges.append((idx(i, j), idx(i, j + 1)))
-    interior = [e for e in edges if _is_interior(e, n)]
-    removed = {interior[int(rng.integers(len(interior)))]} if interior else set()
+    interior = [e for e in edges if _is_interior(e, nx, ny)]
+    n_removed = min(len(interior), 1 if nx * ny <= 16 else 2)
+    removed = {interior[k] for k in rng.permutation(len(interior))[:n_removed]}
     for a, b in edges:
         if (a, b) in removed:
             continue
         adj[a].append(b)
         adj[b].append(a)
-    extent = (float(xs[-1] + MARGIN), float(ys[-1] + MARGIN))
-    net = RoadNetwork(location=f"dima-synth-town-{seed}", nodes=nodes, adj=adj,
-                      drivable=Polygon(), extent=extent)
+    top = nodes.max(0)
+    extent = (float(top[0] + MARGIN), float(top[1] + MARGIN))
+    net = RoadNetwork(location=town.name, nodes=nodes, adj=adj, drivable=Polygon(), extent=extent)
     rects = []
     for a, b in net.edges():
-        p, q = nodes[a], nodes[b]
-        rects.append(box(min(p[0], q[0]) - HALF_W, min(p[1], q[1]) - HALF_W,
-                         max(p[0], q[0]) + HALF_W, max(p[1], q[1]) + HALF_W))
+        # The road's rectangle reaches HALF_W past both junction centres: the junction square.
+        mid = (nodes[a] + nodes[b]) / 2
+        rects.append(Polygon(_rect(mid, net.direction(a, b), net.edge_length(a, b) + 2 * HALF_W, 2 * HALF_W)))
     # Closing rounds the concave (kerb) corners at junctions, keeps the convex ones.
     drivable = unary_union(rects).buffer(KERB_RADIUS, join_style=1).buffer(-KERB_RADIUS, join_style=1)
     net.drivable = drivable.simplify(0.05)
@@ -110,11 +143,11 @@ def build_network(seed: int, grid_nodes: int = 4) -> RoadNetwork:
     return net
 
 
-def _is_interior(e: tuple[int, int], n: int) -> bool:
-    (ai, aj), (_, bj) = divmod(e[0], n)[::-1], divmod(e[1], n)[::-1]
-    if aj == bj:  # horizontal road: not on the top/bottom rows
-        return 0 < aj < n - 1
-    return 0 < ai < n - 1
+def _is_interior(e: tuple[int, int], nx: int, ny: int) -> bool:
+    (ai, aj), (_, bj) = divmod(e[0], nx)[::-1], divmod(e[1], nx)[::-1]
+    if aj == bj:  # x road: not on the first/last row
+        return 0 < aj < ny - 1
+    return 0 < ai < nx - 1
 
 
 def _ground_layers(net: RoadNetwork) -> None:
@@ -190,38 +223,40 @@ def _round(a: np.ndarray) -> list[list[float]]:
 
 
 def _buildings(net: RoadNetwork, rng: np.random.Generator) -> None:
-    """Box buildings set back inside each block: strong parallax cues for cameras."""
+    """Box buildings set back inside each block, fronting its sides: strong parallax cues."""
     palette = [(150, 120, 100), (170, 160, 140), (120, 125, 135), (160, 110, 90), (185, 180, 170)]
-    out = []
+    kept: list[Building] = []
     for hole in net.drivable.interiors:
+        taken: list[Polygon] = []  # footprints in this block (blocks do not overlap)
         block = Polygon(hole.coords).buffer(-(SIDEWALK_W + 3.0), join_style=2)
-        if block.is_empty:
+        if block.is_empty or block.geom_type != "Polygon":
             continue
-        x0, y0, x1, y1 = block.bounds
-        # Buildings along the block perimeter, each ~12-25 m wide.
-        for side in range(4):
-            horizontal = side < 2
-            lo, hi = (x0, x1) if horizontal else (y0, y1)
-            t = lo + rng.uniform(0, 4)
-            while t < hi - 8:
-                w = min(rng.uniform(12, 25), hi - t)
+        ring = block.simplify(1.5).exterior
+        pts = np.asarray(ring.coords)[:, :2]
+        if not ring.is_ccw:  # walk counter-clockwise: the block's inside is on the left
+            pts = pts[::-1]
+        # Buildings along each side, each ~12-25 m wide; corners are claimed by two sides,
+        # overlapping ones are dropped.
+        for p, q in zip(pts[:-1], pts[1:]):
+            side = float(np.linalg.norm(q - p))
+            if side < 12.0:
+                continue
+            u = (q - p) / side
+            inward = np.array([-u[1], u[0]])
+            t = rng.uniform(0, 4)
+            while t < side - 8:
+                w = min(rng.uniform(12, 25), side - t)
                 depth = rng.uniform(10, 18)
                 h = rng.uniform(6, 25)
-                if horizontal:
-                    cy = y0 + depth / 2 if side == 0 else y1 - depth / 2
-                    c, size = (t + w / 2, cy), (w, depth, h)
-                else:
-                    cx = x0 + depth / 2 if side == 2 else x1 - depth / 2
-                    c, size = (cx, t + w / 2), (depth, w, h)
-                if box(c[0] - size[0] / 2, c[1] - size[1] / 2, c[0] + size[0] / 2, c[1] + size[1] / 2).within(block):
-                    out.append(Building(np.array(c), np.array(size), palette[int(rng.integers(len(palette)))]))
+                color = palette[int(rng.integers(len(palette)))]
+                # 0.5 m in from the side: a footprint on the block's edge fails `within` by rounding.
+                bld = Building(p + u * (t + w / 2) + inward * (depth / 2 + 0.5), np.array([w, depth, h]), color,
+                               float(np.arctan2(u[1], u[0])))
+                fp = bld.footprint()
+                if fp.within(block) and not any(fp.intersects(o) for o in taken):
+                    kept.append(bld)
+                    taken.append(fp)
                 t += w + rng.uniform(2, 8)
-    # Corners are claimed twice (horizontal and vertical rows); drop overlapping ones.
-    kept: list[Building] = []
-    for bld in out:
-        fp = box(*(bld.center - bld.size[:2] / 2), *(bld.center + bld.size[:2] / 2))
-        if all(not fp.intersects(box(*(k.center - k.size[:2] / 2), *(k.center + k.size[:2] / 2))) for k in kept):
-            kept.append(bld)
     net.buildings = kept
 
 
