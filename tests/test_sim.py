@@ -58,7 +58,7 @@ def test_standing_still_or_creeping_ranks_below_every_planner_that_drives(world,
         res[name] = (route_result(name, sim, cfg, expert), sim.log if name == "expert" else None)
     r = {k: v[0] for k, v in res.items()}
     assert r["stand_still"]["end"] == "blocked"  # the lane ahead was free: CARLA's agent blocked
-    assert r["stand_still"]["progress_vs_expert"] < 0.1 and r["creep"]["progress_vs_expert"] < 0.2
+    assert r["stand_still"]["progress_vs_expert"] < 0.1 and r["creep"]["progress_vs_expert"] < 0.3
     for metric in ("driving_score", "route_completion"):
         for lazy in ("stand_still", "creep"):
             for driver in ("expert", "route_follower", "const_vel"):
