@@ -122,7 +122,8 @@ def test_a_braking_lead_vehicle_is_hit_by_a_planner_that_ignores_it(world):
     cfg = _cfg(world)
     sim = drive(build_scenario(RouteSpec(kind="lead_brake", index=102), world), RouteFollower().plan, cfg)
     res = route_result("l", sim, cfg, None)
-    assert res["collisions"] == 1 and res["collision_events"][0]["kind"] == "car" and res["red_flags"] >= 1
+    hit = res["collision_events"][0]  # into the lead (a pedestrian it stopped for may be hit in the same step)
+    assert res["end"] == "collision" and hit["kind"] == "car" and hit["ego_fault"] and res["red_flags"] >= 1
 
 
 def test_lockstep_runs_are_deterministic(world):
