@@ -277,7 +277,7 @@ def test_generated_world_invariants(tmp_path):
     if not hasattr(synth, "generate"):
         pytest.skip("dima_planner.synth.generate is not available yet")
     from dima_planner.config import load_yaml
-    from dima_planner.data.sample import command_from_future
+    from dima_planner.data.sample import route_command
 
     cfg = load_yaml(synth.SynthConfig, Path(__file__).resolve().parents[1] / "params" / "synth_tiny.yaml")
     root = Path(synth.generate(cfg, tmp_path / "world") or tmp_path / "world")
@@ -292,7 +292,7 @@ def test_generated_world_invariants(tmp_path):
     s = sets["val"][0]
     assert s.images.shape == (6, 90, 160, 3) and s.occupancy.shape == (6, 200, 200)
     for rec in sets["train"].records:
-        assert rec["command"] == command_from_future(rec["ego_fut_traj"])
+        assert rec["command"] == route_command(rec["ego_fut_traj"])
         m = rec["ego_fut_mask"]
         assert np.all(np.diff(m) <= 0)  # masks only switch off, at the scene end
         if len(rec["map_vectors"]):

@@ -44,6 +44,7 @@ def test_eval_json_shape_subsets_and_cis(training_world, tmp_path, monkeypatch):
     assert cli.run(args) == 0
     doc = json.loads(out.read_text())
     assert set(doc["methods"]) == {"planner", "const_vel"}
+    assert "VAD rule" in doc["command"]  # open-loop numbers say which command they were given
     for m in doc["methods"].values():
         vad = m["vad"]
         assert {"l2_avg", "col_avg", "num_samples", "ci95", "subsets"} <= set(vad) and "uniad" in m

@@ -24,9 +24,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..eval.metrics import occupancy_from_boxes
-from ..model.ego_motion import can_bus_override, can_bus_vector
+from ..model.ego_motion import can_bus_override, can_bus_vector, ego_status_vector
 from ..model.inputs import ImageDecodeError, decode_image, lidar2img, prepare_frame, scale_intrinsics
-from .geometry import sensor_to_global, wrap_angle, yaw_of
+from .geometry import sensor_to_global
 from .map_vectors import MAP_RANGE, MapSource, local_map_vectors
 from .sample import (
     AGENT_CLASSES,
@@ -36,7 +36,7 @@ from .sample import (
     MAP_POINTS,
     OCCUPANCY_CLASSES,
     Sample,
-    command_from_future,
+    route_command,
 )
 from .splits import META_FILE, incomplete_world, load_meta, scene_meta, scenes_in_split
 
@@ -158,23 +158,18 @@ def _ego_status(nusc, lidar_sd: dict, global2lidar: np.ndarray, min_dt: float) -
     differences over the previous LIDAR_TOP sample_data (sweeps or keyframes) at least
     `min_dt` earlier, acceleration from the interval before that; zero at a log's start.
     (Central differences would read the pose of the next keyframe, i.e. the first future
-    waypoint the planner is scored on, whenever the LiDAR has no sweeps.)
+    waypoint the planner is scored on, whenever the LiDAR has no sweeps.) The arithmetic is
+    model.ego_motion.ego_status_vector, which the closed-loop baselines are fed through.
     """
-    t0 = lidar_sd["timestamp"]
-    v, a, w = np.zeros(2), np.zeros(2), 0.0
-    p1 = _neighbour_sd(nusc, lidar_sd, "prev", min_dt * 1e6)
-    if p1 is not None:
-        rel1 = global2lidar @ sensor_to_global(nusc, p1["token"])
-        dt1 = (t0 - p1["timestamp"]) * 1e-6
-        v = -rel1[:2, 3] / dt1
-        w = -float(wrap_angle(yaw_of(rel1))) / dt1
-        p2 = _neighbour_sd(nusc, p1, "prev", min_dt * 1e6)
-        if p2 is not None:
-            rel2 = global2lidar @ sensor_to_global(nusc, p2["token"])
-            dt2 = (p1["timestamp"] - p2["timestamp"]) * 1e-6
-            v_prev = (rel1[:2, 3] - rel2[:2, 3]) / dt2
-            a = (v - v_prev) / ((dt1 + dt2) / 2)
-    return np.array([v[0], v[1], a[0], a[1], w, np.hypot(*v)], dtype=np.float32)
+    poses = []
+    p = lidar_sd
+    for _ in range(2):
+        p = _neighbour_sd(nusc, p, "prev", min_dt * 1e6)
+        if p is None:
+            break
+        poses.append((sensor_to_global(nusc, p["token"]), p["timestamp"] * 1e-6))
+    poses += [(None, None)] * (2 - len(poses))
+    return ego_status_vector(np.linalg.inv(global2lidar), lidar_sd["timestamp"] * 1e-6, *poses[0], *poses[1])
 
 
 class CanBusSource:
@@ -329,7 +324,7 @@ def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene
         "ego_fut_mask": fut_mask,
         "ego_hist_traj": ego_hist,
         "ego_hist_mask": hist_mask,
-        "command": command_from_future(ego_fut),
+        "command": route_command(ego_fut),
         "ego_status": _ego_status(nusc, lidar_sd, global2lidar, cfg.ego_status_min_dt),
         "agent_boxes": np.asarray(boxes, np.float32).reshape(k, 7),
         "agent_labels": np.asarray(labels, np.int64).reshape(k),

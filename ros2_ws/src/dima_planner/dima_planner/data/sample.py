@@ -83,7 +83,7 @@ class Sample:
     ego_fut_mask: np.ndarray  # float32 (6,), 0 where the scene ended (last pose repeated)
     ego_hist_traj: np.ndarray  # float32 (2, 2), positions at -0.5 s, -1 s (LiDAR frame)
     ego_hist_mask: np.ndarray  # float32 (2,)
-    command: int  # CMD_RIGHT / CMD_LEFT / CMD_STRAIGHT, from the final future point
+    command: int  # CMD_RIGHT / CMD_LEFT / CMD_STRAIGHT: route_command(ego_fut_traj)
     ego_status: np.ndarray  # float32 (6,), EGO_STATUS_FIELDS
 
     agent_boxes: np.ndarray  # float32 (K, 7): x, y, z, length, width, height, yaw
@@ -113,11 +113,25 @@ class Sample:
         return bool(np.all(self.ego_fut_mask > 0))
 
 
-def command_from_future(ego_fut_traj: np.ndarray) -> int:
-    """VAD's rule on the final future point's lateral coordinate (x to the right)."""
-    x = float(ego_fut_traj[-1, 0])
-    if x >= 2.0:
+# The driving command, one definition for training, `dima eval`, the simulator and the node's
+# command sources: VAD's rule on the route the vehicle is asked to follow. The point the
+# vehicle reaches on that route at the planning horizon (3 s) decides: >= 2 m to the right
+# of the current LiDAR frame's forward axis is "turn right", >= 2 m to the left "turn left",
+# else "go straight". In a dataset the route is the recorded future (its 3-s point is the last
+# waypoint); in the simulator it is the route ahead, as far as the vehicle gets in 3 s. A lane
+# change or an overtake on the route announces itself like a turn does.
+COMMAND_LATERAL_M = 2.0
+COMMAND_HORIZON_S = FUTURE_STEPS * STEP_SECONDS
+COMMAND_RULE = (f"route point at {COMMAND_HORIZON_S:g} s, >= {COMMAND_LATERAL_M:g} m lateral "
+                "(VAD rule; data.sample.route_command)")
+
+
+def route_command(route_xy: np.ndarray) -> int:
+    """The command for a route given in the current LiDAR frame (x right, y forward), up to
+    where the vehicle gets on it at the planning horizon: VAD's rule on its last point."""
+    x = float(np.asarray(route_xy, np.float64).reshape(-1, 2)[-1, 0])
+    if x >= COMMAND_LATERAL_M:
         return CMD_RIGHT
-    if x <= -2.0:
+    if x <= -COMMAND_LATERAL_M:
         return CMD_LEFT
     return CMD_STRAIGHT

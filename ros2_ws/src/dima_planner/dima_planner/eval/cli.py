@@ -183,8 +183,10 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
     speed = speed_errors(plain, preds)
     for name, v in speed.items():
         results[name]["speed_mae"] = v  # |planned - true| speed over the first 0.5 s, m/s
+    from ..data.sample import COMMAND_RULE
+
     doc = json.dumps({"split": args.split, "version": args.version, "dataroot": str(args.dataroot),
-                      "checkpoint": args.checkpoint, "methods": results}, indent=2)
+                      "checkpoint": args.checkpoint, "command": COMMAND_RULE, "methods": results}, indent=2)
     (out / "metrics.json").write_text(doc)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +196,7 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
     tables += [format_table(results, conventions[0], t) for t in tags]
     tables.append("Speed error over the first 0.5 s (m/s, mean absolute): "
                   + ", ".join(f"{n} {v:.3f}" for n, v in speed.items()))
+    tables.append(f"Driving command given to every method: {COMMAND_RULE}")
     (out / "metrics.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
     for c in conventions:

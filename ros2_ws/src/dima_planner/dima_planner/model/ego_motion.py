@@ -54,6 +54,18 @@ def can_bus_vector(cur: np.ndarray, t_cur: float, prev: np.ndarray | None = None
         out[10] = 1.0
     return out.astype(np.float32)
 
+def ego_status_vector(cur: np.ndarray, t_cur: float, prev: np.ndarray | None = None, t_prev: float | None = None,
+                      prev2: np.ndarray | None = None, t_prev2: float | None = None) -> np.ndarray:
+    """float32 EGO_STATUS_FIELDS (vx, vy, ax, ay, yaw_rate, speed) by can_bus_vector's backward
+    differences: what the dataset computes per keyframe, and what a closed-loop baseline must
+    be fed to see the features it was fitted on."""
+    v = can_bus_vector(cur, t_cur, prev, t_prev, prev2, t_prev2)
+    return v[[_CB["vx"], _CB["vy"], _CB["ax"], _CB["ay"], _CB["yaw_rate"], _CB["speed"]]].astype(np.float32)
+
+
+_CB = {name: i for i, name in enumerate(CAN_BUS_FIELDS)}
+
+
 def can_bus_override(vector: np.ndarray, speed: float, accel_xy_ego: Sequence[float], yaw_rate: float,
                     lidar2ego: np.ndarray) -> np.ndarray:
     """Replace speed, acceleration and yaw rate by CAN bus readings (ego frame: x forward,

@@ -332,7 +332,7 @@ def main(args: list[str] | None = None) -> int:
         plot_route(sim, out / f"{spec.name}.png", f"{spec.name}: planner over ROS 2", res, expert)
         log.info(f"{spec.name}: driving score {res['driving_score']:.1f}, route completion "
                  f"{res['route_completion']:.1f} %, collisions {res['collisions']}, missed plans "
-                 f"{res['missed_plans']}; wrote {out / (spec.name + '.json')}")
+                 f"{res['missed_plans']}; ended: {res['end_detail']}; wrote {out / (spec.name + '.json')}")
     except (KeyboardInterrupt, ExternalShutdownException, RCLError):
         pass  # Ctrl-C or SIGTERM: the route is abandoned, nothing is written
     finally:

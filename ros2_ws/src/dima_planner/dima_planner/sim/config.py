@@ -27,7 +27,11 @@ class ControllerConfig:
     stanley_gain: float = 1.5
     speed_gain: float = 1.5  # 1/s on the speed error
     position_gain: float = 0.6  # 1/s^2 on the along-track position error (timing of the plan)
+    accel_feedforward: float = 1.0  # x the speed profile's acceleration
+    accel_window: float = 0.5  # s, the profile's acceleration is its mean over this window
+    preview_time: float = 0.1  # s ahead on the profile (the actuator's jerk-limited lag)
     stop_distance: float = 0.4  # a plan that moves less than this over its horizon means stop
+    hold_heading_distance: float = 1.0  # m; a plan shorter than this keeps the wheels straight
 
     def __post_init__(self) -> None:
         if self.lateral not in ("pure_pursuit", "stanley"):
@@ -42,7 +46,15 @@ class ScoringConfig:
     penalty_static: float = 0.65  # parked vehicles
     red_flag_ttc: float = 1.0  # s
     lane_half_width: float = 1.75  # ego centre further than this from the route's lane centre = departure
-    pdms_window: float = 4.0  # s, NAVSIM-like windows
+    lane_width: float = 3.5  # a commanded lane change may put the ego one lane to that side
+    # Route deviation (CARLA: 30 m from the route ends it). Kept at CARLA's 30 m: a car that far
+    # from a 150-250 m route has left it; off-road share already costs completion before that.
+    route_deviation_m: float = 30.0
+    # Agent blocked (CARLA: 180 s below 0.1 m/s ends the route). These routes last 20-35 s, so
+    # 10 s without 1 m of progress, with nothing in the route's corridor within 20 m.
+    blocked_seconds: float = 10.0
+    blocked_progress_m: float = 1.0
+    blocked_free_gap_m: float = 20.0
     # NAVSIM comfort bounds.
     max_lon_accel: float = 2.40
     min_lon_accel: float = -4.05
@@ -141,7 +153,8 @@ class SimConfig:
 class BenchConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     routes: RoutesConfig = field(default_factory=RoutesConfig)
-    planners: list[str] = field(default_factory=lambda: ["expert", "const_vel", "ego_mlp", "dima", "dima_dual"])
+    planners: list[str] = field(default_factory=lambda: ["expert", "route_follower", "stand_still", "const_vel",
+                                                         "ego_mlp", "dima", "dima_dual"])
     checkpoint: str = "checkpoints/dima_tiny_stage2"
     node_params: list[str] = field(default_factory=lambda: ["params/ros/planner.yaml"])
     # `dima_dual`: the planner node in dual_mode (its MLLM branch from the same stage-2
@@ -156,5 +169,6 @@ class BenchConfig:
     node_ready_timeout: float = 180.0
     domain_id: int = 63
     out: str = "out/sim"
+    world_synth_config: str = "params/synth_bench.yaml"  # what builds sim.world (named in errors)
     mlp_config: str = "params/eval_mlp.yaml"
     video: bool = True  # GIF of front camera + BEV per route (dima only; others have no cameras)

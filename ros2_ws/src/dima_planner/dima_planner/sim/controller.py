@@ -1,43 +1,63 @@
-"""Trajectory tracking: pure pursuit (or Stanley) laterally, the plan's timing longitudinally.
+"""Trajectory tracking: the plan's speed profile longitudinally, pure pursuit (or Stanley) laterally.
 
 A plan is a timed track of the ego centre in the world: where the planner wants the car at
-+0.5 s .. +3 s after the plan's stamp. The speed target comes from that timing (the plan's
-distance-over-time), corrected by the along-track position error, so a plan that slows to
-a stop ahead of an obstacle brings the car to a stop there.
++0.5 s .. +3 s after the plan's stamp. Longitudinally the controller follows a speed profile
+fitted through *all* waypoints (a monotone cubic of distance over time, so it never overshoots
+a stop), with the profile's acceleration as feed-forward and feedback on the speed and
+along-track position errors: a plan at +/-1.5 m/s^2 re-issued at 4 Hz is delivered at
++/-1.5 m/s^2 (a controller that only chases the first segment's mean speed delivers about a
+third of it). Laterally it follows the plan's track; a plan that (nearly) does not move
+carries no direction, so the heading is held (wheels straight) instead of aiming anywhere.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 from .config import ControllerConfig, VehicleConfig
 from .vehicle import VehicleState
 
 
 class TrackedPlan:
-    """World polyline with cumulative distance S and time T (seconds after the stamp)."""
+    """World polyline with cumulative distance S, time T (seconds after the stamp) and the
+    speed profile s(t) fitted through every (T, S) waypoint."""
 
-    def __init__(self, t0: float, times: np.ndarray, xy: np.ndarray, start_xy: np.ndarray):
+    def __init__(self, t0: float, times: np.ndarray, xy: np.ndarray, start_xy: np.ndarray, start_yaw: float):
         self.t0 = float(t0)
         self.xy = np.concatenate([np.asarray(start_xy, float)[None], np.asarray(xy, float)], 0)
         self.times = np.concatenate([[0.0], np.asarray(times, float)])
         seg = np.linalg.norm(np.diff(self.xy, axis=0), axis=1)
         self.S = np.concatenate([[0.0], np.cumsum(seg)])
         self.length = float(self.S[-1])
-        last = self.xy[-1] - self.xy[-2] if seg[-1] > 1e-3 else None
-        if last is None:  # direction of the last moving segment (for extrapolation)
-            moving = np.nonzero(seg > 1e-3)[0]
-            last = self.xy[moving[-1] + 1] - self.xy[moving[-1]] if len(moving) else np.array([1.0, 0.0])
+        moving = np.nonzero(seg > 1e-3)[0]
+        if len(moving):  # direction of the last moving segment (for extrapolation)
+            last = self.xy[moving[-1] + 1] - self.xy[moving[-1]]
+        else:  # a plan that stands still: the heading it was issued at, never a world axis
+            last = np.array([math.cos(start_yaw), math.sin(start_yaw)])
         self.end_dir = last / max(np.linalg.norm(last), 1e-9)
-        span = self.times[-1] - self.times[-3]
-        self.end_speed = float((self.S[-1] - self.S[-3]) / span) if span > 0 else 0.0
+        span = self.times[-1] - self.times[-3] if len(self.times) >= 3 else self.times[-1]
+        self.end_speed = float((self.S[-1] - self.S[-3]) / span) if len(self.S) >= 3 and span > 0 else 0.0
+        # Monotone cubic through all waypoints: its slope is the plan's speed, its curvature
+        # the plan's acceleration (PCHIP: no overshoot, so a stop stays a stop).
+        self._s = PchipInterpolator(self.times, self.S, extrapolate=True)
+        self._v = self._s.derivative()
 
     def s_at_time(self, tau: float) -> float:
         """Distance along the plan the ego should have covered tau seconds after the stamp."""
         if tau <= self.times[-1]:
-            return float(np.interp(tau, self.times, self.S))
+            return float(self._s(max(0.0, tau)))
         return self.length + self.end_speed * (tau - self.times[-1])
+
+    def speed_at(self, tau: float) -> float:
+        if tau <= self.times[-1]:
+            return max(0.0, float(self._v(max(0.0, tau))))
+        return max(0.0, self.end_speed)
+
+    def accel_at(self, tau: float, window: float) -> float:
+        """The profile's mean acceleration over [tau, tau + window] (feed-forward)."""
+        return (self.speed_at(tau + window) - self.speed_at(tau)) / window
 
     def point_at(self, s: float) -> np.ndarray:
         if s <= self.length:
@@ -46,41 +66,38 @@ class TrackedPlan:
 
     def project(self, p: np.ndarray) -> tuple[float, float]:
         """(along-track distance, signed lateral offset, left positive) of point p."""
-        best = (np.inf, 0.0, 0.0)
-        for i in range(len(self.xy) - 1):
-            a, b = self.xy[i], self.xy[i + 1]
-            d = b - a
-            L2 = float(d @ d)
-            t = 0.0 if L2 < 1e-12 else float(np.clip((p - a) @ d / L2, 0.0, 1.0))
-            q = a + t * d
-            dist = float(np.linalg.norm(p - q))
-            if dist < best[0] - 1e-9:
-                cross = d[0] * (p - a)[1] - d[1] * (p - a)[0]
-                best = (dist, self.S[i] + t * math.sqrt(L2), math.copysign(dist, cross))
+        a, d = self.xy[:-1], np.diff(self.xy, axis=0)
+        L2 = np.einsum("ij,ij->i", d, d)
+        t = np.clip(np.einsum("ij,ij->i", p - a, d) / np.maximum(L2, 1e-12), 0.0, 1.0)
+        q = a + t[:, None] * d
+        dist = np.hypot(q[:, 0] - p[0], q[:, 1] - p[1])
+        i = int(np.argmin(dist))  # the first of equally near segments
+        s = float(self.S[i] + t[i] * math.sqrt(L2[i]))
+        cross = d[i, 0] * (p - a[i])[1] - d[i, 1] * (p - a[i])[0]
+        lat = math.copysign(float(dist[i]), cross)
         # Past the end: along the extrapolated direction.
         e = p - self.xy[-1]
         ahead = float(e @ self.end_dir)
-        if ahead > 0 and best[1] >= self.length - 1e-6:
-            lat = float(self.end_dir[0] * e[1] - self.end_dir[1] * e[0])
-            return self.length + ahead, lat
-        return best[1], best[2]
+        if ahead > 0 and s >= self.length - 1e-6:
+            return self.length + ahead, float(self.end_dir[0] * e[1] - self.end_dir[1] * e[0])
+        return s, lat
 
 
 def control(state: VehicleState, plan: TrackedPlan, t: float, ccfg: ControllerConfig,
             vcfg: VehicleConfig) -> tuple[float, float]:
     """(steering angle, acceleration) commands at sim time t."""
     pos = np.array([state.x, state.y])
-    s_now, lat = plan.project(pos)
+    s_now, _ = plan.project(pos)
     tau = t - plan.t0
-    # Longitudinal: the plan's speed a little ahead, plus the along-track position error.
+    # Longitudinal: the profile's speed and acceleration a little ahead (the actuator's lag),
+    # plus feedback on the speed and along-track position errors.
     if plan.length < ccfg.stop_distance:
         accel = -min(vcfg.max_decel, max(2.0, 2.0 * state.v))  # stop and hold
-        v_ref = 0.0
     else:
-        h = 0.25
-        v_ref = max(0.0, (plan.s_at_time(tau + h) - plan.s_at_time(max(0.0, tau - h))) / (tau + h - max(0.0, tau - h)))
-        s_err = plan.s_at_time(tau) - s_now
-        accel = ccfg.speed_gain * (v_ref - state.v) + ccfg.position_gain * s_err
+        ahead = tau + ccfg.preview_time
+        v_ref = plan.speed_at(ahead)
+        accel = (ccfg.accel_feedforward * plan.accel_at(ahead, ccfg.accel_window)
+                 + ccfg.speed_gain * (v_ref - state.v) + ccfg.position_gain * (plan.s_at_time(tau) - s_now))
         # Never drive past the end of a plan that stops.
         if plan.end_speed < 0.3:
             room = plan.length - s_now
@@ -88,7 +105,10 @@ def control(state: VehicleState, plan: TrackedPlan, t: float, ccfg: ControllerCo
                 accel = min(accel, -max(2.0, 2.0 * state.v))
             elif state.v ** 2 / (2 * room) > 1.0:  # brake to stop within the room left
                 accel = min(accel, -1.2 * state.v ** 2 / (2 * room))
-    # Lateral.
+    # Lateral. A plan shorter than hold_heading_distance says "stay" and nothing about where:
+    # hold the heading rather than steer toward the noise in its last few centimetres.
+    if plan.length < ccfg.hold_heading_distance:
+        return 0.0, accel
     if ccfg.lateral == "stanley":
         front = pos + vcfg.wheelbase / 2 * np.array([math.cos(state.yaw), math.sin(state.yaw)])
         s_f, lat_f = plan.project(front)

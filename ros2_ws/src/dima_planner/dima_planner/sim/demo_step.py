@@ -47,7 +47,8 @@ def closed_loop_demo(out: Path, checkpoint: Path, world: Path, console, route: R
                res, expert)
     gif = video.close()
     console.print(f"  driving score {res['driving_score']:.1f}, route completion {res['route_completion']:.1f} %, "
-                  f"collisions {res['collisions']}, red flags {res['red_flags']}, PDMS {res['pdms']:.1f}, "
-                  f"{res['plans']} plans ({res['missed_plans']} missed), end: {res['end']}")
+                  f"collisions {res['collisions']}, red flags {res['red_flags']}, "
+                  f"{res['plans']} plans ({res['missed_plans']} missed)")
+    console.print(f"  the route ended after {res['sim_seconds']:.1f} s of sim time: {res['end_detail']}")
     console.print(f"  wrote {out / (route.name + '.png')}, {gif} and {out / (route.name + '.json')}")
     return res

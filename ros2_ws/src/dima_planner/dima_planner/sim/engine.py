@@ -4,8 +4,19 @@
     while not sim.done:
         sim.advance(planner.plan(sim))   # None = no plan for this frame: the last one is kept
 
-Infractions are detected online (collisions end the route when the ego is at fault, as the
-car would have stopped there); scoring.py turns the log into the route's scores.
+Infractions are detected online, as the CARLA leaderboard defines them; scoring.py turns the
+log into the route's scores. What ends a route early:
+
+* a collision the ego is at fault for (the car would have stopped there);
+* route deviation: the ego centre more than `route_deviation_m` (CARLA: 30 m) from the route;
+* agent blocked: less than `blocked_progress_m` of progress along the route in the last
+  `blocked_seconds` while the lane ahead was free (no agent in the route's corridor within
+  `blocked_free_gap_m`); CARLA uses 180 s, far longer than these 20-35 s routes.
+
+Off-road driving and lane departure (outside the route's lane; one lane to the side the command
+announces is allowed: a commanded lane change) are logged per physics step. The generated world
+has no traffic lights for the ego (its virtual stop lines only hold other agents), so there is
+no red-light infraction to detect.
 """
 from __future__ import annotations
 
@@ -16,13 +27,28 @@ import numpy as np
 import shapely
 from shapely.prepared import prep
 
+from dima_planner.data.geometry import pose_from_quat
+from dima_planner.data.sample import COMMAND_HORIZON_S, route_command
 from dima_planner.synth import agents as ag_mod
+from dima_planner.synth.generate import load_rig
 from dima_planner.synth.nuscenes_writer import CAMERA_OFFSETS
 
 from .config import SimConfig
 from .controller import TrackedPlan, control
 from .scenario import Scenario
 from .vehicle import VehicleState, step as vehicle_step
+
+
+def end_reason_text(reason: str, cfg: SimConfig) -> str:
+    """Why a route ended, in words (for consoles and reports)."""
+    sc = cfg.scoring
+    return {"completed": "reached the end of the route",
+            "collision": "collision the ego was at fault for",
+            "route_deviation": f"left the route: more than {sc.route_deviation_m:g} m from it",
+            "blocked": (f"agent blocked: less than {sc.blocked_progress_m:g} m of progress in {sc.blocked_seconds:g} s "
+                        f"with the lane ahead free for {sc.blocked_free_gap_m:g} m"),
+            "timeout": f"out of time ({cfg.timeout_slack:g} s after the route's nominal duration)",
+            }.get(reason, reason or "not ended")
 
 
 @dataclass
@@ -53,6 +79,8 @@ class SimLog:
     ego: list[tuple[float, float, float, float, float, float]] = field(default_factory=list)  # x y yaw v accel steer
     route_s: list[float] = field(default_factory=list)
     route_lat: list[float] = field(default_factory=list)
+    route_dist: list[float] = field(default_factory=list)  # ego centre to the nearest point of the route
+    command: list[int] = field(default_factory=list)  # the command in force (frame-held)
     offroad: list[bool] = field(default_factory=list)
     agents_xy: list[np.ndarray] = field(default_factory=list)
     agents_yaw: list[np.ndarray] = field(default_factory=list)
@@ -64,6 +92,19 @@ class SimLog:
 
     def array(self, name: str) -> np.ndarray:
         return np.asarray(getattr(self, name))
+
+
+def lidar2ego() -> np.ndarray:
+    """LIDAR_TOP -> base_link of the rig the world is rendered with."""
+    rig = load_rig()["LIDAR_TOP"]
+    return pose_from_quat(rig["translation"], rig["rotation"])
+
+
+def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+    m[:2, 3] = (x, y)
+    return m
 
 
 def box_polygon(x: float, y: float, yaw: float, length: float, width: float):
@@ -88,10 +129,15 @@ class Simulator:
         self.missed = 0
         self.s_route = scenario.route_s0
         self.log = SimLog()
+        self.l2e = lidar2ego()
         self._drivable = prep(scenario.net.drivable)
         self._contacts: set[int] = set()
         self._flagged: set[int] = set()
         self._done_reason = ""
+        s_lo = max(0.0, scenario.route_s0 - 5.0)
+        pts, _ = scenario.route.at(np.arange(s_lo, min(scenario.route.length, scenario.route_s1 + 5.0), 0.5))
+        self._route_geom = shapely.LineString(pts)
+        self._command = self.command()
         self._record()
 
     # ---- what planners and the node read ------------------------------------------------
@@ -104,7 +150,13 @@ class Simulator:
         return self.sc.seconds + self.cfg.timeout_slack
 
     def command(self) -> int:
-        return self.sc.command_at(self.s_route, self.state.v)
+        """The command of the training data (data.sample.route_command) on the route ahead: its
+        point as far along as the car gets in the planning horizon at its current speed, seen
+        from the current LiDAR frame."""
+        st = self.state
+        reach, _ = self.sc.route.at(self.s_route + COMMAND_HORIZON_S * st.v)
+        w2l = np.linalg.inv(ego_matrix(st.x, st.y, st.yaw) @ self.l2e)
+        return route_command(w2l[:2, :2] @ reach + w2l[:2, 3])
 
     def pose_at(self, t: float) -> tuple[float, float, float]:
         """Ego (x, y, yaw) at a past time t (interpolated in the log; clamped to its span)."""
@@ -137,9 +189,10 @@ class Simulator:
             self.missed += 1
         else:
             self.plans += 1
-            start = np.array(self.pose_at(plan.stamp)[:2])
-            self.plan = TrackedPlan(plan.stamp, plan.times, plan.xy, start)
-        self.log.frames.append({"t": self.t, "command": self.command(), "missed": plan is None,
+            x, y, yaw = self.pose_at(plan.stamp)
+            self.plan = TrackedPlan(plan.stamp, plan.times, plan.xy, np.array([x, y]), yaw)
+        self._command = self.command()
+        self.log.frames.append({"t": self.t, "command": self._command, "missed": plan is None,
                                 "plan": None if plan is None else np.asarray(plan.xy, float).copy()})
         cfg = self.cfg
         for _ in range(cfg.substeps):
@@ -164,6 +217,8 @@ class Simulator:
         log.ego.append((st.x, st.y, st.yaw, st.v, st.accel, st.steer))
         log.route_s.append(self.s_route)
         log.route_lat.append(self._lat)
+        log.route_dist.append(float(self._route_geom.distance(shapely.Point(st.x, st.y))))
+        log.command.append(self._command)
         vc = self.cfg.vehicle
         ego_poly = box_polygon(st.x, st.y, st.yaw, vc.length, vc.width)
         log.offroad.append(not self._drivable.contains(ego_poly))
@@ -172,11 +227,27 @@ class Simulator:
         log.agents_v.append(self.traffic.v[1:].copy())
         self._collisions(ego_poly, xy, yaw)
         if not self._done_reason:
+            sc = self.cfg.scoring
             if self.s_route >= self.sc.route_s1 - 0.5:
                 self._done_reason = "completed"
+            elif log.route_dist[-1] > sc.route_deviation_m:
+                self._done_reason = "route_deviation"
+            elif self._blocked():
+                self._done_reason = "blocked"
             elif self.t >= self.time_limit - 1e-9:
                 self._done_reason = "timeout"
         log.end_reason = self._done_reason
+
+    def _blocked(self) -> bool:
+        """No progress for blocked_seconds with the lane ahead free (CARLA's ActorBlockedTest)."""
+        sc, log = self.cfg.scoring, self.log
+        if self.t < sc.blocked_seconds:
+            return False
+        k = int(np.searchsorted(log.t, self.t - sc.blocked_seconds))
+        if log.route_s[-1] - log.route_s[k] >= sc.blocked_progress_m:
+            return False
+        gap, _ = self.traffic.leader(0, self.s_route)
+        return gap > sc.blocked_free_gap_m
 
     def _update_route(self) -> None:
         path = self.sc.route

@@ -1,7 +1,13 @@
 """Planners driven in-process through the same loop and controller as the ROS planner node.
 
 * `Expert`: privileged, rule based: the route's lane centre with the generator's IDM on the
-  true agents (the same leader rule the traffic uses). The simulator's sanity check.
+  true agents (the same leader rule the traffic uses), and on where each of them will be in
+  the next 2 s along its own path (a car about to cut in, a pedestrian about to step out).
+  The simulator's sanity check: it must score 100 on every route.
+* `RouteFollower`: the expert blind to agents: the privileged route at the speed limit
+  (the generator's free-road IDM). What knowing the route alone is worth: routes where
+  perception matters must cost it an infraction.
+* `StandStill`: plans to stay where it is. Every score must rank it last.
 * `ConstVelPlanner`, `EgoMLPPlanner`: the open-loop baselines of `dima eval`
   (eval/baselines.py), fed the batch fields they were built for from the simulated ego.
 
@@ -17,26 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from dima_planner.data.sample import FUTURE_STEPS, HISTORY_STEPS, STEP_SECONDS
-from dima_planner.data.geometry import pose_from_quat
+from dima_planner.model.ego_motion import ego_status_vector
 from dima_planner.synth import agents as ag_mod
-from dima_planner.synth.generate import load_rig
 
-from .engine import Plan, Simulator
+from .engine import Plan, Simulator, ego_matrix, lidar2ego
 
 TIMES = np.arange(1, FUTURE_STEPS + 1) * STEP_SECONDS
-
-
-def lidar2ego() -> np.ndarray:
-    """LIDAR_TOP -> base_link of the rig the world is rendered with."""
-    rig = load_rig()["LIDAR_TOP"]
-    return pose_from_quat(rig["translation"], rig["rotation"])
-
-
-def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:
-    m = np.eye(4)
-    m[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
-    m[:2, 3] = (x, y)
-    return m
 
 
 def lidar_track_to_plan(world_lidar_xy: np.ndarray, start_yaw: float, start_lidar_xy: np.ndarray,
@@ -63,21 +55,34 @@ def lidar_track_to_plan(world_lidar_xy: np.ndarray, start_yaw: float, start_lida
 
 class Expert:
     name = "expert"
+    blind = False
+    PREVIEW = (0.5, 1.0, 1.5, 2.0)  # s: where the others will be, along their own paths
+
+    def leader(self, sim: Simulator, s: float) -> tuple[float, float]:
+        """(gap, leader speed) along the route: the nearest agent in its corridor now or at any
+        PREVIEW time (agents advanced at their current speed along their own paths; a
+        predicted one counts as a leader as near as it must be now to get there)."""
+        tr = sim.traffic
+        gap, v_lead = tr.leader(0, s)
+        xy, yaw = tr.poses()
+        moving = [j for j, a in enumerate(sim.sc.agents) if j > 0 and a.path is not None and tr.v[j] > 0.05]
+        for tau in self.PREVIEW:
+            fut, fyaw = xy.copy(), yaw.copy()
+            for j in moving:
+                p, h = sim.sc.agents[j].path.at(tr.s[j] + tr.v[j] * tau)
+                fut[j], fyaw[j] = p, h
+            g, vl = tr.leader(0, s, fut, fyaw)
+            # Where it will be at tau, moving at vl along the route, it is a leader now at
+            # g - vl * tau: one about to merge in beside the ego is one just ahead of it.
+            g = max(0.5, g - vl * tau) if np.isfinite(g) else g
+            if g < gap:
+                gap, v_lead = g, vl
+        return gap, v_lead
 
     def plan(self, sim: Simulator) -> Plan:
         ego = sim.sc.agents[0]
         s, v = sim.s_route, sim.state.v
-        gap, v_lead = sim.traffic.leader(0, s)
-        # Pedestrians are also checked where they will be in 1 and 2 s: one stepping into the
-        # lane ahead is a reason to slow down before it is in the corridor.
-        xy, yaw = sim.traffic.poses()
-        peds = np.array([a.kind == "pedestrian" for a in sim.sc.agents])
-        for tau in (1.0, 2.0):
-            fut = xy.copy()
-            fut[peds] += (sim.traffic.v[peds] * tau)[:, None] * np.stack([np.cos(yaw[peds]), np.sin(yaw[peds])], 1)
-            g, _ = sim.traffic.leader(0, s, fut, yaw)
-            if g < gap:
-                gap, v_lead = g, 0.0
+        gap, v_lead = (np.inf, 0.0) if self.blind else self.leader(sim, s)
         dt, out_s = 0.1, []
         for k in range(1, int(round(TIMES[-1] / dt)) + 1):
             a = ag_mod.idm_accel(ego, s, v, gap, v_lead)
@@ -90,6 +95,19 @@ class Expert:
                 out_s.append(s)
         xy, _ = sim.sc.route.at(np.array(out_s))
         return Plan(sim.t, TIMES.copy(), xy, self.name)
+
+
+class RouteFollower(Expert):
+    name = "route_follower"
+    blind = True
+
+
+class StandStill:
+    name = "stand_still"
+
+    def plan(self, sim: Simulator) -> Plan:
+        here = np.array([sim.state.x, sim.state.y])
+        return Plan(sim.t, TIMES.copy(), np.repeat(here[None], len(TIMES), 0), self.name)
 
 
 class _BatchPlanner:
@@ -110,18 +128,12 @@ class _BatchPlanner:
                 mask[k - 1] = 1.0
         first = hist[-1] if hist else np.zeros(2)
         hist = np.array(hist + [first] * (HISTORY_STEPS - len(hist)), np.float32)
-        # Ego status in the LiDAR frame: velocity, acceleration, yaw rate, speed.
-        st = sim.state
-        e = sim.log.ego
-        yaw_rate = 0.0
-        if len(e) > 1:
-            dt = sim.log.t[-1] - sim.log.t[-2]
-            yaw_rate = ((e[-1][2] - e[-2][2] + math.pi) % (2 * math.pi) - math.pi) / dt
-        r = l2w[:3, :3].T
-        v = r @ [st.v * math.cos(yaw), st.v * math.sin(yaw), 0.0]
-        lat = st.v * yaw_rate
-        a = r @ [st.accel * math.cos(yaw) - lat * math.sin(yaw), st.accel * math.sin(yaw) + lat * math.cos(yaw), 0.0]
-        status = np.array([v[0], v[1], a[0], a[1], yaw_rate, math.hypot(v[0], v[1])], np.float32)
+        # Ego status as the dataset computes it (model.ego_motion.ego_status_vector): backward
+        # differences of the LiDAR poses 0.5 s and 1 s back (the world's keyframe interval),
+        # zeros before there is such a pose, exactly what the baselines were fitted on.
+        prev = [(ego_matrix(*sim.pose_at(t - k * STEP_SECONDS)) @ self.l2e, t - k * STEP_SECONDS)
+                if t - k * STEP_SECONDS >= -1e-9 else (None, None) for k in (1, 2)]
+        status = ego_status_vector(l2w, t, *prev[0], *prev[1])
         return {"ego_hist_traj": hist[None], "ego_hist_mask": mask[None], "ego_status": status[None],
                 "command": np.array([sim.command()], np.int64), "l2w": l2w, "yaw": yaw}
 

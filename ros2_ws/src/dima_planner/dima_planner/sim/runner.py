@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .config import SimConfig
-from .engine import Plan, SimLog, Simulator
+from .engine import Plan, SimLog, Simulator, end_reason_text
 from .scenario import Scenario
 from .scoring import score
 
@@ -30,6 +30,7 @@ def route_result(name: str, sim: Simulator, cfg: SimConfig, expert: SimLog | Non
     sc = sim.sc
     res = {"name": name, "kind": sc.kind}
     res.update(score(sim.log, sc.route_s0, sc.route_length, cfg.scoring, expert))
+    res["end_detail"] = end_reason_text(sim.log.end_reason, cfg)
     res["plans"] = sim.plans
     res["missed_plans"] = sim.missed
     if sim.log.reasoning:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from dima_planner.config import ConfigError, from_dict
-from dima_planner.data.sample import CMD_LEFT, CMD_RIGHT, CMD_STRAIGHT
 from dima_planner.synth import agents as ag_mod
 from dima_planner.synth.config import GENERATOR_VERSION, SCENARIOS, SynthConfig
 from dima_planner.synth.generate import META_NAME
@@ -31,9 +30,10 @@ from .config import RoutesConfig, RouteSpec
 
 @dataclass
 class Turn:
+    """A junction turn of the route (geometry only: the command comes from route_command)."""
     s0: float  # route coordinate where the manoeuvre starts / ends
     s1: float
-    command: int  # CMD_LEFT / CMD_RIGHT
+    left: bool
 
 
 @dataclass
@@ -62,15 +62,6 @@ class Scenario:
         """(K, 3) x, y, heading of the route from route_s0 to route_s1 (every 0.5 m)."""
         m = (self.route.s >= self.route_s0) & (self.route.s <= self.route_s1)
         return np.concatenate([self.route.xy[m], self.route.heading[m, None]], 1)
-
-    def command_at(self, s: float, speed: float) -> int:
-        """The manoeuvre at the next junction, as CARLA's navigation commands, issued once the
-        turn is within the 3 s horizon the planner was trained with (at least 12 m)."""
-        horizon = max(12.0, 3.0 * speed)
-        for t in self.turns:
-            if t.s1 > s and t.s0 - s <= horizon:
-                return t.command
-        return CMD_STRAIGHT
 
 
 def world_config(world: str | Path) -> tuple[SynthConfig, dict]:
@@ -137,7 +128,7 @@ def find_turns(path: ag_mod.Path, s0: float, s1: float) -> list[Turn]:
         dyaw = float(path.heading[j] - path.heading[i])
         a, b = float(path.s[i]), float(path.s[j])
         if abs(dyaw) > np.radians(45) and b > s0 and a < s1 + 30.0:
-            out.append(Turn(a, b, CMD_LEFT if dyaw > 0 else CMD_RIGHT))
+            out.append(Turn(a, b, dyaw > 0))
         i = j + 1
     return out
 

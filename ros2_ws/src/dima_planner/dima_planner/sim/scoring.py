@@ -1,17 +1,26 @@
-"""Route scores from a simulation log.
+"""Route scores from a simulation log, as the CARLA leaderboard defines them.
 
 * route completion: progress along the route / route length (%), less the share of the
-  route driven off-road or outside the route's lane (CARLA: off-road driving does not count);
-* collisions (vehicle, pedestrian, static = parked) with fault; red flags (TTC < 1 s);
-  off-road and lane-departure time; comfort (acceleration, jerk, yaw rate);
-* driving score, CARLA leaderboard form: completion x product of infraction penalties
-  (ego-fault collisions: pedestrian 0.5, vehicle 0.6, static 0.65);
-* PDMS-like: NAVSIM's NC x DAC x (5 EP + 5 TTC + 2 C) / 12 over consecutive 4 s windows,
-  EP = progress relative to the expert's in the same window; mean x 100.
+  route driven off-road or outside the route's lanes (CARLA: that share does not count).
+  Outside the lanes = the ego centre more than lane_half_width from the route's lane centre,
+  except one lane to the side a left/right command announced (a commanded lane change);
+* the route ends early on an ego-fault collision, route deviation (> 30 m from the route) or
+  when the agent is blocked (engine.py); completion is what was driven until then;
+* collisions (vehicle, pedestrian, static = parked) with fault; red flags (TTC < 1 s, logged,
+  not penalised); comfort (acceleration, jerk, yaw rate); no red-light infraction: the world
+  has no traffic lights for the ego;
+* driving score: completion x product of infraction penalties (ego-fault collisions:
+  pedestrian 0.5, vehicle 0.6, static 0.65).
+
+There is no PDMS: a NAVSIM-faithful one scores each plan against a non-reactive 4-s
+simulation; a windowed score over the closed-loop rollout rewarded standing still. Every
+score here is 0 for a car that does not move and grows only with distance driven on the route.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from dima_planner.data.sample import CMD_LEFT, CMD_RIGHT
 
 from .config import ScoringConfig
 from .engine import SimLog
@@ -57,7 +66,7 @@ def score(log: SimLog, route_s0: float, route_length: float, cfg: ScoringConfig,
     dt = np.diff(t, prepend=t[0])
     step_dist = np.concatenate([[0.0], np.hypot(np.diff(e[:, 0]), np.diff(e[:, 1]))])
     offroad = log.array("offroad").astype(bool)
-    departed = np.abs(log.array("route_lat")) > cfg.lane_half_width
+    departed = lane_departure(log.array("route_lat"), log.array("command"), cfg)
     outside = offroad | departed
     progress = float(max(0.0, s[-1]))
     completion = 1.0 if log.end_reason == "completed" else min(1.0, progress / max(route_length, 1e-6))
@@ -84,7 +93,7 @@ def score(log: SimLog, route_s0: float, route_length: float, cfg: ScoringConfig,
         "collisions_ego_fault": sum(ev.ego_fault for ev in collisions),
         "collision_events": [{"t": round(ev.t, 3), "agent": ev.agent, "kind": ev.agent_kind,
                               "ego_fault": ev.ego_fault, "note": ev.detail} for ev in collisions],
-        "collisions_per_km": round(len(collisions) / distance_km, 3) if distance_km > 0 else 0.0,
+        "collisions_per_km": round(len(collisions) / distance_km, 3) if distance_km > 0 else None,
         "offroad_s": round(float(np.sum(dt[offroad])), 2),
         "lane_departure_s": round(float(np.sum(dt[departed])), 2),
         "red_flags": len(red),
@@ -103,35 +112,17 @@ def score(log: SimLog, route_s0: float, route_length: float, cfg: ScoringConfig,
         xs = expert.array("route_s") - route_s0
         out["expert_progress_m"] = round(float(xs[-1]), 2)
         out["progress_vs_expert"] = round(progress / max(float(xs[-1]), 1e-6), 3)
-    out["pdms"] = round(_pdms(log, t, s, offroad, collisions, red, k, cfg, expert, route_s0), 2)
     return out
 
 
-def _pdms(log, t, s, offroad, collisions, red, k, cfg: ScoringConfig, expert, route_s0) -> float:
-    w = cfg.pdms_window
-    if expert is not None:
-        et, es = expert.array("t"), expert.array("route_s") - route_s0
-    scores = []
-    start = 0.0
-    while start < t[-1] - 1e-6:
-        end = min(start + w, t[-1])
-        m = (t >= start) & (t <= end)
-        nc = 1.0
-        for ev in collisions:
-            if start <= ev.t <= end and ev.ego_fault:
-                nc = min(nc, 0.5 if ev.agent_kind == "static" else 0.0)
-        dac = 0.0 if offroad[m].any() else 1.0
-        ttc = 0.0 if any(start <= ev.t <= end for ev in red) else 1.0
-        comfort = 1.0 if _comfortable(k, m, cfg) else 0.0
-        ego_prog = float(np.interp(end, t, s) - np.interp(start, t, s))
-        if expert is not None:
-            ref = float(np.interp(end, et, es) - np.interp(start, et, es))
-            ep = 1.0 if ref < 2.0 else float(np.clip(ego_prog / ref, 0.0, 1.0))
-        else:
-            ep = 1.0
-        scores.append(nc * dac * (5 * ep + 5 * ttc + 2 * comfort) / 12.0)
-        start = end
-    return 100.0 * float(np.mean(scores)) if scores else 0.0
+def lane_departure(route_lat: np.ndarray, command: np.ndarray, cfg: ScoringConfig) -> np.ndarray:
+    """(K,) bool: outside the route's lane, one lane to the commanded side excepted."""
+    lat = np.asarray(route_lat, float)
+    side = np.where(np.asarray(command) == CMD_LEFT, 1.0, np.where(np.asarray(command) == CMD_RIGHT, -1.0, 0.0))
+    in_lane = np.abs(lat) <= cfg.lane_half_width
+    # left positive: a left command allows the lane to the left (lat up to half + one lane)
+    commanded = (side != 0) & (lat * side > 0) & (np.abs(lat) <= cfg.lane_half_width + cfg.lane_width)
+    return ~(in_lane | commanded)
 
 
 def route_bootstrap_ci(scores, paired_with=None, num: int = 10000, seed: int = 0) -> list[float]:

@@ -70,7 +70,7 @@ def plot_route(sim: Simulator, path: str | Path, title: str, result: dict | None
     ax.set_aspect("equal")
     if result is not None:
         title += (f"\nDS {result['driving_score']:.1f}  RC {result['route_completion']:.1f} %  "
-                  f"collisions {result['collisions']}  red flags {result['red_flags']}  PDMS {result['pdms']:.1f}  "
+                  f"collisions {result['collisions']}  red flags {result['red_flags']}  "
                   f"end: {result['end']}")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower left", fontsize=7)

@@ -72,8 +72,12 @@ class Agent:
     brake_t: float | None = None
     brake_hold: float = 0.0
     brake_decel: float = 6.0
-    # Pedestrian stepping out (ped_step_out): stands until the ego is this close, then walks.
+    # Pedestrian stepping out (ped_step_out): stands until the ego is within step_out_dist and
+    # would reach `conflict` (the middle of its lane on the pedestrian's way) in no more time
+    # than the pedestrian needs to get there (step_out_tta): a driver who does not look hits it.
     step_out_dist: float | None = None
+    step_out_tta: float = 0.0
+    conflict: np.ndarray | None = None
     # Filled by simulate(): (K, 2), (K,), (K,)
     xy: np.ndarray = field(default=None, repr=False)
     yaw: np.ndarray = field(default=None, repr=False)
@@ -196,6 +200,15 @@ def make_scene_agents(net: RoadNetwork, cfg, scenario: str, rng: np.random.Gener
         xy, yaw = path.at(s_car)
         agents.append(Agent("car", _vehicle_size("car", rng), _pick(CAR_COLORS, rng), pose=(*xy, yaw), parked=True))
         occupied.append(xy)
+        # A slow vehicle in the lane the ego passes in: the ego must slow behind it to pass the
+        # parked car (a driver who only knows the route runs into it).
+        # It is beside the parked car when the ego would get there at its starting speed.
+        slow_v = float(rng.uniform(3.5, 5.0))
+        s_slow = s_car + float(rng.uniform(0.0, 6.0)) - slow_v * (s_car - start) / ego.v0
+        slow = Agent("car", _vehicle_size("car", rng), _pick(CAR_COLORS, rng),
+                     path=path.shifted(lambda s: np.full_like(s, LANE_W)), s0=s_slow, v0=slow_v, vmax=slow_v)
+        agents.append(slow)
+        occupied.append(slow.path.at(slow.s0)[0])
     if scenario == "stop_and_go":
         lead = Agent("car", _vehicle_size("car", rng), _pick(CAR_COLORS, rng), path=path,
                      s0=start + float(rng.uniform(18, 24)), v0=ego.v0, vmax=11.0)
@@ -227,6 +240,8 @@ def make_scene_agents(net: RoadNetwork, cfg, scenario: str, rng: np.random.Gener
         ped = Agent("pedestrian", np.array([rng.uniform(0.55, 0.7), rng.uniform(0.6, 0.8), rng.uniform(1.6, 1.9)]),
                     _pick(PED_COLORS, rng), path=Path(np.array([p0, p1])), v0=speed, vmax=speed)
         ped.step_out_dist = float(rng.uniform(24, 38))
+        ped.conflict = xy  # the ego's lane centre on the pedestrian's way, |kerb| from p0
+        ped.step_out_tta = abs(kerb) / speed
         agents.append(ped)
         occupied.append(p0)
     if scenario == "cut_in":
@@ -363,12 +378,19 @@ class Traffic:
         self._ext_pose: dict[int, tuple[float, float, float]] = {}
         self._stopped_at: dict[int, float] = {}  # scripted brakers: when they came to a stop
         self._released: set[int] = set()
+        self._poses: tuple[np.ndarray, np.ndarray] | None = None  # until s or an external pose changes
 
     def set_external(self, i: int, x: float, y: float, yaw: float, v: float) -> None:
         self._ext_pose[i] = (x, y, yaw)
         self.v[i] = v
+        self._poses = None
 
     def poses(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._poses is None:
+            self._poses = self._compute_poses()
+        return self._poses[0].copy(), self._poses[1].copy()
+
+    def _compute_poses(self) -> tuple[np.ndarray, np.ndarray]:
         A = len(self.agents)
         xy = np.zeros((A, 2))
         yaw = np.zeros(A)
@@ -431,9 +453,12 @@ class Traffic:
                 continue
             if ag.kind == "pedestrian":
                 vi = ag.vmax if t >= ag.start_t else 0.0
-                if ag.step_out_dist is not None:
-                    if np.linalg.norm(xy[0] - xy[i]) > ag.step_out_dist and s[i] == 0.0:
-                        vi = 0.0  # ped_step_out: waits, unseen by the ego's history, until it is close
+                if ag.step_out_dist is not None and s[i] == 0.0:
+                    # ped_step_out: waits, unseen by the ego's history, until the ego is close and
+                    # would reach the conflict point as the pedestrian does
+                    d = float(np.linalg.norm(xy[0] - ag.conflict))
+                    if d > ag.step_out_dist or d > max(v[0], 0.5) * ag.step_out_tta:
+                        vi = 0.0
                 if ag.crossing is not None and abs(s[i] - ag.crossing[0]) < 0.3:
                     # Wait at the kerb while a vehicle approaches the crosswalk.
                     rel = xy[moving_veh] - ag.crossing[1]
@@ -445,6 +470,7 @@ class Traffic:
             else:
                 v[i] = max(0.0, v[i] + acc[i] * dt)
                 s[i] += v[i] * dt
+        self._poses = None
 
 
     def corridor_gaps(self, i: int, s_i: float, centres, radii, owner) -> np.ndarray:
@@ -453,8 +479,16 @@ class Traffic:
         ag, look = self.agents[i], self.LOOK
         gaps = np.full(len(self.agents), np.inf)
         pts, _ = ag.path.at(s_i + ag.size[1] / 2 + look)
-        d = np.linalg.norm(pts[:, None] - centres[None], axis=2)  # (L, C)
-        hit = (d < ag.size[0] / 2 + radii[None] + 0.4) & (owner[None] != i)
+        # Only circles that can be reached: the look points lie within look[-1] (arc length >=
+        # straight distance) of the first one. Exact: the same gaps as testing every circle.
+        thr = ag.size[0] / 2 + radii + 0.4
+        near = np.hypot(centres[:, 0] - pts[0, 0], centres[:, 1] - pts[0, 1]) < look[-1] + thr + 1e-6
+        near &= owner != i
+        if not near.any():
+            return gaps
+        centres, radii, owner, thr = centres[near], radii[near], owner[near], thr[near]
+        d = np.hypot(pts[:, None, 0] - centres[None, :, 0], pts[:, None, 1] - centres[None, :, 1])  # (L, C)
+        hit = d < thr[None]
         if hit.any():
             first = np.where(hit.any(0), hit.argmax(0), 10 ** 6)
             for c in np.nonzero(first < 10 ** 6)[0]:
