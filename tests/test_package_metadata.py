@@ -31,6 +31,7 @@ ROSDEP_KEYS = {
     "torch": "python3-torch",
     "nuscenes": "python3-nuscenes-devkit-pip",
     "rosbags": "python3-rosbags-pip",
+    "mcap": "python3-mcap-pip",
     "transformers": "python3-transformers-pip",
     "imageio": "python3-imageio",
 }

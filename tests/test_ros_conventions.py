@@ -365,7 +365,9 @@ def test_namespace_moves_every_topic_and_unknown_parameters_are_reported():
                     pubs = {t for t, _ in probe.node.get_publisher_names_and_types_by_node("dima_planner", ns)}
                 except Exception:  # the node is not discovered yet
                     return None
-                return (subs, pubs) if any(t.endswith("dima/path") for t in pubs) else None
+                # Publishers and subscriptions are discovered separately: wait for both.
+                ready = any(t.endswith("dima/path") for t in pubs) and any(t.endswith("dima/command") for t in subs)
+                return (subs, pubs) if ready else None
             seen[ns] = probe.wait(graph, timeout=120.0, poll=0.5)
     finally:
         probe.close()

