@@ -4,40 +4,51 @@
     ros2 launch dima_planner closed_loop.launch.py route:=scene-0003 mode:=realtime transport:=compressed
 
 dima_sim_node owns /clock and publishes the six cameras, CameraInfo, /tf_static, /tf, /odom
-and /dima/command from the simulated ego; the unchanged planner node (use_sim_time and the
-reliable sensor QoS of params/ros/sim.yaml) answers with /dima/trajectory, which the
-simulator tracks. In lockstep the simulation waits for each frame's plan. The simulator
-writes the route's scores (JSON) and BEV picture into `out` and exits.
+and /dima/command from the simulated ego; the unchanged planner node (planner.launch.py with
+use_sim_time and the reliable sensor QoS of params/ros/sim.yaml) answers with
+/dima/trajectory, which the simulator tracks. In lockstep the simulation waits for each
+frame's plan. The simulator writes the route's scores (JSON) and BEV picture into `out` and
+exits, which ends the launch.
 
 namespace:=sim1 runs one such loop per namespace side by side: /clock, /tf and /tf_static
 are remapped into the namespace too, so that the loops never see each other's clock or
 poses. Environment as in planner.launch.py: set for this file's processes only.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
-from launch_ros.actions import LifecycleNode, Node, PushRosNamespace, SetRemap
+from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, IncludeLaunchDescription, OpaqueFunction
+from launch.events import Shutdown
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node, PushRosNamespace, SetRemap
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from dima_planner.data.sample import CAMERAS
+from dima_planner.ros import replay
 from dima_planner.ros.env import launch_process_environment
 
 
-def _camera_parameters():
-    """The planner subscribes to the transport the simulator publishes (raw or compressed)."""
-    transport = LaunchConfiguration("transport")
-    suffix = PythonExpression(["'/compressed' if '", transport, "' == 'compressed' else ''"])
-    params = {}
+def _planner(context, share):
+    """planner.launch.py with sim.yaml and the image transport the simulator publishes. It is
+    included inside this file's group, so the namespace and the remaps above apply to it."""
+    transport = LaunchConfiguration("transport").perform(context)
+    suffix = "/compressed" if transport == "compressed" else ""
+    cameras = {}
     for cam in CAMERAS:
-        params[f"cameras.{cam}.transport"] = transport
-        params[f"cameras.{cam}.topic"] = [f"{cam.lower()}/image_raw", suffix]
-    return params
+        cameras[f"cameras.{cam}.transport"] = transport
+        cameras[f"cameras.{cam}.topic"] = f"{cam.lower()}/image_raw{suffix}"
+    return [IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "planner.launch.py"])),
+        launch_arguments={"overlay_params_file": PathJoinSubstitution([share, "params", "ros", "sim.yaml"]),
+                          "extra_params_file": str(replay.planner_params_file(cameras)),
+                          "checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+                          "use_sim_time": "true", "namespace": "",  # pushed above
+                          "domain_id": LaunchConfiguration("domain_id"),
+                          "discovery_range": LaunchConfiguration("discovery_range")}.items())]
 
 
 def generate_launch_description():
     share = FindPackageShare("dima_planner")
-    sim_params = PathJoinSubstitution([share, "params", "ros", "sim.yaml"])
     return LaunchDescription([
         DeclareLaunchArgument("route", default_value="turn_left:101",
                               description="scene-000N of the world, or KIND:INDEX (a generated scenario)"),
@@ -63,16 +74,12 @@ def generate_launch_description():
             SetRemap(src="/tf", dst="tf"),
             SetRemap(src="/tf_static", dst="tf_static"),
             OpaqueFunction(function=launch_process_environment),
-            LifecycleNode(
-                package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
-                output="screen",
-                parameters=[PathJoinSubstitution([share, "params", "ros", "planner.yaml"]), sim_params,
-                            {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
-                             "use_sim_time": True, "autostart": True, **_camera_parameters()}],
-            ),
+            OpaqueFunction(function=_planner, args=[share]),
             Node(
                 package="dima_planner", executable="dima_sim_node", name="dima_sim", namespace="", output="screen",
-                parameters=[sim_params, {
+                # The route is over when the simulator exits: so is the launch (the planner with it).
+                on_exit=[EmitEvent(event=Shutdown(reason="route finished"))],
+                parameters=[PathJoinSubstitution([share, "params", "ros", "sim.yaml"]), {
                     "route": LaunchConfiguration("route"),
                     "world": LaunchConfiguration("world"),
                     "mode": LaunchConfiguration("mode"),

@@ -8,8 +8,8 @@ The replay follows the bag: the planner subscribes to the image transport the ba
 `CompressedImage` on `.../image_raw/compressed`; `transport:=raw|compressed` insists on one),
 and RViz's camera view shows the same. `ros2 bag play --clock` starts once the planner
 reports itself active on /diagnostics (`dima_healthcheck`), not after a fixed delay; it
-publishes /clock and the planner runs with use_sim_time and the reliable QoS of
-params/ros/replay.yaml. /tf_static is recorded transient-local by the converter, so the
+publishes /clock and the planner (planner.launch.py with the overlay params/ros/replay.yaml)
+runs with use_sim_time and its reliable QoS. /tf_static is recorded transient-local by the converter, so the
 camera extrinsics survive the replay. With a namespace, every topic of the bag (and /clock)
 is played into it and the planner's /clock, /tf and /tf_static follow, so replays never
 cross. Environment as in planner.launch.py: set for this file's processes only.
@@ -17,13 +17,14 @@ cross. Environment as in planner.launch.py: set for this file's processes only.
 import tempfile
 
 from launch import LaunchDescription
-from launch.actions import (DeclareLaunchArgument, EmitEvent, ExecuteProcess, GroupAction, LogInfo,
-                            OpaqueFunction, RegisterEventHandler)
+from launch.actions import (DeclareLaunchArgument, EmitEvent, ExecuteProcess, GroupAction,
+                            IncludeLaunchDescription, LogInfo, OpaqueFunction, RegisterEventHandler)
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import LifecycleNode, Node, PushRosNamespace, SetRemap
+from launch_ros.actions import Node, PushRosNamespace, SetRemap
 from launch_ros.substitutions import ExecutableInPackage, FindPackageShare
 
 from dima_planner.ros import replay
@@ -37,14 +38,15 @@ def _replay(context, share):
     cameras = replay.node_parameters(bag, transport)  # a clear error for a bag without front images
     ns = context.launch_configurations.get("ros_namespace", "/").rstrip("/")
     kinds = sorted({v for k, v in cameras.items() if k.endswith(".transport")})
-    planner = LifecycleNode(
-        package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
-        output="screen",
-        parameters=[PathJoinSubstitution([share, "params", "ros", "planner.yaml"]),
-                    PathJoinSubstitution([share, "params", "ros", "replay.yaml"]),
-                    {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
-                     "autostart": True, **cameras}],
-    )
+    # planner.launch.py, included inside this file's group: the namespace and remaps apply to it.
+    planner = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "planner.launch.py"])),
+        launch_arguments={"overlay_params_file": PathJoinSubstitution([share, "params", "ros", "replay.yaml"]),
+                          "extra_params_file": str(replay.planner_params_file(cameras)),
+                          "checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+                          "use_sim_time": "true", "namespace": "",  # pushed above
+                          "domain_id": LaunchConfiguration("domain_id"),
+                          "discovery_range": LaunchConfiguration("discovery_range")}.items())
     wait = ExecuteProcess(
         cmd=[ExecutableInPackage("dima_healthcheck", "dima_planner"), "--node", f"{ns}/dima_planner",
              "--timeout", LaunchConfiguration("ready_timeout")],

@@ -11,6 +11,10 @@ processes). DDS discovery follows ROS_AUTOMATIC_DISCOVERY_RANGE, or stays on thi
 where that is unset (discovery_range:=SUBNET reaches the others); the Fast DDS profile
 follows it (see dima_planner.ros.env). Everything below is set for the processes this file
 starts only (a scoped group): a launch file that includes this one keeps its environment.
+
+Every other launch file starts the planner through this one (IncludeLaunchDescription):
+`extra_params_file` is loaded after the overlay (the camera transport of a replayed bag or of
+the simulator, written by those launch files).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
@@ -22,6 +26,24 @@ from launch_ros.substitutions import FindPackageShare
 from dima_planner.ros.env import launch_process_environment
 
 
+def _planner_node(context):
+    """The node, with extra_params_file after the two parameter files where one is given."""
+    extra = LaunchConfiguration("extra_params_file").perform(context)
+    return [LifecycleNode(
+        package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
+        output="screen",
+        parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"),
+                    *([extra] if extra else []), {
+                        "checkpoint": LaunchConfiguration("checkpoint"),
+                        "device": LaunchConfiguration("device"),
+                        "backend": LaunchConfiguration("backend"),
+                        "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                        "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
+                    }],
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+    )]
+
+
 def generate_launch_description():
     share = FindPackageShare("dima_planner")
     params = PathJoinSubstitution([share, "params", "ros", "planner.yaml"])
@@ -29,6 +51,8 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=params, description="planner parameters"),
         DeclareLaunchArgument("overlay_params_file", default_value=params,
                               description="loaded after params_file (carla.yaml, autoware.yaml, replay.yaml)"),
+        DeclareLaunchArgument("extra_params_file", default_value="",
+                              description="loaded after overlay_params_file; empty: none"),
         DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("backend", default_value="torch",
@@ -46,17 +70,6 @@ def generate_launch_description():
         GroupAction(scoped=True, actions=[
             PushRosNamespace(LaunchConfiguration("namespace")),
             OpaqueFunction(function=launch_process_environment),
-            LifecycleNode(
-                package="dima_planner", executable="dima_planner_node", name="dima_planner", namespace="",
-                output="screen",
-                parameters=[LaunchConfiguration("params_file"), LaunchConfiguration("overlay_params_file"), {
-                    "checkpoint": LaunchConfiguration("checkpoint"),
-                    "device": LaunchConfiguration("device"),
-                    "backend": LaunchConfiguration("backend"),
-                    "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-                    "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
-                }],
-                arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
-            ),
+            OpaqueFunction(function=_planner_node),
         ]),
     ])

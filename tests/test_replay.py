@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from dds_harness import REPO, TestNode, start_node_process, stop_node_process
-from dima_planner.ros import bag_io, replay
+from dima_planner.ros import bag_io, params, replay
 from dima_planner.ros.env import pid_domain_id
 
 from test_bag_convert import make_world
@@ -103,7 +103,7 @@ def _front_stamps(bag: Path) -> set[int]:
 
 @pytest.mark.ros
 @pytest.mark.timeout(400)
-def test_compressed_nuscenes_bag_replays_and_every_keyframe_is_planned(compressed_keyframe_bag):
+def test_compressed_nuscenes_bag_replays_and_every_keyframe_is_planned(compressed_keyframe_bag, tmp_path):
     from dima_msgs.msg import PlannedTrajectory
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -113,11 +113,13 @@ def test_compressed_nuscenes_bag_replays_and_every_keyframe_is_planned(compresse
     cameras = replay.node_parameters(bag)
     assert cameras["cameras.CAM_FRONT.transport"] == "compressed"
     domain = pid_domain_id(91)
-    # The node as nuscenes_replay.launch.py starts it with namespace:=car1.
-    args = ["--params-file", str(PARAMS / "replay.yaml"), "-r", f"__ns:={NS}", "-r", f"/clock:={NS}/clock",
-            "-r", f"/tf:={NS}/tf", "-r", f"/tf_static:={NS}/tf_static",
-            "-p", f"checkpoint:={REPO / 'checkpoints' / 'dima_tiny'}", "-p", "num_threads:=1",
-            *[a for k, v in cameras.items() for a in ("-p", f"{k}:={v}")]]
+    # The node as nuscenes_replay.launch.py starts it (through planner.launch.py) with
+    # namespace:=car1: replay.yaml as the overlay, the bag's cameras as the extra params file.
+    extra = replay.planner_params_file(cameras, tmp_path)
+    assert params.flatten_ros_params(yaml.safe_load(extra.read_text())) == cameras
+    args = ["--params-file", str(PARAMS / "replay.yaml"), "--params-file", str(extra),
+            "-r", f"__ns:={NS}", "-r", f"/clock:={NS}/clock", "-r", f"/tf:={NS}/tf", "-r", f"/tf_static:={NS}/tf_static",
+            "-p", f"checkpoint:={REPO / 'checkpoints' / 'dima_tiny'}", "-p", "num_threads:=1"]
     node = start_node_process("dima_planner.ros.planner_node", domain, PARAMS / "planner.yaml", *args)
     probe = TestNode("replay_probe", domain)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")

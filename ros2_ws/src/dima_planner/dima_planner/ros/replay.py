@@ -74,6 +74,27 @@ def node_parameters(bag: str | Path, transport: str = "auto") -> dict[str, str]:
     return params
 
 
+def planner_params_file(params: dict[str, str], directory: str | Path | None = None) -> Path:
+    """Write `params` (dotted planner parameter names, e.g. node_parameters()) as a ROS
+    parameters file for the planner in any namespace; returns its path. Launch files pass it
+    to planner.launch.py as `extra_params_file`, so that the node is started in one place."""
+    import tempfile
+
+    import yaml
+
+    nested: dict = {}
+    for name, value in params.items():
+        *parents, leaf = name.split(".")
+        node = nested
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="dima_params_"))
+    path = directory / "planner_extra.yaml"
+    path.write_text(yaml.safe_dump({"/**/dima_planner": {"ros__parameters": nested}}, sort_keys=False))
+    return path
+
+
 def namespace_remaps(bag: str | Path, namespace: str) -> list[str]:
     """`old:=new` remaps that move every topic of the bag under `namespace` ('' or '/': none).
     /clock moves too: each replay drives its own planner's sim time."""
