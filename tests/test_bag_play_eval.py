@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dima_planner.ros import bag_convert, bag_eval, bag_io
+from dima_planner.bags import bag_convert, bag_eval, bag_io
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 
 from test_bag_convert import make_world

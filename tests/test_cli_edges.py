@@ -24,7 +24,7 @@ def _env(domain: int) -> dict[str, str]:
 
 @pytest.mark.ros
 def test_ctrl_c_on_bag_record_finishes_the_bag_without_a_traceback(tmp_path):
-    from dima_planner.ros import bag_info
+    from dima_planner.bags import bag_info
 
     out = tmp_path / "rec"
     proc = subprocess.Popen([str(DIMA), "bag", "record", "--out", str(out), "--topics",

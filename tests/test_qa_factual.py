@@ -125,7 +125,7 @@ def test_loss_balancer_sets_weights_from_encoder_gradients():
 
 
 def test_default_commentary_question_is_the_trained_planning_question():
-    from dima_planner.ros.reasoning import DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION
+    from dima_planner.runtime.reasoning import DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION
 
     assert DEFAULT_QUESTION == PLANNING_QUESTION
     assert DEFAULT_MAX_NEW_TOKENS >= 96

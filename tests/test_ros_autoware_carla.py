@@ -44,7 +44,7 @@ from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw  # 
 from dima_planner.data.sample import CAMERAS  # noqa: E402
 from dima_planner.model.inputs import scale_intrinsics  # noqa: E402
 from dima_planner.ros.conversions import ns_to_stamp, stamp_to_ns  # noqa: E402
-from dima_planner.ros.params import flatten_ros_params  # noqa: E402
+from dima_planner.runtime.params import flatten_ros_params  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 AW_TRAJECTORY, AW_OBJECTS = "/planning/dima/trajectory", "/planning/dima/objects"

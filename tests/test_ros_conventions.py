@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from dima_planner.ros import env as ros_env
-from dima_planner.ros.params import (NODE_NAME, OPTIONAL_OUTPUT_TOPICS, OUTPUT_TOPICS, PARAMS, flatten_ros_params,
+from dima_planner.runtime.params import (NODE_NAME, OPTIONAL_OUTPUT_TOPICS, OUTPUT_TOPICS, PARAMS, flatten_ros_params,
                                      unknown_parameters)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,7 +325,7 @@ def test_foxglove_layout_names_real_panels_and_topics():
     """launch/dima.foxglove.json (Foxglove: Layouts -> Import) shows what the node and the bags publish."""
     import json
 
-    from dima_planner.ros import bag_io
+    from dima_planner.bags import bag_io
 
     layout = json.loads((REPO / "launch" / "dima.foxglove.json").read_text())
 

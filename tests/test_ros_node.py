@@ -437,7 +437,7 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
     import signal
 
     from dima_msgs.msg import SceneTokens
-    from dima_planner.ros.reasoning import decode_scene_tokens_msg
+    from dima_planner.runtime.reasoning import decode_scene_tokens_msg
 
     import gc
 

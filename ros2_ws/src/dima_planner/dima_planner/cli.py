@@ -20,11 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dima_planner.demo", "the main job: world -> bag -> planner node -> metrics"),
 }
 BAG_COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("dima_planner.ros.bag_convert", "write a rosbag2 (MCAP) from a nuScenes-format dataroot"),
+    "convert": ("dima_planner.bags.bag_convert", "write a rosbag2 (MCAP) from a nuScenes-format dataroot"),
     "play": ("dima_planner.ros.bag_play", "replay a rosbag2 through rclpy with original timing"),
-    "eval": ("dima_planner.ros.bag_eval", "score a recorded run of the node against the GT in the bag"),
+    "eval": ("dima_planner.bags.bag_eval", "score a recorded run of the node against the GT in the bag"),
     "record": ("dima_planner.ros.bag_record", "record topics into a rosbag2 (MCAP)"),
-    "info": ("dima_planner.ros.bag_info", "what `ros2 bag info` prints: duration, topics, counts, compression"),
+    "info": ("dima_planner.bags.bag_info", "what `ros2 bag info` prints: duration, topics, counts, compression"),
 }
 
 

@@ -148,7 +148,7 @@ class FrameOutcomes:
 
         from dima_msgs.msg import PlannedTrajectory
 
-        from .ros import bag_io
+        from .bags import bag_io
 
         self.front_topic, self.timeout = front_topic, timeout
         self.planned: set[int] = set()
@@ -178,7 +178,7 @@ class FrameOutcomes:
     def before_publish(self, topic: str, raw) -> None:
         if topic != self.front_topic:
             return
-        from .ros.bag_io import cdr_stamp_ns
+        from .bags.bag_io import cdr_stamp_ns
 
         self.settle()
         with self._cond:
@@ -202,7 +202,7 @@ def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from .ros import bag_io
+    from .bags import bag_io
     from .ros.bag_play import BagPlayer
     from .ros.bag_record import TopicRecorder
 
@@ -258,7 +258,7 @@ def _reasoning(run_bag: Path, limit: int) -> list[dict]:
     """The MLLM node's reasoning messages recorded in `run_bag`."""
     from rosbags.rosbag2 import Reader
 
-    from .ros import bag_io
+    from .bags import bag_io
 
     store = bag_io.make_typestore()
     out = []
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. Bags of the validation scenes, one per scene (scenes lie hours apart in time).
     from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-    from .ros.bag_convert import GT_FORMAT, convert, load_nuscenes, select_scenes
+    from .bags.bag_convert import GT_FORMAT, convert, load_nuscenes, select_scenes
 
     console.rule("[bold]2. validation scenes -> rosbag2 (MCAP)")
     nusc = load_nuscenes(world, None)
@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
     from .eval.baselines import ConstantVelocity
     from .eval.evaluate import evaluate
     from .eval.plots import plot_bev, plot_method_bars
-    from .ros import bag_eval
+    from .bags import bag_eval
 
     gts, preds = bag_eval.read_bags([*bags, run_bag], bag_eval.bag_io.TRAJECTORY_TOPIC)
     pairs = bag_eval.match(gts, preds, int(1e6))

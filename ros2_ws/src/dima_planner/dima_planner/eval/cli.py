@@ -222,7 +222,7 @@ def run_qa(args: argparse.Namespace) -> int:
     from ..data.splits import SplitError
     from ..qa.evaluate import constant_answers, evaluate_qa, scene_frames, teacher_forced
     from ..qa.factual import QTYPES
-    from ..ros.reasoning import DEFAULT_MAX_NEW_TOKENS, MLLMEngine, ModelLoadError
+    from ..runtime.reasoning import DEFAULT_MAX_NEW_TOKENS, MLLMEngine, ModelLoadError
 
     # --qa scores the MLLM branch: without an explicit --checkpoint, the stage-2 one.
     given = args.checkpoint and args.checkpoint not in (DEFAULT_CHECKPOINT, "none")

@@ -2,7 +2,7 @@
 
 Every frame of the split goes through the serving path: the planner (inference.Planner,
 the planner node's core, temporal BEV from the previous keyframe of the scene) makes the
-BEAM tokens, and the MLLM engine of the reasoning node (ros.reasoning.MLLMEngine, its
+BEAM tokens, and the MLLM engine of the reasoning node (runtime.reasoning.MLLMEngine, its
 greedy decoding and `max_new_tokens`) answers the four factual questions of
 qa/factual.py. Reported:
 

@@ -50,15 +50,15 @@ from ..data.geometry import RIG_HW, Rig, load_rig
 from ..data.sample import CAMERAS, EGO_STATUS_FIELDS
 from . import conversions as conv
 from .diagnostics import build_diagnostics
-from .errors import InputError
-from .images import Decoded, ImageLimits, decode
+from ..runtime.errors import InputError
+from ..runtime.images import Decoded, ImageLimits, decode
 from .lifecycle_guard import guard_change_state
 from .peers import PeerWatch
 from .node_runtime import descriptor, set_parameters, spin
-from .params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
-from .planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
-from .planner_stats import PlannerStats
-from .sync import SEC, AnchorSlot, Cached, InputCache, side_cameras_ready
+from ..runtime.params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
+from ..runtime.planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
+from ..runtime.planner_stats import PlannerStats
+from ..runtime.sync import SEC, AnchorSlot, Cached, InputCache, side_cameras_ready
 
 FRONT = CAMERAS[0]
 SIDES = CAMERAS[1:]

@@ -46,9 +46,9 @@ from ..sim.config import RouteSpec, SimConfig
 from ..sim.engine import Plan, Simulator
 from ..sim.planners import ego_matrix, lidar_track_to_plan
 from ..sim.scenario import build_scenario
-from . import bag_io
+from ..bags import bag_io
 from . import conversions as conv
-from .frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, optical_frame
+from ..runtime.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, optical_frame
 
 SEC = 1_000_000_000
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from dima_planner.data.sample import FUTURE_STEPS
-from dima_planner.ros import bag_io
-from dima_planner.ros.frames import base_link_to_lidar_xy
+from dima_planner.bags import bag_io
+from dima_planner.runtime.frames import base_link_to_lidar_xy
 
 
 class BagEvalError(RuntimeError):

@@ -41,10 +41,10 @@ from tqdm import tqdm
 
 from dima_planner.data.nuscenes_dataset import DatasetConfig, occupancy_boxes, scene_records
 from dima_planner.data.sample import CAMERAS, FUTURE_STEPS, STEP_SECONDS
-from dima_planner.ros import bag_io
+from dima_planner.bags import bag_io
 from dima_planner.data.geometry import matrix_to_quat_xyzw, pose_matrix, yaw_of
 from dima_planner.model.inputs import scale_intrinsics
-from dima_planner.ros.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, ODOM_FRAME, lidar_xy_to_base_link, optical_frame
+from dima_planner.runtime.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, ODOM_FRAME, lidar_xy_to_base_link, optical_frame
 
 LIDAR = "LIDAR_TOP"
 SCENE_GAP_S = 3.0
