@@ -87,6 +87,7 @@ def test_info_and_eval_on_a_truncated_bag(one_scene_bag, tmp_path):  # noqa: F81
     assert metrics["num_samples"] > 0 and metrics["l2_avg"] == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.ros
 def test_play_publishes_the_intact_messages_then_reports(one_scene_bag, tmp_path):  # noqa: F811
     bag = truncated_copy(one_scene_bag, tmp_path / "cut", 0.5)
     intact = {c.topic: c.msgcount for c in SalvageReader(bag).connections}
@@ -131,6 +132,7 @@ def test_play_publishes_the_intact_messages_then_reports(one_scene_bag, tmp_path
     assert got == {t: intact[t] for t in got}, (got, intact)
 
 
+@pytest.mark.ros
 def test_record_stops_cleanly_when_the_disk_fills(tmp_path):
     """A 3 MiB file size limit (as a full disk: EFBIG instead of ENOSPC) on the recorder, 64 KiB
     messages at 100 Hz: it stops, exits 1 with one error, and the bag reads up to its last chunk."""

@@ -22,8 +22,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
-from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw
-from dima_planner.model.inputs import scale_intrinsics
+from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw, scale_intrinsics
 from dima_planner.data.sample import CAMERAS
 from dima_planner.inference import Planner
 from dima_planner.model.config import tiny_cpu
@@ -404,7 +403,7 @@ def test_compressed_header_and_reduced_decode():
     full = cv2.resize(cv2.cvtColor(cv2.imdecode(jpg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), (160, 96),
                       interpolation=cv2.INTER_AREA)
     assert np.abs(d.rgb.astype(int) - full).mean() < 3.0  # DCT-scaled decoding: the same picture
-    assert d.k_scale == pytest.approx((160 / 1600, 96 / 900), rel=1e-12)  # model/inputs.py's convention
+    assert d.k_scale == pytest.approx((160 / 1600, 96 / 900), rel=1e-12)  # data/inputs.py's convention
     raw = decode_raw(image("CAM_FRONT", T0), ImageLimits(), (160, 96))
     assert raw.rgb.shape == (96, 160, 3) and raw.k_scale == (0.5, 96 / 180)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dima_planner import resources
 from dima_planner.ros import env as ros_env
 from dima_planner.runtime.params import (NODE_NAME, OPTIONAL_OUTPUT_TOPICS, OUTPUT_TOPICS, PARAMS, flatten_ros_params,
                                      unknown_parameters)
@@ -59,9 +60,9 @@ def test_running_distro_is_detected_from_the_installed_rclpy(monkeypatch):
 
     monkeypatch.delenv("ROS_DISTRO", raising=False)
     major = int(metadata.version("ros-rclpy").split(".")[0])
-    assert ros_env.ros_distro() == {7: "jazzy", 9: "kilted"}[major]
+    assert resources.ros_distro() == {7: "jazzy", 9: "kilted"}[major]
     monkeypatch.setenv("ROS_DISTRO", "Humble")
-    assert ros_env.ros_distro() == "humble"
+    assert resources.ros_distro() == "humble"
 
 
 def test_apply_defaults_sets_one_variable_and_respects_the_user(monkeypatch):

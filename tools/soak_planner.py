@@ -111,9 +111,8 @@ def main(argv=None) -> int:
     from std_msgs.msg import Header
     from tqdm import tqdm
 
-    from dima_planner.data.geometry import RIG_HW, load_rig
+    from dima_planner.data.geometry import RIG_HW, load_rig, scale_intrinsics
     from dima_planner.data.sample import CAMERAS
-    from dima_planner.model.inputs import scale_intrinsics
     from dima_planner.bags.bag_io import COMPRESSED_FORMATS
     from dima_planner.ros.conversions import ns_to_stamp
 
