@@ -27,7 +27,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, PushRosNamespace, SetRemap
 from launch_ros.substitutions import ExecutableInPackage, FindPackageShare
 
-from dima_planner.ros import replay
+from dima_planner.bags import replay
 from dima_planner.ros.env import launch_process_environment
 
 

@@ -66,10 +66,9 @@ def test_onnxruntime_plans_what_torch_plans_on_real_frames(exported, tmp_path):
 def test_plan_api_returns_the_detections_of_both_backends_alike(exported):
     """Planner.plan (the node's call) on one frame: the whole PlanResult agrees."""
     from dima_planner.backends import ORT_TOLERANCE
-    from dima_planner.data.geometry import RIG_HW, load_rig
+    from dima_planner.data.geometry import RIG_HW, load_rig, scale_intrinsics
     from dima_planner.data.sample import CAMERAS
     from dima_planner.inference import load_planner
-    from dima_planner.model.inputs import scale_intrinsics
 
     ckpt, _ = exported
     rig = load_rig("")
@@ -110,6 +109,7 @@ def test_missing_or_stale_graph_is_refused_with_the_command_to_fix_it(exported, 
         load_planner(ckpt, backend="tensorrt")  # no GPU here: one sentence, not a traceback
 
 
+@pytest.mark.ros
 def test_node_runs_the_onnxruntime_backend(exported):
     """`backend: onnxruntime` in the node: configure loads planner.onnx (warm-up pass included)
     and the node reaches `active`; the same parameter on a checkpoint without the graph

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from dima_planner.data.sample import CAMERAS
-from dima_planner.ros import bag_convert, bag_info, bag_io
-from dima_planner.ros.bag_eval import gt_from_json
-from dima_planner.ros.frames import lidar_xy_to_base_link
+from dima_planner.bags import bag_convert, bag_info, bag_io
+from dima_planner.bags.bag_eval import gt_from_json
+from dima_planner.runtime.frames import lidar_xy_to_base_link
 
 TINY = dict(num_scenes=2, scene_seconds=4.0, scale=0.1, traffic_vehicles=3, parked_vehicles=2, pedestrians=2)
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from dima_planner.data.sample import CAMERAS
-from dima_planner.ros import bag_convert, bag_io
+from dima_planner.bags import bag_convert, bag_io
 from test_data import IMG_H, IMG_W, VERSION, build_fixture
 
 MINI = "v1.0-mini"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dima_planner.ros import bag_io
-from dima_planner.ros.bag_salvage import SalvageReader
+from dima_planner.bags import bag_io
+from dima_planner.bags.bag_salvage import SalvageReader
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 from test_bag_play_eval import one_scene_bag  # noqa: F401 - a module fixture
 
@@ -67,7 +67,7 @@ def prediction_bag(gt_bag: Path, out: Path) -> None:
 
 def test_info_and_eval_on_a_truncated_bag(one_scene_bag, tmp_path):  # noqa: F811
     bag = truncated_copy(one_scene_bag, tmp_path / "cut", 0.6)
-    info = subprocess.run([sys.executable, "-m", "dima_planner.ros.bag_info", str(bag)], env=ENV,
+    info = subprocess.run([sys.executable, "-m", "dima_planner.bags.bag_info", str(bag)], env=ENV,
                           capture_output=True, text=True, timeout=60)
     assert info.returncode == 2
     m = one_error(info.stderr)
@@ -78,7 +78,7 @@ def test_info_and_eval_on_a_truncated_bag(one_scene_bag, tmp_path):  # noqa: F81
     full_gt = sum(c.msgcount for c in SalvageReader(one_scene_bag).connections if c.topic == bag_io.GT_SAMPLE_TOPIC)
     assert 0 < intact_gt < full_gt
     prediction_bag(one_scene_bag, tmp_path / "pred")
-    ev = subprocess.run([sys.executable, "-m", "dima_planner.ros.bag_eval", str(bag), str(tmp_path / "pred"),
+    ev = subprocess.run([sys.executable, "-m", "dima_planner.bags.bag_eval", str(bag), str(tmp_path / "pred"),
                          "--json", str(tmp_path / "m.json")], env=ENV, capture_output=True, text=True, timeout=120)
     assert ev.returncode == 1, ev.stderr
     assert one_error(ev.stderr)[2] == m[2]
@@ -87,6 +87,7 @@ def test_info_and_eval_on_a_truncated_bag(one_scene_bag, tmp_path):  # noqa: F81
     assert metrics["num_samples"] > 0 and metrics["l2_avg"] == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.ros
 def test_play_publishes_the_intact_messages_then_reports(one_scene_bag, tmp_path):  # noqa: F811
     bag = truncated_copy(one_scene_bag, tmp_path / "cut", 0.5)
     intact = {c.topic: c.msgcount for c in SalvageReader(bag).connections}
@@ -131,6 +132,7 @@ def test_play_publishes_the_intact_messages_then_reports(one_scene_bag, tmp_path
     assert got == {t: intact[t] for t in got}, (got, intact)
 
 
+@pytest.mark.ros
 def test_record_stops_cleanly_when_the_disk_fills(tmp_path):
     """A 3 MiB file size limit (as a full disk: EFBIG instead of ENOSPC) on the recorder, 64 KiB
     messages at 100 Hz: it stops, exits 1 with one error, and the bag reads up to its last chunk."""
@@ -178,7 +180,7 @@ def test_record_stops_cleanly_when_the_disk_fills(tmp_path):
     assert (out / "metadata.yaml").is_file()
     (mcap,) = out.glob("*.mcap")
     assert mcap.stat().st_size <= limit
-    info = subprocess.run([sys.executable, "-m", "dima_planner.ros.bag_info", str(out)], env=ENV,
+    info = subprocess.run([sys.executable, "-m", "dima_planner.bags.bag_info", str(out)], env=ENV,
                           capture_output=True, text=True, timeout=60)
     assert info.returncode == 2 and one_error(info.stderr)[1] == str(mcap)
     # the readers get every message of the complete chunks, in order, intact

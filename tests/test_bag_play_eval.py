@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dima_planner.ros import bag_convert, bag_eval, bag_io
+from dima_planner.bags import bag_convert, bag_eval, bag_io
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 
 from test_bag_convert import make_world
@@ -33,6 +33,7 @@ def _counts(bag: Path) -> dict[str, int]:
         return {c.topic: c.msgcount for c in r.connections}
 
 
+@pytest.mark.ros
 def test_play_delivers_everything_and_latches_tf_static(one_scene_bag, tmp_path):
     domain = pid_domain_id(3)
     apply_ros_env_defaults(domain)

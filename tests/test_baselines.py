@@ -9,7 +9,7 @@ import torch
 
 from dima_planner.config import load_yaml
 from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset, collate
-from dima_planner.eval import cli
+from dima_planner.cli import eval as cli
 from dima_planner.eval.baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp
 from dima_planner.eval.evaluate import evaluate
 from test_data import VERSION, build_fixture

@@ -21,7 +21,7 @@ from test_ros_node import Driver, _call, checkpoint, start_node  # noqa: F401 - 
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 
 
 def _truncate(d):

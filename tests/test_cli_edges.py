@@ -24,7 +24,7 @@ def _env(domain: int) -> dict[str, str]:
 
 @pytest.mark.ros
 def test_ctrl_c_on_bag_record_finishes_the_bag_without_a_traceback(tmp_path):
-    from dima_planner.ros import bag_info
+    from dima_planner.bags import bag_info
 
     out = tmp_path / "rec"
     proc = subprocess.Popen([str(DIMA), "bag", "record", "--out", str(out), "--topics",
@@ -68,7 +68,7 @@ def test_invalid_parameter_is_one_clear_line():
     assert line.count("invalid parameters") == 1 and "sync_tolerance" in line, line
 
 
-@pytest.mark.parametrize("module", ["dima_planner.sim.cli", "dima_planner.demo"])
+@pytest.mark.parametrize("module", ["dima_planner.cli.sim", "dima_planner.demo"])
 def test_repeated_set_flags_keep_every_override(module):
     """`--set a=1 --set b=2` used to keep only b=2 (nargs='*' overwrites): a closed-loop bench
     with --set checkpoint=X --set out=Y silently drove the default checkpoint."""

@@ -138,7 +138,7 @@ def test_installed_node_reaches_active_from_another_directory(workspace):
     domain = pid_domain_id(71)
     env = _env(domain)
     # The sourced workspace's package, and its share/ checkpoint, are the ones in use.
-    probe = _in_sourced_ws(ws, "install", "python3 -c 'import dima_planner.ros.params as p; "
+    probe = _in_sourced_ws(ws, "install", "python3 -c 'import dima_planner.runtime.params as p; "
                            "print(p.__file__); print(p.resolve_checkpoint(\"checkpoints/dima_tiny\")[0])'",
                            elsewhere, env)
     out = probe.communicate(timeout=120)[0]

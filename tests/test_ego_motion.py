@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dima_planner.data.sample import CAN_BUS_DIM, CAN_BUS_FIELDS
-from dima_planner.model.ego_motion import PoseHistory, can_bus_override, can_bus_vector
+from dima_planner.data.ego_motion import PoseHistory, can_bus_override, can_bus_vector
 
 
 def pose(x: float, y: float, yaw: float) -> np.ndarray:

@@ -28,7 +28,7 @@ def test_block_bootstrap_resamples_scenes_not_frames():
 
 def test_eval_json_shape_subsets_and_cis(training_world, tmp_path, monkeypatch):
     from dima_planner.checkpoint import save_checkpoint
-    from dima_planner.eval import cli
+    from dima_planner.cli import eval as cli
     from dima_planner.model import VisionPlanner, preset
 
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ STAGE2 = Path(__file__).resolve().parents[1] / "checkpoints" / "dima_tiny_stage2
 def test_eval_qa_end_to_end_with_the_default_stage2_checkpoint(training_world, tmp_path):
     """`dima eval --qa` with only the data flags: the shipped stage-2 checkpoint answers through
     the node's engine; the commentary, held to its grammar, always parses."""
-    from dima_planner.eval import cli
+    from dima_planner.cli import eval as cli
 
     out = tmp_path / "qa.json"
     parser = cli.argparse.ArgumentParser()

@@ -11,7 +11,8 @@ import torch
 from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset, collate
 from dima_planner.inference import Planner
 from dima_planner.model import VisionPlanner, preset
-from dima_planner.model.inputs import _reduction, decode_image, lidar2img, scale_intrinsics
+from dima_planner.data.geometry import scale_intrinsics
+from dima_planner.data.inputs import _reduction, decode_image, lidar2img
 from dima_planner.train import TemporalPairs, collate_pairs, model_inputs
 
 
@@ -113,7 +114,8 @@ def test_inference_does_not_import_training():
 
 
 def test_scale_and_pad_keeps_the_aspect_ratio_and_the_geometry():
-    from dima_planner.model.inputs import fitted_size, prepare_frame
+    from dima_planner.data.inputs import prepare_frame
+    from dima_planner.data.geometry import fitted_size
 
     assert fitted_size(900, 1600, (384, 640), "pad") == (360, 640)  # VAD-Tiny
     assert fitted_size(900, 1600, (736, 1280), "pad") == (720, 1280)  # VAD-Base

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from dima_planner.ros import interface_doc
-from dima_planner.ros.params import PARAMS
+from dima_planner.runtime.params import PARAMS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ROS_INTERFACE.md"
 

@@ -4,7 +4,7 @@ Launch files are parsed with `ast`: every dima_planner executable must be a cons
 point, every package-share file they name must exist in the repository and be installed
 by setup.py, parameter keys they set must be declared by the node, and discovery must
 default to LOCALHOST. Every key of params/ros/*.yaml must be declared by the node (the
-table in dima_planner.ros.params) with a value the node accepts.
+table in dima_planner.runtime.params) with a value the node accepts.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dima_planner.ros.params import BUILTIN_PARAMS, NODE_NAME, PARAMS, flatten_ros_params, validate
+from dima_planner.runtime.params import BUILTIN_PARAMS, NODE_NAME, PARAMS, flatten_ros_params, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP = REPO / "ros2_ws" / "src" / "dima_planner" / "setup.py"
@@ -244,7 +244,7 @@ def test_dockerfile_passes_hadolint():
 
 def test_replay_launch_follows_the_bag_and_waits_for_the_planner():
     """No fixed delay: the player starts when dima_healthcheck saw the planner active, and
-    the planner's camera parameters come from the bag (dima_planner.ros.replay)."""
+    the planner's camera parameters come from the bag (dima_planner.bags.replay)."""
     text = (REPO / "launch" / "nuscenes_replay.launch.py").read_text()
     calls = {getattr(n.func, "id", None) for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)}
     assert "TimerAction" not in calls and "play_delay" not in text

@@ -21,7 +21,7 @@ from test_ros_node import Driver, _call, checkpoint, now_ns, start_node  # noqa:
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
 
 # Ids a client can send: the primary transitions, CREATE/DESTROY, transition-state ids
 # (callback results) and ids no state machine has. Shutdown comes only at the end.

@@ -9,12 +9,8 @@ Reference numbers used below (worked out by hand):
 import numpy as np
 import pytest
 
-from dima_planner.eval.metrics import (
-    ego_footprint_cells,
-    footprint_pixels,
-    occupancy_from_boxes,
-    planning_metrics,
-)
+from dima_planner.data.occupancy import occupancy_from_boxes
+from dima_planner.eval.metrics import ego_footprint_cells, footprint_pixels, planning_metrics
 
 
 def _empty_occ(n=1):

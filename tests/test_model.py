@@ -13,7 +13,7 @@ from pyquaternion import Quaternion
 from dima_planner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dima_planner.data.sample import CAN_BUS_DIM, CAMERAS, MAP_POINTS
 from dima_planner.inference import Planner, load_planner
-from dima_planner.model.inputs import lidar2img as lidar2img_from
+from dima_planner.data.inputs import lidar2img as lidar2img_from
 from dima_planner.model import VisionPlanner, preset
 from dima_planner.model.bev_encoder import SpatialCrossAttention, align_prev_bev, project_to_cameras
 from dima_planner.model.losses import LossWeights, planning_losses
@@ -66,7 +66,7 @@ def fake_batch(cfg, b: int = 2, seed: int = 0) -> dict:
 
 
 def inputs(batch: dict) -> dict:
-    from dima_planner.model.inputs import batch_inputs
+    from dima_planner.data.inputs import batch_inputs
     return batch_inputs(batch, torch.device("cpu"), False, use_can_bus=True)
 
 

@@ -46,7 +46,7 @@ def _worker(rank: int, argv: list[str], rendezvous_dir: str) -> None:
 
     env_rendezvous(rank, 2, rendezvous_dir, "eval")
     torch.set_num_threads(1)
-    from dima_planner.eval.cli import main
+    from dima_planner.cli.eval import main
 
     assert main(argv) == 0
 
@@ -54,7 +54,7 @@ def _worker(rank: int, argv: list[str], rendezvous_dir: str) -> None:
 def test_two_process_eval_matches_single_process(tiny, tmp_path):
     import torch.multiprocessing as mp
 
-    from dima_planner.eval.cli import main
+    from dima_planner.cli.eval import main
 
     world, ckpt = tiny
     assert main(_argv(world, ckpt, tmp_path / "single")) == 0

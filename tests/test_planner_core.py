@@ -22,17 +22,16 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
-from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw
-from dima_planner.model.inputs import scale_intrinsics
+from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw, scale_intrinsics
 from dima_planner.data.sample import CAMERAS
 from dima_planner.inference import Planner
 from dima_planner.model.config import tiny_cpu
 from dima_planner.model.planner import VisionPlanner
-from dima_planner.ros.images import ImageLimits, compressed_header, decode_compressed, decode_raw
-from dima_planner.ros.params import PARAMS
-from dima_planner.ros.planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
-from dima_planner.ros.planner_stats import ERROR, OK, WARN, PlannerStats, StreamCounter
-from dima_planner.ros.sync import Cached
+from dima_planner.runtime.images import ImageLimits, compressed_header, decode_compressed, decode_raw
+from dima_planner.runtime.params import PARAMS
+from dima_planner.runtime.planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
+from dima_planner.runtime.planner_stats import ERROR, OK, WARN, PlannerStats, StreamCounter
+from dima_planner.runtime.sync import Cached
 
 SEC, MS = 1_000_000_000, 1_000_000
 W, H = 320, 180  # a 16:9 camera, twice the model's 160x96 width
@@ -404,7 +403,7 @@ def test_compressed_header_and_reduced_decode():
     full = cv2.resize(cv2.cvtColor(cv2.imdecode(jpg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), (160, 96),
                       interpolation=cv2.INTER_AREA)
     assert np.abs(d.rgb.astype(int) - full).mean() < 3.0  # DCT-scaled decoding: the same picture
-    assert d.k_scale == pytest.approx((160 / 1600, 96 / 900), rel=1e-12)  # model/inputs.py's convention
+    assert d.k_scale == pytest.approx((160 / 1600, 96 / 900), rel=1e-12)  # data/inputs.py's convention
     raw = decode_raw(image("CAM_FRONT", T0), ImageLimits(), (160, 96))
     assert raw.rgb.shape == (96, 160, 3) and raw.k_scale == (0.5, 96 / 180)
 
@@ -416,7 +415,7 @@ def test_core_and_sync_import_no_ros_and_the_node_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import dima_planner.ros.planner_core, dima_planner.ros.sync; "
+    code = ("import sys; import dima_planner.runtime.planner_core, dima_planner.runtime.sync; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'sensor_msgs', 'nav_msgs', "
             "'geometry_msgs', 'tf2_msgs', 'std_msgs', 'builtin_interfaces', 'diagnostic_msgs', 'dima_msgs')]; "
             "assert not bad, bad; import dima_planner.ros.planner_node; assert 'torch' not in sys.modules")

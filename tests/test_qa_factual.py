@@ -1,4 +1,4 @@
-"""Factual QA (qa/factual.py), its scoring helpers (qa/evaluate.py), the planning-template
+"""Factual QA (qa/factual.py), its scoring helpers (eval/qa.py), the planning-template
 parser, stage-2 QA sources (generated, factual, DriveLM) and loss balancing."""
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_planning_answers_parse_as_the_planning_template():
 
 
 def test_other_scene_index_pairs_every_frame_with_another_scene():
-    from dima_planner.qa.evaluate import Frame, other_scene_index
+    from dima_planner.eval.qa import Frame, other_scene_index
 
     frames = [Frame(f"t{i}", "A" if i < 3 else "B", {}, {}, [], []) for i in range(5)]
     other = other_scene_index(frames)
@@ -125,14 +125,14 @@ def test_loss_balancer_sets_weights_from_encoder_gradients():
 
 
 def test_default_commentary_question_is_the_trained_planning_question():
-    from dima_planner.ros.reasoning import DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION
+    from dima_planner.runtime.reasoning import DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION
 
     assert DEFAULT_QUESTION == PLANNING_QUESTION
     assert DEFAULT_MAX_NEW_TOKENS >= 96
 
 
 def test_planning_slots_are_scored_against_the_reference_and_the_best_constant():
-    from dima_planner.qa.evaluate import planning_slots, slot_accuracy
+    from dima_planner.eval.qa import planning_slots, slot_accuracy
 
     a = "The ego vehicle should stop and go straight, because a car is 7 m ahead in its lane and blocks the way."
     b = "The ego vehicle should keep its current speed and turn left, because the lane ahead is clear."
@@ -163,7 +163,7 @@ def test_the_commentary_grammar_takes_the_route_from_the_command():
 
 
 def test_exact_match_ci_resamples_whole_scenes():
-    from dima_planner.qa.evaluate import exact_match_ci
+    from dima_planner.eval.qa import exact_match_ci
 
     # Scene s1 answers 3 of 4 (constant 2 of 4), scene s2 2 of 4 (constant 2 of 4).
     hits = {"a": [True, False, True, True], "b": [True, True, False, False]}
@@ -182,7 +182,7 @@ def test_probe_tool_answers_vehicle_questions_from_detections_by_the_annotation_
     from pathlib import Path
 
     from dima_planner.data.sample import AGENT_CLASSES
-    from dima_planner.qa.evaluate import Frame
+    from dima_planner.eval.qa import Frame
 
     path = Path(__file__).resolve().parents[1] / "tools" / "probe_scene_tokens.py"
     spec = importlib.util.spec_from_file_location("probe_scene_tokens", path)

@@ -2,7 +2,7 @@
 
 `dima bag convert --compressed --keyframes-only` writes nuScenes' JPEGs as CompressedImage;
 the planner is configured the way nuscenes_replay.launch.py configures it (the camera
-parameters from `dima_planner.ros.replay` for that bag), in a namespace (as a second
+parameters from `dima_planner.bags.replay` for that bag), in a namespace (as a second
 instance would be), and the bag is played only once `dima_healthcheck` has seen the node
 report itself active. It must plan every replayed keyframe: N of N. Before, the launch file
 subscribed raw images only and a compressed bag planned nothing.
@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from dds_harness import REPO, TestNode, start_node_process, stop_node_process
-from dima_planner.ros import bag_io, params, replay
+from dima_planner.bags import bag_io, replay
+from dima_planner.runtime import params
 from dima_planner.ros.env import pid_domain_id
 
 from test_bag_convert import make_world

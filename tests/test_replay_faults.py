@@ -19,7 +19,7 @@ from dds_harness import start_node_process, stop_node_process
 from test_bag_play_eval import one_scene_bag  # noqa: F401 - a module fixture
 from test_ros_node import PARAMS, REPO, Driver, checkpoint  # noqa: F401 - checkpoint is a fixture
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def player(bag, domain: int, *extra: str) -> subprocess.Popen:

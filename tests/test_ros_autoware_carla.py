@@ -40,11 +40,10 @@ from std_msgs.msg import Header  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
-from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw  # noqa: E402
+from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw, scale_intrinsics  # noqa: E402
 from dima_planner.data.sample import CAMERAS  # noqa: E402
-from dima_planner.model.inputs import scale_intrinsics  # noqa: E402
 from dima_planner.ros.conversions import ns_to_stamp, stamp_to_ns  # noqa: E402
-from dima_planner.ros.params import flatten_ros_params  # noqa: E402
+from dima_planner.runtime.params import flatten_ros_params  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 AW_TRAJECTORY, AW_OBJECTS = "/planning/dima/trajectory", "/planning/dima/objects"

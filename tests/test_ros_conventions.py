@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dima_planner import resources
 from dima_planner.ros import env as ros_env
-from dima_planner.ros.params import (NODE_NAME, OPTIONAL_OUTPUT_TOPICS, OUTPUT_TOPICS, PARAMS, flatten_ros_params,
+from dima_planner.runtime.params import (NODE_NAME, OPTIONAL_OUTPUT_TOPICS, OUTPUT_TOPICS, PARAMS, flatten_ros_params,
                                      unknown_parameters)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +60,9 @@ def test_running_distro_is_detected_from_the_installed_rclpy(monkeypatch):
 
     monkeypatch.delenv("ROS_DISTRO", raising=False)
     major = int(metadata.version("ros-rclpy").split(".")[0])
-    assert ros_env.ros_distro() == {7: "jazzy", 9: "kilted"}[major]
+    assert resources.ros_distro() == {7: "jazzy", 9: "kilted"}[major]
     monkeypatch.setenv("ROS_DISTRO", "Humble")
-    assert ros_env.ros_distro() == "humble"
+    assert resources.ros_distro() == "humble"
 
 
 def test_apply_defaults_sets_one_variable_and_respects_the_user(monkeypatch):
@@ -325,7 +326,7 @@ def test_foxglove_layout_names_real_panels_and_topics():
     """launch/dima.foxglove.json (Foxglove: Layouts -> Import) shows what the node and the bags publish."""
     import json
 
-    from dima_planner.ros import bag_io
+    from dima_planner.bags import bag_io
 
     layout = json.loads((REPO / "launch" / "dima.foxglove.json").read_text())
 

@@ -14,11 +14,10 @@ from visualization_msgs.msg import Marker
 
 from dima_planner.ros import conversions as conv
 from dima_planner.ros.conversions import InputError
-from dima_planner.data.geometry import RIG_HW, RIG_SIZE, load_rig, matrix_to_quat_xyzw
-from dima_planner.model.inputs import scale_intrinsics
-from dima_planner.ros.extrinsics import StaticTransforms
-from dima_planner.ros.frames import base_link_to_lidar_xy
-from dima_planner.ros.reasoning import decode_scene_tokens_msg
+from dima_planner.data.geometry import RIG_HW, RIG_SIZE, load_rig, matrix_to_quat_xyzw, scale_intrinsics
+from dima_planner.runtime.extrinsics import StaticTransforms
+from dima_planner.runtime.frames import base_link_to_lidar_xy
+from dima_planner.runtime.reasoning import decode_scene_tokens_msg
 
 RNG = np.random.default_rng(0)
 

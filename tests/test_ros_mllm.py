@@ -31,7 +31,7 @@ from dima_msgs.srv import AskScene  # noqa: E402
 from dima_planner.ros.conversions import build_scene_tokens, stamp_to_ns  # noqa: E402
 from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 BEV_HW, DIM, PLANNER_DIM = (8, 8), 32, 24
 
 

@@ -14,8 +14,8 @@ import yaml
 from dima_msgs.msg import SceneTokens
 from dima_planner.ros.conversions import build_scene_tokens
 from dima_planner.ros.mllm_node import NODE_NAME, PARAMS, validate
-from dima_planner.ros.params import flatten_ros_params
-from dima_planner.ros.reasoning import (TYPE_IDS, GenerationWorker, Job, MLLMEngine, MLLMStats, ModelLoadError,
+from dima_planner.runtime.params import flatten_ros_params
+from dima_planner.runtime.reasoning import (TYPE_IDS, GenerationWorker, Job, MLLMEngine, MLLMStats, ModelLoadError,
                                         TokenError, decode_ego_feature, decode_scene_tokens,
                                         decode_scene_tokens_msg)
 from dima_planner.model.mllm.checkpoint import save_mllm_checkpoint

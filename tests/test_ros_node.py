@@ -42,12 +42,11 @@ from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory  # noqa: E402
 from dima_planner.data.sample import CAMERAS  # noqa: E402
-from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw
-from dima_planner.model.inputs import scale_intrinsics  # noqa: E402
+from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw, scale_intrinsics  # noqa: E402
 from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns  # noqa: E402
 from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")
@@ -437,7 +436,7 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
     import signal
 
     from dima_msgs.msg import SceneTokens
-    from dima_planner.ros.reasoning import decode_scene_tokens_msg
+    from dima_planner.runtime.reasoning import decode_scene_tokens_msg
 
     import gc
 

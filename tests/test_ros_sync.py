@@ -11,8 +11,8 @@ import pytest
 from builtin_interfaces.msg import Time
 
 from dima_planner.ros.diagnostics import PlannerStats, build_diagnostics
-from dima_planner.ros.params import PARAMS, validate
-from dima_planner.ros.sync import (SEC, AnchorSlot, Cached, InputCache, OdomHistory, OdomSample, TemporalState,
+from dima_planner.runtime.params import PARAMS, validate
+from dima_planner.runtime.sync import (SEC, AnchorSlot, Cached, InputCache, OdomHistory, OdomSample, TemporalState,
                                    select_cameras, side_cameras_ready)
 
 MS = 1_000_000
@@ -154,7 +154,7 @@ def test_parameter_validation():
 
 def test_relative_checkpoint_resolves_against_cwd_then_package_roots(tmp_path, monkeypatch):
     from dima_planner import resources
-    from dima_planner.ros.params import resolve_checkpoint
+    from dima_planner.runtime.params import resolve_checkpoint
 
     cwd, share = tmp_path / "cwd", tmp_path / "share"
     (share / "checkpoints" / "dima_tiny").mkdir(parents=True)

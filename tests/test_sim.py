@@ -215,7 +215,7 @@ def test_planner_messages_become_the_same_plan(world):
 def test_a_missing_world_names_the_command_that_builds_it(tmp_path, capsys):
     """`dima sim --bench` without its world: the error says how to build that world (the
     benchmark world's own synth config), it does not suggest a command that writes another."""
-    from dima_planner.sim import cli
+    from dima_planner.cli import sim as cli
 
     parser = __import__("argparse").ArgumentParser()
     cli.add_arguments(parser)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -45,8 +46,13 @@ def test_devkit_loads_and_every_keyframe_has_all_sensors(world, nusc):
             n += 1
             tok = s["next"]
         assert n == scene["nbr_samples"]
-    for rec in nusc.sample_data:
-        assert len(rec["token"]) == 32 and int(rec["token"], 16) >= 0
+    tokens = [rec["token"] for rec in nusc.sample_data]
+    assert len(set(tokens)) == len(tokens), "sample_data tokens repeat"
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens), "a sample_data token is not 32 hex digits"
+    for s in nusc.sample:  # every keyframe's channels point back at it
+        for channel, sd_token in s["data"].items():
+            sd = nusc.get("sample_data", sd_token)
+            assert sd["sample_token"] == s["token"] and sd["is_key_frame"], (channel, sd_token)
     log = nusc.log[0]
     assert nusc.get("map", log["map_token"])["filename"].endswith(".png")
 

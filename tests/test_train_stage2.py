@@ -80,7 +80,7 @@ def test_stage2_trains_all_losses_and_writes_planner_plus_mllm(trained, stage1):
     # MLLM part in the ROS node's format, loadable by its engine (no LLM weights in it)
     from safetensors.torch import load_file
 
-    from dima_planner.ros.reasoning import MLLMEngine
+    from dima_planner.runtime.reasoning import MLLMEngine
 
     state = load_file(str(export / "mllm.safetensors"))
     assert any("lora" in k for k in state) and not any("embed_tokens" in k for k in state)

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-from dima_planner.eval.cli import speed_errors
+from dima_planner.cli.eval import speed_errors
 from dima_planner.eval.evaluate import evaluate, format_table
 from dima_planner.inference import load_planner
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/bench_commentary.py --repeat 5
 
-The MLLM node's engine (`ros.reasoning.MLLMEngine`) with the stage-2 checkpoint answers the
+The MLLM node's engine (`runtime.reasoning.MLLMEngine`) with the stage-2 checkpoint answers the
 planning question (the node's periodic commentary) about scene tokens of the checkpoint's
 shapes (seeded random: the cost does not depend on what the tokens say), `--repeat` times
 each way after one warm-up of each (the warm-up also builds the grammar's token table).
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from dima_planner.qa.generate import PLANNING_QUESTION
-    from dima_planner.ros.reasoning import MLLMEngine
+    from dima_planner.runtime.reasoning import MLLMEngine
 
     engine = MLLMEngine(checkpoint=args.checkpoint, num_threads=args.threads)
     cfg = engine.cfg

@@ -45,7 +45,7 @@ import numpy as np
 from dima_planner.data.geometry import RIG_HW, load_rig
 from dima_planner.data.sample import CAMERAS
 from dima_planner.inference import load_planner
-from dima_planner.model.inputs import scale_intrinsics
+from dima_planner.data.inputs import scale_intrinsics
 ckpt = sys.argv[1]
 rig = load_rig("")
 ks = np.stack([scale_intrinsics(rig.intrinsics[c], RIG_HW, (900, 1600)) for c in CAMERAS])

@@ -1,4 +1,4 @@
-"""Decode + resize cost of one camera frame through model/inputs.py (the one input path).
+"""Decode + resize cost of one camera frame through data/inputs.py (the one input path).
 
     .venv/bin/python tools/bench_inputs.py [--size 900 1600] [--target 96 160] [--repeat 50]
 
@@ -14,7 +14,7 @@ import time
 import cv2
 import numpy as np
 
-from dima_planner.model.inputs import _reduction, decode_image
+from dima_planner.data.inputs import _reduction, decode_image
 
 
 def main() -> None:

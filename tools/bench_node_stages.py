@@ -6,7 +6,7 @@
 On the six 1600x900 JPEGs of one frame of the bench world (tools/bench_planner_replay.py
 makes it under out/bench/world; a synthetic JPEG rig otherwise):
   decode full      cv2.imdecode at full size + INTER_AREA to 160x96 (what the node did)
-  decode reduced   model/inputs.decode_image: libjpeg DCT scaling, then INTER_AREA (the node now)
+  decode reduced   data/inputs.decode_image: libjpeg DCT scaling, then INTER_AREA (the node now)
   forward tN       inference.Planner.plan on the decoded frame with N torch threads,
                    under torch.no_grad and torch.inference_mode (interleaved)
 Medians over --frames repetitions, with the load average: on a shared machine compare the
@@ -28,10 +28,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
 
-from dima_planner.data.geometry import RIG_HW, load_rig  # noqa: E402
+from dima_planner.data.geometry import RIG_HW, load_rig, scale_intrinsics  # noqa: E402
 from dima_planner.data.sample import CAMERAS  # noqa: E402
 from dima_planner.inference import load_planner  # noqa: E402
-from dima_planner.model.inputs import decode_image, scale_intrinsics  # noqa: E402
+from dima_planner.data.inputs import decode_image  # noqa: E402
 
 
 def median_ms(fn, n: int) -> float:

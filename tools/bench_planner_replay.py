@@ -54,7 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
 
-from dima_planner.ros.bag_io import cdr_stamp_ns  # noqa: E402
+from dima_planner.bags.bag_io import cdr_stamp_ns  # noqa: E402
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id  # noqa: E402
 
 FRONT_TOPICS = ("/cam_front/image_raw", "/cam_front/image_raw/compressed")
@@ -96,7 +96,7 @@ def make_world(out: Path, seconds: float) -> tuple[Path, str]:
 
 
 def make_bag(world: Path, scene: str, out: Path, compressed: bool) -> Path:
-    from dima_planner.ros import bag_convert
+    from dima_planner.bags import bag_convert
 
     bag = out / ("bag_compressed" if compressed else "bag_raw")
     stamp = out / (bag.name + ".source")

@@ -79,7 +79,7 @@ def loop_cost(seconds: float) -> dict:
 
     from dima_planner.config import load_yaml
     from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
-    from dima_planner.sim.cli import DimaInTheLoop
+    from dima_planner.ros.in_the_loop import DimaInTheLoop
     from dima_planner.sim.config import BenchConfig, RouteSpec
 
     apply_ros_env_defaults(pid_domain_id(21))
@@ -90,7 +90,7 @@ def loop_cost(seconds: float) -> dict:
                                        timeout_slack=0.0), checkpoint=str(REPO / cfg.checkpoint))
         bench_out = REPO / "out" / "bench"
         bench_out.mkdir(parents=True, exist_ok=True)
-        dima = DimaInTheLoop(cfg, bench_out, Console())
+        dima = DimaInTheLoop(cfg, bench_out, Console(), lambda p: REPO / p)
         try:
             t0 = time.monotonic()
             sim = dima.drive(RouteSpec(kind="turn_left", index=101, seconds=seconds))

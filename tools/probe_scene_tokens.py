@@ -3,7 +3,7 @@
     .venv/bin/python tools/probe_scene_tokens.py --dataroot data/bench --version v1.0-dima
 
 The scene tokens of every frame of the train and validation splits are made exactly as the
-planner node publishes them (qa.evaluate.scene_frames: inference.Planner, temporal BEV
+planner node publishes them (eval.qa.scene_frames: inference.Planner, temporal BEV
 within a scene). For each question type of qa/factual.py a logistic regression on the
 standardised, pooled tokens (ego token, agent tokens' mean and max, BEV cells' mean and
 max) is fitted on train and scored on val, next to the constant answer (the training
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
     from dima_planner.inference import load_planner
-    from dima_planner.qa.evaluate import scene_frames
+    from dima_planner.eval.qa import scene_frames
     from dima_planner.qa.factual import QTYPES
 
     torch.set_num_threads(args.threads)

@@ -111,10 +111,9 @@ def main(argv=None) -> int:
     from std_msgs.msg import Header
     from tqdm import tqdm
 
-    from dima_planner.data.geometry import RIG_HW, load_rig
+    from dima_planner.data.geometry import RIG_HW, load_rig, scale_intrinsics
     from dima_planner.data.sample import CAMERAS
-    from dima_planner.model.inputs import scale_intrinsics
-    from dima_planner.ros.bag_io import COMPRESSED_FORMATS
+    from dima_planner.bags.bag_io import COMPRESSED_FORMATS
     from dima_planner.ros.conversions import ns_to_stamp
 
     cmd = [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args",

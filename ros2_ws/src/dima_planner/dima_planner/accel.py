@@ -10,21 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .backends import TRT_ENGINE, TRT_META, PlannerGraph, example_inputs
+from .backends import TRT_ENGINE, TRT_META, PlannerGraph, example_inputs, tensorrt_available
 from .model.planner import VisionPlanner
 
 __all__ = ["TRT_ENGINE", "PlannerGraph", "build_tensorrt", "example_inputs", "tensorrt_available"]
-
-
-def tensorrt_available() -> str | None:
-    """None when torch-tensorrt and a CUDA device are there, else the reason."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    try:
-        import torch_tensorrt  # noqa: F401
-    except ImportError:
-        return "torch-tensorrt is not installed (pip install torch-tensorrt matching this torch)"
-    return None
 
 
 def build_tensorrt(model: VisionPlanner, precision: str = "fp16", out: str | Path | None = None,

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from .checkpoint import META, CheckpointError
-from .model.ego_motion import CAN_BUS_DIM
+from .data.ego_motion import CAN_BUS_DIM
+from .data.sample import EGO_STATUS_FIELDS
 from .model.planner import BeamTokens, SceneEncoding, VisionPlanner
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -78,7 +79,6 @@ def graph_inputs(cfg) -> tuple[str, ...]:
 
 def example_inputs(model: VisionPlanner, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
     """Batch-1 inputs of PlannerGraph(model) (a plausible camera geometry, a previous BEV)."""
-    from .data.sample import EGO_STATUS_FIELDS
 
     cfg = model.cfg
     h, w = cfg.image_size
@@ -231,11 +231,20 @@ def onnxruntime_model(checkpoint: str | Path, cfg, num_threads: int | None = Non
 
 
 # ---- TensorRT ---------------------------------------------------------------------------------
+def tensorrt_available() -> str | None:
+    """None when torch-tensorrt and a CUDA device are there, else the reason."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        import torch_tensorrt  # noqa: F401
+    except ImportError:
+        return "torch-tensorrt is not installed (pip install torch-tensorrt matching this torch)"
+    return None
+
+
 def tensorrt_model(checkpoint: str | Path, cfg, device: str = "cuda") -> GraphModel:
     """GraphModel over the torch-tensorrt engine `dima export --tensorrt` wrote. Needs a
     CUDA device and torch-tensorrt (the same version that built the engine)."""
-    from .accel import tensorrt_available
-
     checkpoint = Path(checkpoint)
     path, meta_path = checkpoint / TRT_ENGINE, checkpoint / TRT_META
     if not device.startswith("cuda"):

@@ -15,23 +15,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
+import shutil
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rosbags.rosbag2 import Reader
+from torch.utils.data import Subset
 
+from .bags import bag_eval, bag_io
+from .bags.bag_convert import GT_FORMAT, convert, load_nuscenes, select_scenes
 from .config import add_set_argument, load_yaml, parse_overrides
+from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
+from .eval.baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp
+from .eval.evaluate import evaluate
+from .eval.plots import plot_bev, plot_method_bars
+from .ros.demo_replay import replay_into_nodes
+from .ros.env import apply_ros_env_defaults
+from .ros.in_the_loop import DimaInTheLoop
+from .sim.config import BenchConfig, RoutesConfig, RouteSpec
+from .sim.runner import expert_log, route_result
+from .sim.scenario import demo_route
+from .sim.viz import VideoWriter, plot_route
+from .synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[4]
-REASONING_TOPIC = "/dima/reasoning"
 # The demo is the project's own self-contained run: where the user exported no ROS_DOMAIN_ID
 # it keeps to this one, away from the default domain (0) of the user's other ROS work.
 DEMO_DOMAIN_ID = 42
@@ -74,196 +86,12 @@ def _path(p: str) -> Path:
     return q if q.is_absolute() else REPO / q
 
 
-class NodeProcess:
-    """A ROS 2 node's console entry point in its own process, logging to a file."""
-
-    def __init__(self, executable: str, params: list[str], overrides: dict[str, str], log: Path):
-        cmd = [str(Path(sys.executable).with_name(executable)), "--ros-args"]
-        for p in params:
-            cmd += ["--params-file", str(_path(p))]
-        for k, v in overrides.items():
-            cmd += ["-p", f"{k}:={v}"]
-        self.name = executable
-        self.log = log
-        self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
-                                     start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
-        return self.proc.returncode
-
-
-def _wait_ready(node, procs: dict[str, NodeProcess], timeout: float) -> None:
-    """Until every node (by ROS name) reports its model loaded on /diagnostics.
-
-    The planner says "loaded (active)" once configured and activated; the MLLM node says
-    "loaded <model id>" once its LLM is in memory.
-    """
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-
-    waiting = set(procs)
-
-    def on_diag(msg: DiagnosticArray) -> None:
-        for st in msg.status:
-            name, _, part = st.name.partition(": ")  # fully qualified node name: "/dima_planner: model"
-            name = name.lstrip("/")
-            if part == "model" and st.level == DiagnosticStatus.OK and st.message.startswith("loaded") \
-                    and (name != "dima_planner" or "active" in st.message):
-                waiting.discard(name)
-
-    sub = node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-    deadline = time.monotonic() + timeout
-    while waiting:
-        for name in waiting:
-            if not procs[name].alive():
-                raise RuntimeError(f"{procs[name].name} exited during start-up; see {procs[name].log}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{', '.join(sorted(waiting))} not ready within {timeout:.0f} s; "
-                               f"see the logs in {_path('out')}")
-        rclpy.spin_once(node, timeout_sec=0.2)
-    node.destroy_subscription(sub)
-
-
-class FrameOutcomes:
-    """The planner node's answer to each replayed front image: a plan (/dima/trajectory with
-    its stamp) or a skip (a rejected.* counter of /diagnostics going up, with last_rejection
-    as the reason). `before_publish` is BagPlayer's pacing hook: the next front image waits
-    until the previous one was answered, with playback time (and /clock) standing still."""
-
-    def __init__(self, node, front_topic: str, timeout: float):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-        from dima_msgs.msg import PlannedTrajectory
-
-        from .ros import bag_io
-
-        self.front_topic, self.timeout = front_topic, timeout
-        self.planned: set[int] = set()
-        self.skipped: dict[int, str] = {}  # front stamp -> the node's reason
-        self._cond = threading.Condition()
-        self._rejected = 0  # sum of the planning status' rejected.* counters
-        self._last_rejection = ""
-        self._pending: tuple[int, int] | None = None  # (front stamp, rejected count before it)
-        node.create_subscription(PlannedTrajectory, bag_io.TRAJECTORY_TOPIC, self._on_plan,
-                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-
-    def _on_plan(self, msg) -> None:
-        with self._cond:
-            self.planned.add(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
-            self._cond.notify_all()
-
-    def _on_diag(self, msg) -> None:
-        for st in msg.status:
-            if st.name == "/dima_planner: planning":
-                values = {kv.key: kv.value for kv in st.values}
-                with self._cond:
-                    self._rejected = sum(int(v) for k, v in values.items() if k.startswith("rejected."))
-                    self._last_rejection = values.get("last_rejection", "")
-                    self._cond.notify_all()
-
-    def before_publish(self, topic: str, raw) -> None:
-        if topic != self.front_topic:
-            return
-        from .ros.bag_io import cdr_stamp_ns
-
-        self.settle()
-        with self._cond:
-            self._pending = (cdr_stamp_ns(raw), self._rejected)
-
-    def settle(self) -> None:
-        """Wait for the answer to the front image in flight (if any)."""
-        with self._cond:
-            if self._pending is None:
-                return
-            stamp, before = self._pending
-            self._cond.wait_for(lambda: stamp in self.planned or self._rejected > before, self.timeout)
-            if stamp not in self.planned:
-                self.skipped[stamp] = (self._last_rejection if self._rejected > before else
-                                       f"no answer from the node within {self.timeout:.0f} s")
-            self._pending = None
-
-
-def _replay(cfg: DemoConfig, bags: list[Path], run_bag: Path, console: Console) -> dict:
-    """Replay the scene bags into the running nodes and record their outputs into `run_bag`."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from .ros import bag_io
-    from .ros.bag_play import BagPlayer
-    from .ros.bag_record import TopicRecorder
-
-    out = _path(cfg.out)
-    rclpy.init()
-    node = rclpy.create_node("dima_demo")
-    procs: dict[str, NodeProcess] = {}
-    try:
-        procs["dima_planner"] = NodeProcess("dima_planner_node", cfg.node_params,
-                                            {"checkpoint": _path(cfg.checkpoint)}, out / "planner_node.log")
-        if cfg.with_mllm:
-            overrides = {"checkpoint": _path(cfg.mllm_checkpoint)} if cfg.mllm_checkpoint else {}
-            procs["dima_mllm"] = NodeProcess("dima_mllm_node", cfg.mllm_params, overrides, out / "mllm_node.log")
-        with console.status(f"starting {', '.join(p.name for p in procs.values())} (loading the models)"):
-            _wait_ready(node, procs, cfg.node_ready_timeout)
-        topics = {bag_io.TRAJECTORY_TOPIC: "dima_msgs/msg/PlannedTrajectory", bag_io.PATH_TOPIC: "nav_msgs/msg/Path"}
-        if cfg.with_mllm:
-            topics[REASONING_TOPIC] = "dima_msgs/msg/Reasoning"
-        recorder = TopicRecorder(node, run_bag, topics)
-        outcomes = FrameOutcomes(node, bag_io.image_topic(bag_io.CAMERAS_ORDER[0], compressed=True),
-                                 cfg.frame_timeout)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        played: dict[str, int] = {}
-        for bag in bags:
-            player = BagPlayer(node, bag, rate=cfg.rate, clock_hz=100.0)
-            player.before_publish = outcomes.before_publish
-            player.wait_for_subscribers(10.0)
-            console.print(f"  replaying [bold]{bag.name}[/] ({player.reader.duration * 1e-9:.1f} s of data)")
-            stats = player.play()
-            outcomes.settle()  # the last front image of the bag
-            player.drain(5.0)
-            player.close()
-            for k, v in stats.published.items():
-                played[k] = played.get(k, 0) + v
-            time.sleep(1.0)  # the node's last plans are still on the wire
-        executor.shutdown()
-        spinner.join(timeout=5)
-        recorded = recorder.close()
-        return {"played": played, "recorded": recorded, "skipped": outcomes.skipped}
-    finally:
-        for p in procs.values():
-            code = p.stop()
-            if code not in (0, -signal.SIGINT, None):
-                console.print(f"[yellow]{p.name} exited with code {code}; log: {p.log}[/]")
-        node.destroy_node()
-        rclpy.try_shutdown()
-
-
 def _reasoning(run_bag: Path, limit: int) -> list[dict]:
     """The MLLM node's reasoning messages recorded in `run_bag`."""
-    from rosbags.rosbag2 import Reader
-
-    from .ros import bag_io
-
     store = bag_io.make_typestore()
     out = []
     with Reader(run_bag) as reader:
-        conns = [c for c in reader.connections if c.topic == REASONING_TOPIC]
+        conns = [c for c in reader.connections if c.topic == bag_io.REASONING_TOPIC]
         for c, _t, raw in reader.messages(connections=conns):
             m = store.deserialize_cdr(raw, c.msgtype)
             out.append({"input_stamp": m.input_stamp.sec + m.input_stamp.nanosec * 1e-9,
@@ -273,9 +101,6 @@ def _reasoning(run_bag: Path, limit: int) -> list[dict]:
 
 def _ego_mlp(cfg: DemoConfig, world: Path, data_cfg: dict, out: Path, console: Console):
     """The ego-status MLP baseline, fitted on the train split once per world and cached."""
-    from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-    from .eval.baselines import EgoMLP, EgoMLPConfig, train_ego_mlp
-
     mlp_cfg = load_yaml(EgoMLPConfig, _path(cfg.mlp_config))
     weights, stamp = out / "ego_mlp.safetensors", out / "ego_mlp.world"
     key = (world / "dima_meta.json").read_text() + repr(mlp_cfg)
@@ -288,9 +113,36 @@ def _ego_mlp(cfg: DemoConfig, world: Path, data_cfg: dict, out: Path, console: C
     return mlp
 
 
-def run(args: argparse.Namespace) -> int:
-    from .ros.env import apply_ros_env_defaults
+def closed_loop_demo(out: Path, checkpoint: Path, world: Path, console, route: RouteSpec | None = None) -> dict:
+    """Drive `route` with dima_planner_node in lockstep over DDS; write closed_loop.{json,png,gif}."""
+    route = route or demo_route(world)
 
+    console.rule("[bold]closed loop: dima_planner_node drives a route of the world (dima_sim, lockstep)")
+    cfg = load_yaml(BenchConfig, REPO / "params" / "sim" / "bench.yaml")
+    cfg = replace(cfg, sim=replace(cfg.sim, world=str(world)), checkpoint=str(checkpoint), routes=RoutesConfig(extra=[route]))
+    out.mkdir(parents=True, exist_ok=True)
+    video = VideoWriter(out / f"{route.name}.gif", cfg.sim.frame_hz, every=1)
+    dima = DimaInTheLoop(cfg, out, console, _path)
+    try:
+        with console.status(f"driving {route.name} ({route.scene or route.kind}, {route.seconds:.0f} s of sim time)"):
+            sim = dima.drive(route, video)
+    finally:
+        dima.close()
+    expert = expert_log(sim.sc, cfg.sim)
+    res = route_result(route.name, sim, cfg.sim, expert)
+    (out / f"{route.name}.json").write_text(json.dumps(res, indent=1))
+    plot_route(sim, out / f"{route.name}.png", f"{route.scene or route.kind} ({sim.sc.kind}): dima_planner_node",
+               res, expert)
+    gif = video.close()
+    console.print(f"  driving score {res['driving_score']:.1f}, route completion {res['route_completion']:.1f} %, "
+                  f"collisions {res['collisions']}, red flags {res['red_flags']}, "
+                  f"{res['plans']} plans ({res['missed_plans']} missed)")
+    console.print(f"  the route ended after {res['sim_seconds']:.1f} s of sim time: {res['end_detail']}")
+    console.print(f"  wrote {out / (route.name + '.png')}, {gif} and {out / (route.name + '.json')}")
+    return res
+
+
+def run(args: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 100))
     cfg = load_yaml(DemoConfig, _path(args.config), parse_overrides(args.set))
     apply_ros_env_defaults(cfg.domain_id, DEMO_DOMAIN_ID)  # loopback-only DDS, own domain, before any rclpy
@@ -299,16 +151,11 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
 
     # 1. The world.
-    from .synth import SynthConfig, generate
-
     console.rule("[bold]1. embedded nuScenes-format world")
     world = generate(load_yaml(SynthConfig, _path(cfg.synth_config)), _path(cfg.world), progress=True)
     console.print(f"  dataroot {world}")
 
     # 2. Bags of the validation scenes, one per scene (scenes lie hours apart in time).
-    from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-    from .ros.bag_convert import GT_FORMAT, convert, load_nuscenes, select_scenes
-
     console.rule("[bold]2. validation scenes -> rosbag2 (MCAP)")
     nusc = load_nuscenes(world, None)
     scenes = [s["name"] for s in select_scenes(nusc, world, nusc.version, None, cfg.split)][: cfg.max_scenes]
@@ -330,11 +177,9 @@ def run(args: argparse.Namespace) -> int:
                  + " <- bag replay (real DDS, loopback)")
     run_bag = out / "node_outputs"
     if run_bag.exists():
-        import shutil
-
         shutil.rmtree(run_bag)
     try:
-        counts = _replay(cfg, bags, run_bag, console)
+        counts = replay_into_nodes(cfg, bags, run_bag, console, _path)
     except RuntimeError as e:  # a node failed to start: its log says why
         console.print(f"[red]dima demo: {e}[/]")
         return 1
@@ -342,11 +187,6 @@ def run(args: argparse.Namespace) -> int:
 
     # 5. Scores on the same keyframes.
     console.rule("[bold]4. open-loop planning metrics (VAD convention)")
-    from .eval.baselines import ConstantVelocity
-    from .eval.evaluate import evaluate
-    from .eval.plots import plot_bev, plot_method_bars
-    from .ros import bag_eval
-
     gts, preds = bag_eval.read_bags([*bags, run_bag], bag_eval.bag_io.TRAJECTORY_TOPIC)
     pairs = bag_eval.match(gts, preds, int(1e6))
     node_plans = {g.token: g.lidar_xy(p[:6]) for g, p in pairs if len(p) >= 6}
@@ -356,8 +196,6 @@ def run(args: argparse.Namespace) -> int:
     data_cfg = dict(dataroot=str(world), version=nusc.version, load_images=False)
     val = NuScenesPlanningDataset(DatasetConfig(split=cfg.split, **data_cfg))
     index = [i for i, t in enumerate(val.tokens) if t in node_plans]
-    from torch.utils.data import Subset
-
     subset = Subset(val, index)
     mlp = _ego_mlp(cfg, world, data_cfg, out, console)
     methods = {
@@ -409,8 +247,6 @@ def run(args: argparse.Namespace) -> int:
             shown += 1
     console.print(f"  wrote {out / 'metrics.json'}, {out / 'bars_vad.png'} and {shown} BEV figure(s) "
                   f"in {time.monotonic() - t_start:.0f} s")
-
-    from .sim.demo_step import closed_loop_demo
 
     closed_loop_demo(out, _path(cfg.checkpoint), world, console)
     if unplanned:

@@ -26,6 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import accel, backends
+from .backends import ORT_TOLERANCE
 from .checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -55,8 +57,6 @@ def write_onnx(checkpoint: str | Path, sha256: str) -> tuple[Path, float]:
     import numpy as np
     import onnxruntime as ort
     import torch
-
-    from . import backends
 
     model, _ = load_checkpoint(checkpoint)
     path = backends.export_onnx(model, Path(checkpoint) / backends.ONNX_FILE, sha256)
@@ -95,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
         except (ImportError, RuntimeError, ValueError) as e:
             print(f"dima export: ONNX export failed: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
-        from .backends import ORT_TOLERANCE
 
         if err > ORT_TOLERANCE:
             print(f"dima export: {path} disagrees with torch by {err:.2e} (> {ORT_TOLERANCE:g}); not usable",
@@ -105,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); ONNX Runtime vs torch: max |difference| "
               f"{err:.1e} (tolerance {ORT_TOLERANCE:g})")
     if getattr(args, "tensorrt", False):
-        from . import accel
-
         try:
             model, _ = load_checkpoint(args.out)
             engine = Path(args.out) / accel.TRT_ENGINE

@@ -5,10 +5,10 @@
     result.trajectory            # (6, 2) LiDAR frame, x right, y forward, metres
     planner.predict(batch)       # (B, 6, 2) for a collated dataset batch (dima eval)
 
-Inputs go through model/inputs.py, the function training uses. Temporal input has ONE
+Inputs go through data/inputs.py, the function training uses. Temporal input has ONE
 rule for `plan` and `predict`, the one training's chained history queue follows: the BEV of
 the frame about 0.5 s earlier (TemporalMemory), itself made from its predecessor's,
-aligned by the two frames' poses; ego motion (model/ego_motion.py) comes from the poses
+aligned by the two frames' poses; ego motion (data/ego_motion.py) comes from the poses
 the planner was given (`add_odometry` for a denser odometry stream). `reset()` or
 scene_start=True forgets both. Nothing is global except torch's thread count, which is
 only changed when `num_threads` is given.
@@ -16,17 +16,22 @@ only changed when `num_threads` is given.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from .checkpoint import load_checkpoint
+from .backends import graph_model
+from .checkpoint import CheckpointError, load_checkpoint, read_model_config
+from .config import ConfigError, load_yaml
+from .data.ego_motion import CAN_BUS_DIM, PoseHistory
+from .data.inputs import batch_inputs, normalise, prepare_frame
 from .data.sample import AGENT_CLASSES, CAMERAS, MAP_CLASSES, STEP_SECONDS
-from .model.ego_motion import CAN_BUS_DIM, PoseHistory
-from .model.inputs import batch_inputs, normalise, prepare_frame
+from .model.mllm import LLMNotFoundError, MLLMBranch, MLLMConfig
+from .model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
 from .model.planner import VisionPlanner
 
 
@@ -120,7 +125,7 @@ class Planner:
     def add_odometry(self, stamp_ns: int, lidar2world: np.ndarray) -> None:
         """Feed an odometry pose (LiDAR frame -> world) between plan() calls. Optional:
         plan() records the pose of every frame it plans; a denser stream only makes the
-        poses 0.5 s and 1 s back (model/ego_motion.py) nearer their nominal stamps."""
+        poses 0.5 s and 1 s back (data/ego_motion.py) nearer their nominal stamps."""
         self.poses.add(int(stamp_ns), lidar2world)
 
     def can_bus(self, stamp_ns: int, lidar2world: np.ndarray) -> np.ndarray:
@@ -157,7 +162,7 @@ class Planner:
         """(B, 6, 2) commanded trajectories for a collated dataset batch (`dima eval`).
 
         Images must be at the model's size (build the dataset with image_size =
-        planner.cfg.image_size: the dataset resizes through model/inputs.py). Samples are
+        planner.cfg.image_size: the dataset resizes through data/inputs.py). Samples are
         walked one by one in batch order through the same temporal rule as plan(), keyed
         by their timestamps and LiDAR poses, with the dataset's ego motion vector: feed the
         dataset in order, unshuffled, as `dima eval` does. A new scene token resets it.
@@ -190,7 +195,7 @@ class Planner:
     def preprocess(self, images: list, intrinsics: np.ndarray,
                    cam2lidar: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Camera frames (encoded bytes or RGB arrays, CAMERAS order) -> model tensors,
-        through model/inputs.py exactly as the dataset does."""
+        through data/inputs.py exactly as the dataset does."""
         if len(images) != len(CAMERAS):
             raise ValueError(f"plan() needs {len(CAMERAS)} images in order {', '.join(CAMERAS)}, got {len(images)}")
         imgs, _, l2i = prepare_frame(images, intrinsics, cam2lidar, self.cfg.image_size,
@@ -211,7 +216,7 @@ class Planner:
         the temporal BEV (the one remembered closest to 0.5 s earlier, as in training) and
         the ego motion input; without them the frame is planned alone (and a model with
         model.can_bus needs `can_bus` explicitly). `can_bus` overrides the vector computed
-        from the odometry history (model/ego_motion.py).
+        from the odometry history (data/ego_motion.py).
         """
         if int(command) not in (0, 1, 2):
             raise ValueError(f"command must be 0 (right), 1 (left) or 2 (straight), got {command}")
@@ -275,9 +280,6 @@ def load_planner(checkpoint_dir: str | Path, device: str = "cpu", num_threads: i
     backend: "torch" (eager), or "onnxruntime" / "tensorrt" running the graph that
     `dima export --onnx` / `--tensorrt` wrote into the checkpoint (backends.py)."""
     if backend != "torch":
-        from .backends import graph_model
-        from .checkpoint import CheckpointError, read_model_config
-
         if dual:
             raise CheckpointError(f"Dual inference runs on the torch backend only, not {backend}")
         cfg = read_model_config(checkpoint_dir)
@@ -293,15 +295,6 @@ def load_planner(checkpoint_dir: str | Path, device: str = "cpu", num_threads: i
 def load_mllm_branch(directory: str | Path, device: str | torch.device = "cpu", llm_path: str | None = None):
     """MLLMBranch from an MLLM checkpoint (model.mllm.checkpoint format:
     mllm.yaml + mllm.safetensors; the LLM is loaded from its own folder)."""
-    from dataclasses import replace
-
-    from safetensors.torch import load_file
-
-    from .checkpoint import CheckpointError
-    from .config import ConfigError, load_yaml
-    from .model.mllm import LLMNotFoundError, MLLMBranch, MLLMConfig
-    from .model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
-
     directory = Path(directory)
     for name in (MLLM_CONFIG, MLLM_WEIGHTS):
         if not (directory / name).is_file():
@@ -335,8 +328,6 @@ class DualModel(torch.nn.Module):
         c = planner.cfg.embed_dim
         m = branch.cfg
         if (m.token_dim, m.planner_dim, tuple(m.bev_hw)) != (c, c, (planner.cfg.bev_h, planner.cfg.bev_w)):
-            from .checkpoint import CheckpointError
-
             raise CheckpointError(f"the MLLM checkpoint was trained for tokens {m.token_dim} wide on a "
                                   f"{m.bev_hw[0]}x{m.bev_hw[1]} BEV, the planner has {c} on "
                                   f"{planner.cfg.bev_h}x{planner.cfg.bev_w}")

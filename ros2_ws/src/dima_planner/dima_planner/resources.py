@@ -10,7 +10,9 @@ ROS-free: no rclpy import.
 """
 from __future__ import annotations
 
+import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 PACKAGE = "dima_planner"
@@ -57,3 +59,22 @@ def candidates(relative: str | Path, cwd: str | Path | None = None) -> list[Path
 def find(relative: str | Path, cwd: str | Path | None = None) -> Path | None:
     """The first existing candidate of `relative` (see candidates), or None."""
     return next((c for c in candidates(relative, cwd) if c.exists()), None)
+
+
+# rclpy's major version -> distro, for a venv of PyPI wheels (no ROS_DISTRO there).
+_RCLPY_MAJOR_TO_DISTRO = {3: "humble", 5: "iron", 7: "jazzy", 9: "kilted"}
+
+
+def ros_distro() -> str:
+    """The ROS 2 distro in use: ROS_DISTRO (a sourced ROS environment), else the one the
+    installed rclpy wheel belongs to, else 'jazzy'."""
+    distro = os.environ.get("ROS_DISTRO", "").strip().lower()
+    if distro:
+        return distro
+    for dist in ("ros-rclpy", "rclpy"):
+        try:
+            major = int(metadata.version(dist).split(".")[0])
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+        return _RCLPY_MAJOR_TO_DISTRO.get(major, "jazzy" if major < 9 else "kilted")
+    return "jazzy"

@@ -2,13 +2,14 @@
 
 Conventions: a pose is the 4x4 float64 child -> parent transform; quaternions are
 (w, x, y, z) in nuScenes records and (x, y, z, w) in ROS messages (both spelled out in the
-function names). Intrinsics scaling lives with the rest of the model input path:
-model/inputs.scale_intrinsics (pixel-corner convention, (H, W) axis order).
+function names). Intrinsics of a resized image: scale_intrinsics (pixel-corner
+convention, (H, W) axis order, as data/inputs.py resizes).
 Used by the dataset, the world generator, the bag tools and the planner node alike.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,36 @@ def wrap_angle(a):
     return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
+# ---- images resized for the model: the (H, W) order of data/inputs.py -----------------------------
+def fitted_size(h0: int, w0: int, size: Sequence[int], fit: str = "stretch") -> tuple[int, int]:
+    """(H, W) the image content is resized to: `size` itself ("stretch"), or the largest
+    aspect-preserving size inside it ("pad": VAD scales and pads the rest with zeros)."""
+    if fit == "stretch":
+        return int(size[0]), int(size[1])
+    if fit != "pad":
+        raise ValueError(f"image fit must be 'stretch' or 'pad', got {fit!r}")
+    s = min(size[0] / h0, size[1] / w0)
+    return min(int(size[0]), int(round(h0 * s))), min(int(size[1]), int(round(w0 * s)))
+
+
+def scale_intrinsics(k: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int] | None,
+                     fit: str = "stretch") -> np.ndarray:
+    """Intrinsics of an image resized from (H0, W0) to (H, W): fx, cx scale by W/W0; fy, cy by H/H0
+    (fit="pad": both by the aspect-preserving factor; the padding at the bottom / right does
+    not move the origin).
+
+    Axis order is (H, W), as in data/inputs.py (the model's image_size order)."""
+    k = np.asarray(k, np.float64)
+    if to_hw is None:
+        return k.copy()
+    to_hw = fitted_size(int(from_hw[0]), int(from_hw[1]), to_hw, fit)
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    return np.diag([sx, sy, 1.0]) @ k
+
+
 # ---- camera rig --------------------------------------------------------------------------------------
 RIG_SIZE = (1600, 900)  # (width, height) the packaged rig's intrinsics are for
-RIG_HW = (900, 1600)  # the same as (height, width), model/inputs.py's axis order
+RIG_HW = (900, 1600)  # the same as (height, width), data/inputs.py's axis order
 
 
 @dataclass(frozen=True)

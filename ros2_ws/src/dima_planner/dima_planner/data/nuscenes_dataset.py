@@ -23,11 +23,11 @@ from pyquaternion import Quaternion
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..eval.metrics import occupancy_from_boxes
-from ..model.ego_motion import can_bus_override, can_bus_vector, ego_status_vector
-from ..model.inputs import ImageDecodeError, decode_image, lidar2img, prepare_frame, scale_intrinsics
-from .geometry import sensor_to_global
+from .ego_motion import can_bus_override, can_bus_vector, ego_status_vector
+from .geometry import scale_intrinsics, sensor_to_global
+from .inputs import ImageDecodeError, decode_image, lidar2img, prepare_frame
 from .map_vectors import MAP_RANGE, MapSource, local_map_vectors
+from .occupancy import occupancy_from_boxes
 from .sample import (
     AGENT_CLASSES,
     CAMERAS,
@@ -159,7 +159,7 @@ def _ego_status(nusc, lidar_sd: dict, global2lidar: np.ndarray, min_dt: float) -
     `min_dt` earlier, acceleration from the interval before that; zero at a log's start.
     (Central differences would read the pose of the next keyframe, i.e. the first future
     waypoint the planner is scored on, whenever the LiDAR has no sweeps.) The arithmetic is
-    model.ego_motion.ego_status_vector, which the closed-loop baselines are fed through.
+    data.ego_motion.ego_status_vector, which the closed-loop baselines are fed through.
     """
     poses = []
     p = lidar_sd
@@ -295,7 +295,7 @@ def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene
         cam2lidar.append(global2lidar @ sensor_to_global(nusc, sd["token"]))
 
     prev2cur = np.eye(4)
-    # Ego motion input from the previous keyframes' LiDAR poses (model/ego_motion.py, the rule
+    # Ego motion input from the previous keyframes' LiDAR poses (data/ego_motion.py, the rule
     # the node applies to odometry), or the CAN bus expansion where the dataroot has it.
     hist_sd = [nusc.get("sample_data", s["data"]["LIDAR_TOP"])
                for s in _chain(nusc, "sample", sample["token"], "prev", 2)]
@@ -449,7 +449,7 @@ def load_records(cfg: DatasetConfig, nusc=None) -> list[dict]:
 
 
 def load_image(path: Path, image_size, sample_token: str) -> np.ndarray:
-    """RGB uint8 (H, W, 3) at image_size through the one model-input path (model.inputs);
+    """RGB uint8 (H, W, 3) at image_size through the one model-input path (data.inputs);
     ImageLoadError naming the file otherwise."""
     try:
         return decode_image(path, image_size)

@@ -51,7 +51,7 @@ STEP_SECONDS = 0.5
 EGO_STATUS_FIELDS: tuple[str, ...] = ("vx", "vy", "ax", "ay", "yaw_rate", "speed")
 
 # CAN-bus-style ego motion input of the BEV encoder (VAD's can_bus), from the current pose
-# and those 0.5 s / 1 s earlier only (causal; model/ego_motion.py computes it), current LiDAR frame:
+# and those 0.5 s / 1 s earlier only (causal; data/ego_motion.py computes it), current LiDAR frame:
 CAN_BUS_FIELDS: tuple[str, ...] = (
     "dx", "dy",  # displacement since the previous frame (m)
     "dyaw",  # heading change since the previous frame (rad, ccw)
@@ -96,7 +96,7 @@ class Sample:
     map_vectors: np.ndarray  # float32 (M, MAP_POINTS, 2), LiDAR frame
     map_labels: np.ndarray  # int64 (M,), index into MAP_CLASSES
 
-    occupancy: np.ndarray  # bool (6, 200, 200): eval.metrics.occupancy_from_boxes of agent futures
+    occupancy: np.ndarray  # bool (6, 200, 200): data.occupancy.occupancy_from_boxes of agent futures
 
     # Previous keyframe of the same scene, for temporal BEV (None at a scene start).
     prev_token: str | None = None

@@ -1,1 +1,2 @@
-"""Open-loop evaluation: VAD-exact metrics, baselines, plots and the `dima eval` CLI."""
+"""Open-loop evaluation: VAD-exact metrics, baselines, plots, the sharded evaluation loop and
+the factual-QA scoring of the MLLM branch (qa.py). The `dima eval` command is cli/eval.py."""

@@ -3,8 +3,8 @@
 Everything here reproduces the ST-P3 `PlanningMetric` as used by VAD, including its
 quirks, so numbers are comparable with published tables:
 
-* occupancy: agent boxes drawn with `cv2.fillPoly` from 4 corners rounded with np.round
-  (column = round((x + 50) / 0.5), row = round((50 - y) / 0.5));
+* occupancy (data/occupancy.py): agent boxes drawn with `cv2.fillPoly` from 4 corners
+  rounded with np.round (column = round((x + 50) / 0.5), row = round((50 - y) / 0.5));
 * ego footprint: rasterised once with `skimage.draw.polygon` on fractional indices
   (cell-centre origin bx = -49.75), shifted by each waypoint / 0.5 as floats, then
   truncated toward zero (`astype(int32)`) and clipped to [0, 199]. Note the half-cell
@@ -18,14 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import cv2
 import numpy as np
 from skimage.draw import polygon as sk_polygon
 
-GRID = 200  # cells per side
-DX = 0.5  # metres per cell
-BX = -49.75  # centre of the first cell (m)
-BEV_HALF = 50.0  # grid covers [-50, 50) m
+from ..data.occupancy import BX, DX, GRID
+
 EGO_LENGTH = 4.084
 EGO_WIDTH = 1.85
 EGO_FORWARD_SHIFT = 0.5
@@ -33,50 +30,6 @@ HORIZONS_S = (1, 2, 3)  # seconds; n = 2 * k steps at 0.5 s
 N_STEPS = 6
 
 Convention = Literal["vad", "uniad"]
-
-
-def box_corners(x: float, y: float, yaw: float, length: float, width: float) -> np.ndarray:
-    """(4, 2) corners of a box in the LiDAR frame, VAD's corner order."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    local = np.array(
-        [[length / 2, -length / 2, -length / 2, length / 2], [width / 2, width / 2, -width / 2, -width / 2]]
-    )
-    rot = np.array([[c, -s], [s, c]])
-    return (rot @ local + np.array([[x], [y]])).T
-
-
-def _corner_pixels(corners: np.ndarray) -> np.ndarray:
-    """Corners (4, 2) in metres -> int32 (col, row) pixels, VAD's np.round mapping."""
-    col = (corners[:, 0] + BEV_HALF) / DX
-    row = (BEV_HALF - corners[:, 1]) / DX
-    return np.round(np.stack([col, row], axis=-1)).astype(np.int32)
-
-
-def occupancy_from_boxes(boxes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Rasterise future agent boxes into VAD's collision occupancy.
-
-    boxes: float (T, K, 5) = x, y, yaw, length, width (LiDAR frame, yaw ccw from +x);
-    mask: bool (T, K), True where the agent exists at step t.
-    Returns bool (T, 200, 200), indexed [t, row, col] with row 0 at y = +50 m.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    mask = np.asarray(mask)
-    if boxes.ndim != 3 or boxes.shape[-1] != 5:
-        raise ValueError(f"occupancy_from_boxes: boxes must have shape (T, K, 5), got {boxes.shape}")
-    if mask.shape != boxes.shape[:2]:
-        raise ValueError(f"occupancy_from_boxes: mask shape {mask.shape} does not match boxes {boxes.shape[:2]}")
-    mask = mask.astype(bool)
-    if not np.all(np.isfinite(boxes[mask])):
-        raise ValueError("occupancy_from_boxes: a masked-in box has NaN or infinite values")
-    occ = np.zeros((boxes.shape[0], GRID, GRID), dtype=np.uint8)
-    for t in range(boxes.shape[0]):
-        for k in np.flatnonzero(mask[t]):
-            pts = _corner_pixels(box_corners(*boxes[t, k]))
-            # cv2 clips polygons partly outside the image; coordinates far out would overflow
-            # cv2's fixed-point maths, so bound them well outside the grid first.
-            pts = np.clip(pts, -10 * GRID, 11 * GRID)
-            cv2.fillPoly(occ[t], [pts], color=1)
-    return occ.astype(bool)
 
 
 def ego_footprint_cells() -> np.ndarray:

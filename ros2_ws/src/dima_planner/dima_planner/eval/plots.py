@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..data.sample import COMMAND_NAMES, MAP_CLASSES, Sample  # noqa: E402
-from .metrics import box_corners  # noqa: E402
+from ..data.occupancy import box_corners  # noqa: E402
 
 _MAP_COLOURS = {"divider": "tab:orange", "ped_crossing": "tab:blue", "boundary": "tab:red"}
 

@@ -82,7 +82,7 @@ def grid_mask(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.
 
 
 def augment_inputs(inputs: dict, cfg: AugmentConfig, g: torch.Generator) -> dict:
-    """Model inputs (model/inputs.batch_inputs) with augmented images: photometric on every
+    """Model inputs (data/inputs.batch_inputs) with augmented images: photometric on every
     frame of the temporal queue, GridMask on the current frame only (VAD computes the queue's
     BEVs in eval mode, where GridMask is off)."""
     if not cfg.enabled:

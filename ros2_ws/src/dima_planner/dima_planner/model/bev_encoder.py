@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .ego_motion import CAN_BUS_DIM
+from ..data.ego_motion import CAN_BUS_DIM
 
 
 def bev_cell_centres(cfg: ModelConfig) -> torch.Tensor:
@@ -250,14 +250,14 @@ class BEVEncoder(nn.Module):
                 can_bus: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, N, C, h, w); lidar2img (B, N, 4, 4) for the model's image size;
         prev_bev (B, Q, C) in the previous frame; has_prev (B,) bool, False at scene starts;
-        can_bus (B, CAN_BUS_DIM) (model/ego_motion.py), required when cfg.can_bus."""
+        can_bus (B, CAN_BUS_DIM) (data/ego_motion.py), required when cfg.can_bus."""
         cfg = self.cfg
         b = feats.shape[0]
         x = self.queries[None].expand(b, -1, -1)
         if self.can_bus_mlp is not None:
             if can_bus is None:
                 raise ValueError("this model takes ego motion (model.can_bus): pass can_bus (B, "
-                                 f"{CAN_BUS_DIM}), see dima_planner.model.ego_motion")
+                                 f"{CAN_BUS_DIM}), see dima_planner.data.ego_motion")
             x = x + self.can_bus_mlp(can_bus.to(x.device))[:, None, :].to(x.dtype)
         pos = self.pos[None]
         # Without a usable previous BEV the queue holds the query itself (as BEVFormer/VAD do).

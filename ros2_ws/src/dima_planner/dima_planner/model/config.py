@@ -18,7 +18,7 @@ class ModelConfig:
     # Image input (the model resizes nothing: callers give images at this size and
     # intrinsics/lidar2img for it; inference.py does the resize for raw frames).
     image_size: tuple[int, int] = (96, 160)  # H, W
-    # How camera frames are fitted to image_size (model/inputs.py): "stretch" to it, or "pad"
+    # How camera frames are fitted to image_size (data/inputs.py): "stretch" to it, or "pad"
     # (VAD: scale keeping the aspect ratio, zero-pad bottom / right; VAD-Tiny 640x360 -> 640x384).
     image_fit: Literal["stretch", "pad"] = "stretch"
     backbone: BackboneName = "tiny"
@@ -59,7 +59,7 @@ class ModelConfig:
 
     use_ego_status: bool = False  # the "+" variant
 
-    # Ego motion the way VAD feeds it (model/ego_motion.py): an MLP of the CAN bus vector
+    # Ego motion the way VAD feeds it (data/ego_motion.py): an MLP of the CAN bus vector
     # added to every BEV query. False = strictly camera-only. Keys absent from a checkpoint's
     # config keep the behaviour of checkpoints made before they existed.
     can_bus: bool = False

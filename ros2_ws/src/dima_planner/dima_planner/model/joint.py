@@ -34,9 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..qa import generate_qa, lead_agent, make_insert_edit, make_remove_edit
+from ..qa.factual import factual_qa
 from .mllm import EditBatch, MLLMBranch, MLLMTargets, QABatch
-from .mllm.losses import masked_trajectory_l1
 from .mllm.dual_tune import DualTuneConfig
+from .mllm.losses import masked_trajectory_l1
 from .mllm.qa_tune import QATuneConfig
 from .planner import SceneEncoding, VisionPlanner
 
@@ -77,8 +79,6 @@ def scene_qa(samples: Sequence, k: int, rng: np.random.Generator, factual: bool 
              drivelm: dict | None = None) -> QABatch:
     """Per sample: k random free-text pairs (DriveLM's for samples `drivelm` covers, else
     generated from the annotations) plus, with `factual`, the four factual pairs."""
-    from ..qa import generate_qa
-    from ..qa.factual import factual_qa
 
     per_sample = []
     for s in samples:
@@ -101,8 +101,6 @@ def nearest_agent_token(pred_boxes: torch.Tensor, xy: np.ndarray) -> int:
 
 def scene_edits(samples: Sequence, pred_boxes: torch.Tensor, fraction: float, descriptor_dim: int,
                 rng: np.random.Generator) -> EditBatch | None:
-    from ..qa import lead_agent, make_insert_edit, make_remove_edit
-
     edits = []
     for i, s in enumerate(samples):
         if rng.random() >= fraction:

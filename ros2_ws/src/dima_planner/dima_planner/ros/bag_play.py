@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dima_planner.ros import bag_io
+from dima_planner.bags import bag_io
 from dima_planner.ros.env import apply_ros_env_defaults, discovery_note
+from ..bags.bag_salvage import BagDamagedError, open_bag, read_messages
 
 DEFAULT_DEPTH = 10
 
@@ -88,8 +89,6 @@ class BagPlayer:
     def __init__(self, node, bag: str | Path, topics: list[str] | None = None, remap: dict[str, str] | None = None,
                  rate: float = 1.0, start_offset: float = 0.0, loop: bool = False, clock_hz: float = 0.0,
                  depth: int = DEFAULT_DEPTH):
-        from .bag_salvage import open_bag
-
         if rate <= 0:
             raise ValueError(f"--rate must be > 0, got {rate}")
         if start_offset < 0:
@@ -173,7 +172,6 @@ class BagPlayer:
 
     def play(self) -> PlayStats:
         """Publish the bag (looping if asked); BagDamagedError after the intact messages of a damaged one."""
-        from .bag_salvage import read_messages
 
         clock_thread = None
         if self.clock_pub is not None:
@@ -263,8 +261,6 @@ def run(args: argparse.Namespace) -> int:
     if note:
         print(f"dima bag play: {note}", file=sys.stderr)
     import rclpy
-
-    from .bag_salvage import BagDamagedError
 
     try:
         remap = parse_remaps(args.remap)

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from dima_planner.ros import bag_io
+from dima_planner.bags import bag_io
 from dima_planner.ros.env import apply_ros_env_defaults, discovery_note
 
 

@@ -26,10 +26,10 @@ from dima_msgs.msg import PlannedTrajectory, SceneTokens
 
 from ..data import geometry
 from ..data.sample import AGENT_CLASSES, MAP_CLASSES, STEP_SECONDS
-from . import images
-from .errors import InputError  # noqa: F401  (re-exported)
-from .frames import lidar_points_to_base, trajectory_lidar_to_base  # noqa: F401  (re-exported)
-from .images import SUPPORTED_ENCODINGS  # noqa: F401
+from ..runtime import images
+from ..runtime.errors import InputError  # noqa: F401  (re-exported)
+from ..runtime.frames import lidar_points_to_base, trajectory_lidar_to_base  # noqa: F401  (re-exported)
+from ..runtime.images import SUPPORTED_ENCODINGS  # noqa: F401
 
 
 # ---- time ---------------------------------------------------------------------------------

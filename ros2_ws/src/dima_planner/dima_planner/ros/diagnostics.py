@@ -11,7 +11,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from .planner_stats import ERROR, OK, WARN, PlannerStats, Rejection  # noqa: F401  (re-exported)
+from ..runtime.planner_stats import ERROR, OK, WARN, PlannerStats, Rejection  # noqa: F401  (re-exported)
 
 
 def percentiles_ms(values: list[float]) -> tuple[float, float]:

@@ -41,30 +41,9 @@ DISCOVERY_RANGES = frozenset({"LOCALHOST", "SUBNET", "OFF", "SYSTEM_DEFAULT"})
 # Only the variable the running distro reads is set; a user value under either name wins.
 FASTRTPS_DISTROS = frozenset({"humble", "iron", "jazzy"})
 PROFILE_ENVS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-# rclpy's major version -> distro, for a venv of PyPI wheels (no ROS_DISTRO there).
-_RCLPY_MAJOR_TO_DISTRO = {3: "humble", 5: "iron", 7: "jazzy", 9: "kilted"}
-
-
-def ros_distro() -> str:
-    """The ROS 2 distro in use: ROS_DISTRO (a sourced ROS environment), else the one the
-    installed rclpy wheel belongs to, else 'jazzy'."""
-    distro = os.environ.get("ROS_DISTRO", "").strip().lower()
-    if distro:
-        return distro
-    from importlib import metadata
-
-    for dist in ("ros-rclpy", "rclpy"):
-        try:
-            major = int(metadata.version(dist).split(".")[0])
-        except (metadata.PackageNotFoundError, ValueError):
-            continue
-        return _RCLPY_MAJOR_TO_DISTRO.get(major, "jazzy" if major < 9 else "kilted")
-    return "jazzy"
-
-
 def profile_env_var(distro: str | None = None) -> str:
     """The Fast DDS profile variable that `distro` (default: the running one) reads."""
-    distro = (distro or ros_distro()).lower()
+    distro = (distro or resources.ros_distro()).lower()
     return "FASTRTPS_DEFAULT_PROFILES_FILE" if distro in FASTRTPS_DISTROS else "FASTDDS_DEFAULT_PROFILES_FILE"
 
 

@@ -56,9 +56,9 @@ from dima_msgs.srv import AskScene
 
 from . import conversions as conv
 from .node_runtime import descriptor, set_parameters, spin
-from .extrinsics import load_rig
-from .params import ParamSpec
-from .reasoning import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
+from ..runtime.extrinsics import load_rig
+from ..runtime.params import ParamSpec
+from ..runtime.reasoning import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
                         decode_scene_tokens_msg)
 
 NODE_NAME = "dima_mllm"

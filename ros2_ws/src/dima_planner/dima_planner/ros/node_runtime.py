@@ -16,7 +16,7 @@ _PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_I
 
 
 def descriptor(spec, read_only: bool = False, notes: Sequence[str] = ()) -> ParameterDescriptor:
-    """ROS descriptor of a ros.params.ParamSpec: type, range, choices and pattern as constraints."""
+    """ROS descriptor of a runtime.params.ParamSpec: type, range, choices and pattern as constraints."""
     d = ParameterDescriptor(name=spec.name, type=_PTYPE[spec.kind], description=spec.description,
                             read_only=read_only)
     if spec.kind == "float" and spec.low is not None:

@@ -46,19 +46,19 @@ from visualization_msgs.msg import MarkerArray
 
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory, SceneTokens
 
-from ..data.geometry import RIG_HW, Rig, load_rig
+from ..data.geometry import RIG_HW, Rig, load_rig, scale_intrinsics
 from ..data.sample import CAMERAS, EGO_STATUS_FIELDS
+from ..runtime.errors import InputError
+from ..runtime.images import Decoded, ImageLimits, decode
+from ..runtime.params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
+from ..runtime.planner_core import FrameInputs, PlanOutput, PlannerCore, Skip
+from ..runtime.planner_stats import PlannerStats
+from ..runtime.sync import SEC, AnchorSlot, Cached, InputCache, side_cameras_ready
 from . import conversions as conv
 from .diagnostics import build_diagnostics
-from .errors import InputError
-from .images import Decoded, ImageLimits, decode
 from .lifecycle_guard import guard_change_state
-from .peers import PeerWatch
 from .node_runtime import descriptor, set_parameters, spin
-from .params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
-from .planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
-from .planner_stats import PlannerStats
-from .sync import SEC, AnchorSlot, Cached, InputCache, side_cameras_ready
+from .peers import PeerWatch
 
 FRONT = CAMERAS[0]
 SIDES = CAMERAS[1:]
@@ -178,8 +178,10 @@ class PlannerNode(LifecycleNode):
                 return self._fail(f"an Autoware output topic is set but its messages are missing ({e}): source an "
                                   f"Autoware workspace, or run `make setup` (builds them into the venv)")
         try:
-            from ..inference import load_planner  # torch is imported here, not at node start
-            from ..model.inputs import scale_intrinsics
+            # Imported at configure, not at node start: inference brings torch and the model,
+            # 3.4 s of `python -X importtime` on the 2-core dev machine (the node module alone:
+            # 1.0 s), and an unconfigured node answers its lifecycle services within a second.
+            from ..inference import load_planner
 
             t0 = time.monotonic()
             mllm = resolve_checkpoint(p["mllm_checkpoint"])[0] if p["mllm_checkpoint"] else None

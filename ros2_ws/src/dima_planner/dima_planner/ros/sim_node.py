@@ -40,15 +40,19 @@ from tf2_msgs.msg import TFMessage
 
 from dima_msgs.msg import DrivingCommand, PlannedTrajectory, Reasoning
 
+from ..bags import bag_io
+from ..config import ConfigError
 from ..data.sample import CAMERAS
+from ..runtime.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, optical_frame
 from ..sim.cameras import CameraRig
 from ..sim.config import RouteSpec, SimConfig
 from ..sim.engine import Plan, Simulator
 from ..sim.planners import ego_matrix, lidar_track_to_plan
+from ..sim.runner import expert_log, route_result
 from ..sim.scenario import build_scenario
-from . import bag_io
+from ..sim.viz import plot_route
+from ..synth.nuscenes_writer import CAMERA_OFFSETS
 from . import conversions as conv
-from .frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, optical_frame
 
 SEC = 1_000_000_000
 
@@ -104,8 +108,6 @@ class SimBridge(Node):
         super().__init__(node_name, **kwargs)
         self.params = {}
         if cfg is None:
-            from ..config import ConfigError
-
             p = self.params = {n: self.declare_parameter(n, d).value for n, d in self.PARAMS}
             for name, choices in (("mode", ("lockstep", "realtime")), ("transport", ("raw", "compressed")),
                                   ("plan_type", ("trajectory", "path"))):
@@ -205,7 +207,6 @@ class SimBridge(Node):
 
     def _publish_frame(self, sim: Simulator, rig: CameraRig, offset_ns: int, hook: bool = True) -> int:
         """Everything of one frame; returns the front camera's stamp (what the plan will carry)."""
-        from dima_planner.synth.nuscenes_writer import CAMERA_OFFSETS
 
         t_ns = offset_ns + int(round(sim.t * SEC))
         self.pub_clock.publish(Clock(clock=conv.ns_to_stamp(t_ns)))
@@ -282,9 +283,6 @@ class SimBridge(Node):
 def main(args: list[str] | None = None) -> int:
     import rclpy
 
-    from ..config import ConfigError
-    from ..sim.runner import expert_log, route_result
-    from ..sim.viz import plot_route
     from .env import apply_ros_env_defaults, discovery_note
 
     note = discovery_note()

@@ -1,7 +1,7 @@
 """Closed-loop simulator core (no ROS): scenarios of the generated world, a kinematic
 bicycle tracking a planned trajectory, IDM traffic that brakes for the ego, and scores.
 
-`dima_planner.ros.sim_node` puts it on ROS 2 topics; `dima sim` runs routes and benches.
+`dima_planner.ros.sim_node` puts it on ROS 2 topics; `dima sim` (cli/sim.py) runs routes and benches.
 """
 from .config import ControllerConfig, RouteSpec, ScoringConfig, SimConfig, VehicleConfig
 from .engine import Plan, Simulator

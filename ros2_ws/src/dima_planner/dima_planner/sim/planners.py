@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dima_planner.config import load_yaml
+from dima_planner.data.ego_motion import ego_status_vector
 from dima_planner.data.sample import FUTURE_STEPS, HISTORY_STEPS, STEP_SECONDS
-from dima_planner.model.ego_motion import ego_status_vector
 from dima_planner.synth import agents as ag_mod
+from dima_planner.synth.generate import META_NAME
 
 from .engine import Plan, Simulator, ego_matrix, lidar2ego
 
@@ -128,7 +130,7 @@ class _BatchPlanner:
                 mask[k - 1] = 1.0
         first = hist[-1] if hist else np.zeros(2)
         hist = np.array(hist + [first] * (HISTORY_STEPS - len(hist)), np.float32)
-        # Ego status as the dataset computes it (model.ego_motion.ego_status_vector): backward
+        # Ego status as the dataset computes it (data.ego_motion.ego_status_vector): backward
         # differences of the LiDAR poses 0.5 s and 1 s back (the world's keyframe interval),
         # zeros before there is such a pose, exactly what the baselines were fitted on.
         prev = [(ego_matrix(*sim.pose_at(t - k * STEP_SECONDS)) @ self.l2e, t - k * STEP_SECONDS)
@@ -148,7 +150,7 @@ class ConstVelPlanner(_BatchPlanner):
 
     def __init__(self):
         super().__init__()
-        from dima_planner.eval.baselines import ConstantVelocity
+        from dima_planner.eval.baselines import ConstantVelocity  # torch: see fit_ego_mlp
 
         self.model = ConstantVelocity()
 
@@ -171,10 +173,10 @@ class EgoMLPPlanner(_BatchPlanner):
 
 def fit_ego_mlp(world: str | Path, cache_dir: str | Path, mlp_config: str | Path):
     """The ego-status MLP of `dima eval`, fitted on the world's train split once and cached."""
-    from dima_planner.config import load_yaml
+    # Imported here: the dataset and the baselines bring torch (3.4 s of `python -X importtime`
+    # on the 2-core dev machine), which dima_sim_node, importing this module, never needs.
     from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
     from dima_planner.eval.baselines import EgoMLP, EgoMLPConfig, train_ego_mlp
-    from dima_planner.synth.generate import META_NAME
 
     cfg = load_yaml(EgoMLPConfig, mlp_config)
     cache = Path(cache_dir)

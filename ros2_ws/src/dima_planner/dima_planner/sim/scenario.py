@@ -169,3 +169,11 @@ def build_scenario(spec: RouteSpec, world: str | Path) -> Scenario:
 def with_scale(cfg: SynthConfig, scale: float) -> SynthConfig:
     """The world's config rendering at another resolution (town and agents do not depend on it)."""
     return replace(cfg, scale=scale)
+
+
+def demo_route(world: Path, seconds: float = 20.0) -> RouteSpec:
+    """A validation scene of the world, preferably one that turns."""
+    _, meta = world_config(world)
+    val = [s for s in meta["scenes"] if s["split"] == "val"] or meta["scenes"]
+    turns = [s for s in val if s["scenario"].startswith("turn")]
+    return RouteSpec(name="closed_loop", scene=(turns or val)[0]["name"], seconds=seconds)

@@ -17,9 +17,8 @@ from shapely.geometry import box as shapely_box
 from tqdm import tqdm
 
 from dima_planner.config import to_dict
+from dima_planner.data.geometry import RIG_HW, pose_from_quat, pose_matrix, rigid_inverse, scale_intrinsics
 from dima_planner.data.splits import INCOMPLETE_FILE
-from dima_planner.data.geometry import RIG_HW, pose_from_quat, pose_matrix, rigid_inverse
-from dima_planner.model.inputs import scale_intrinsics
 
 from . import agents as ag_mod
 from . import lidar

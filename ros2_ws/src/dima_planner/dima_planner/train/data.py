@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..data.nuscenes_dataset import collate
-from ..model.inputs import batch_inputs
+from ..data.inputs import batch_inputs
 from ..model.joint import future_frames
 
 
@@ -104,7 +104,7 @@ class ResumableBatches(torch.utils.data.Sampler):
 
 def model_inputs(batch: dict[str, Any], device: torch.device, use_ego_status: bool,
                  use_can_bus: bool | None = None) -> dict[str, torch.Tensor]:
-    """Collated batch -> VisionPlanner.forward keyword arguments (model/inputs.py)."""
+    """Collated batch -> VisionPlanner.forward keyword arguments (data/inputs.py)."""
     return batch_inputs(batch, device, use_ego_status, use_can_bus)
 
 

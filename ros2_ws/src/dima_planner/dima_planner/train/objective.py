@@ -190,7 +190,7 @@ class DiMAObjective(PlannerObjective):
         if s2.qa_tune.steps <= 0 and s2.dual_tune.steps <= 0:
             return meta
         from ..inference import Planner
-        from ..qa.evaluate import scene_frames
+        from ..eval.qa import scene_frames
 
         frames = scene_frames(Planner(self.model, self.device), train_ds, progress=self.cfg.logging.progress)
         self.model.train()
@@ -221,7 +221,7 @@ class DiMAObjective(PlannerObjective):
 
 def qa_finetune(mllm, frames: list, cfg, writer=None) -> dict[str, Any]:
     """QA fine-tuning (model/mllm/qa_tune.py): the MLLM branch learns QA on the trained
-    planner's BEAM tokens of `frames` (qa.evaluate.scene_frames); the planner is frozen.
+    planner's BEAM tokens of `frames` (eval.qa.scene_frames); the planner is frozen.
     Returns what the run did."""
     from ..model.mllm.qa_tune import tune_qa
 

@@ -65,7 +65,7 @@ def read_mllm_weights(directory: Path) -> dict[str, torch.Tensor]:
 def save_model_dir(directory: str | Path, model: VisionPlanner, cfg, mllm: nn.Module | None,
                    meta: dict[str, Any]) -> Path:
     """Planner checkpoint (checkpoint.py format); in stage 2 plus the MLLM branch's trainable
-    weights in the format the ROS MLLM node loads (ros.reasoning.save_mllm_checkpoint).
+    weights in the format the ROS MLLM node loads (model.mllm.checkpoint.save_mllm_checkpoint).
     Written whole or not at all (checkpoint.replace_dir)."""
     return replace_dir(directory, lambda tmp: _write_model_dir(tmp, model, cfg, mllm, meta))
 

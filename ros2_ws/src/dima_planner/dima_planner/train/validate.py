@@ -25,9 +25,9 @@ def predict_sequential(model: VisionPlanner, dataset, device: torch.device, prog
 @torch.no_grad()
 def teacher_predictions(model: VisionPlanner, mllm, dataset, device: torch.device) -> np.ndarray:
     """(N, 6, 2) plans of the MLLM planning head (the distillation teacher) from the BEAM
-    tokens the planner makes along the split (the reasoning node's path, qa/evaluate.py)."""
+    tokens the planner makes along the split (the reasoning node's path, eval/qa.py)."""
     from ..inference import Planner
-    from ..qa.evaluate import scene_frames
+    from ..eval.qa import scene_frames
 
     frames = scene_frames(Planner(model, device), dataset, progress=False)
     was = mllm.training

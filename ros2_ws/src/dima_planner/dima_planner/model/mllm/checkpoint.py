@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ...config import to_dict
+
 MLLM_WEIGHTS, MLLM_CONFIG = "mllm.safetensors", "mllm.yaml"
 
 
@@ -16,8 +18,6 @@ def save_mllm_checkpoint(directory: str | Path, branch: Any) -> Path:
     """Write an MLLMBranch's trainable weights and config into `directory`."""
     import yaml
     from safetensors.torch import save_file
-
-    from ...config import to_dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
 
-from dima_planner.config import ConfigError, add_set_argument, load_yaml, parse_overrides
-from dima_planner.data.sample import COMMAND_RULE
-
-from .config import BenchConfig, RouteSpec
+from ..config import ConfigError, add_set_argument, load_yaml, parse_overrides
+from ..data.sample import COMMAND_RULE
+from ..ros.env import apply_ros_env_defaults
+from ..ros.in_the_loop import DimaInTheLoop
+from ..sim.config import BenchConfig, RouteSpec
+from ..sim.planners import ConstVelPlanner, EgoMLPPlanner, Expert, RouteFollower, StandStill, fit_ego_mlp
+from ..sim.runner import drive, route_result
+from ..sim.scenario import bench_routes, build_scenario
+from ..sim.scoring import route_bootstrap_ci
+from ..sim.viz import VideoWriter, plot_route
 
 REPO = Path(__file__).resolve().parents[5]
 PLANNERS = ("expert", "route_follower", "stand_still", "const_vel", "ego_mlp", "dima", "dima_dual")
@@ -61,8 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _routes(cfg: BenchConfig, names: list[str] | None) -> list[RouteSpec]:
-    from .scenario import bench_routes
-
     config_routes = bench_routes(cfg.routes, _path(cfg.sim.world))
     if not names:
         return config_routes
@@ -70,69 +77,9 @@ def _routes(cfg: BenchConfig, names: list[str] | None) -> list[RouteSpec]:
     return [by_name[n] if n in by_name else RouteSpec.parse(n) for n in names]
 
 
-class DimaInTheLoop:
-    """The planner node process (+ the MLLM node in Dual mode) and the simulator node in
-    this process, in lockstep over DDS."""
-
-    def __init__(self, cfg: BenchConfig, out: Path, console, dual: bool = False, log_name: str = ""):
-        import threading
-
-        import rclpy
-        from rclpy.executors import MultiThreadedExecutor
-
-        from dima_planner.demo import NodeProcess, _wait_ready
-        from dima_planner.ros.sim_node import SimBridge
-
-        rclpy.init()
-        checkpoint = _path(cfg.dual_checkpoint if dual else cfg.checkpoint)
-        self.node = SimBridge(cfg.sim)
-        overrides = {"checkpoint": checkpoint} | ({"dual_mode": "true"} if dual else {})
-        self.procs = {"dima_planner": NodeProcess(
-            "dima_planner_node", [str(_path(p)) for p in cfg.node_params], overrides,
-            out / (log_name or ("planner_node_dual.log" if dual else "planner_node.log")))}
-        if dual:
-            self.procs["dima_mllm"] = NodeProcess(
-                "dima_mllm_node", [str(_path(p)) for p in cfg.mllm_params],
-                {"checkpoint": checkpoint, "min_period": cfg.dual_commentary_period}, out / "mllm_node_dual.log")
-        try:
-            with console.status(f"starting {' and '.join(p.name for p in self.procs.values())} (loading the models)"):
-                _wait_ready(self.node, self.procs, cfg.node_ready_timeout)
-        except BaseException:
-            self.close()
-            raise
-        self.executor = MultiThreadedExecutor(num_threads=2)
-        self.executor.add_node(self.node)
-        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
-        self.spinner.start()
-        self.timeout = cfg.plan_timeout
-        self.routes_done = 0
-
-    def drive(self, spec: RouteSpec, video=None, progress=None):
-        for proc in self.procs.values():
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited; see {proc.log}")
-        self.node.frames_hook = video.add if video is not None else None
-        # Each route at its own time, 1000 s after the last: the node resets its temporal state.
-        self.routes_done += 1
-        return self.node.drive(spec, offset_s=1000.0 * self.routes_done, plan_timeout=self.timeout,
-                               progress=progress)
-
-    def close(self) -> None:
-        import rclpy
-
-        if hasattr(self, "executor"):
-            self.executor.shutdown()
-        for proc in self.procs.values():
-            proc.stop()
-        self.node.destroy_node()
-        rclpy.try_shutdown()
-
-
 def add_paired_cis(results: dict[str, dict]) -> None:
     """Each learned planner's driving score minus each baseline's on the same routes, with
     a paired 95 % CI over routes (an interval containing 0 is noise)."""
-    from .scoring import route_bootstrap_ci
-
     for name, r in results.items():
         if name == "expert":
             continue
@@ -147,18 +94,6 @@ def add_paired_cis(results: dict[str, dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-    from tqdm import tqdm
-
-    from dima_planner.ros.env import apply_ros_env_defaults
-
-    from .planners import ConstVelPlanner, EgoMLPPlanner, Expert, RouteFollower, StandStill, fit_ego_mlp
-    from .runner import drive, route_result
-    from .scoring import route_bootstrap_ci
-    from .scenario import build_scenario
-    from .viz import VideoWriter, plot_route
-
     console = Console(width=max(Console().width, 110))
     cfg = load_yaml(BenchConfig, _path(args.config), parse_overrides(args.set))
     cfg = replace(cfg, sim=replace(cfg.sim, world=str(_path(cfg.sim.world))))
@@ -208,9 +143,10 @@ def run(args: argparse.Namespace) -> int:
         dima = None
         try:
             if name in also:
-                dima = DimaInTheLoop(replace(cfg, checkpoint=also[name]), out, console, log_name=f"planner_node_{name}.log")
+                dima = DimaInTheLoop(replace(cfg, checkpoint=also[name]), out, console, _path,
+                                     log_name=f"planner_node_{name}.log")
             elif name in NODE_PLANNERS:
-                dima = DimaInTheLoop(cfg, out, console, dual=name == "dima_dual")
+                dima = DimaInTheLoop(cfg, out, console, _path, dual=name == "dima_dual")
             elif name == "ego_mlp":
                 with console.status("ego-status MLP baseline (fitted on the world's train split once, cached)"):
                     mlp = EgoMLPPlanner(fit_ego_mlp(cfg.sim.world, out, _path(cfg.mlp_config)))

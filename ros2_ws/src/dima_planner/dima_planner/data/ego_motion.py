@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.sample import CAN_BUS_DIM, CAN_BUS_FIELDS, STEP_SECONDS
+from .sample import CAN_BUS_DIM, CAN_BUS_FIELDS, STEP_SECONDS
 
 def _yaw(m: np.ndarray) -> float:
     return float(np.arctan2(m[1, 0], m[0, 0]))

@@ -50,6 +50,7 @@ GT_SAMPLE_TOPIC = "/dima/gt/sample"
 TRAJECTORY_TOPIC = "/dima/trajectory"
 PATH_TOPIC = "/dima/path"
 CLOCK_TOPIC = "/clock"
+REASONING_TOPIC = "/dima/reasoning"  # dima_mllm_node's commentary
 
 CAMERAS_ORDER = CAMERAS
 
@@ -91,9 +92,7 @@ def _interface_msg_dir(package: str) -> Path | None:
 def typestore_distro() -> Stores:
     """The rosbags store of the running ROS distro (Jazzy unless it is Kilted): the message
     definitions and RIHS01 hashes written into bags are those of the distro that reads them."""
-    from dima_planner.ros.env import ros_distro
-
-    return {"kilted": Stores.ROS2_KILTED}.get(ros_distro(), Stores.ROS2_JAZZY)
+    return {"kilted": Stores.ROS2_KILTED}.get(resources.ros_distro(), Stores.ROS2_JAZZY)
 
 
 def make_typestore() -> Typestore:

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dima_planner.bags import bag_io
+from dima_planner.data.occupancy import occupancy_from_boxes
 from dima_planner.data.sample import FUTURE_STEPS
-from dima_planner.ros import bag_io
-from dima_planner.ros.frames import base_link_to_lidar_xy
+from dima_planner.eval.metrics import planning_metrics
+from dima_planner.runtime.frames import base_link_to_lidar_xy
 
 
 class BagEvalError(RuntimeError):
@@ -129,8 +131,6 @@ def match(gts: dict[int, GtSample], preds: dict[int, np.ndarray], tolerance_ns: 
 
 def evaluate(paths: list[str | Path], pred_topic: str = bag_io.TRAJECTORY_TOPIC, tolerance_ms: float = 1.0,
              convention: str = "vad") -> dict:
-    from dima_planner.eval.metrics import occupancy_from_boxes, planning_metrics
-
     damaged: list[str] = []
     gts, preds = read_bags(paths, pred_topic, damaged)
     if damaged and not (gts and preds):

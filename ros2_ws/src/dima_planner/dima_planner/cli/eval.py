@@ -1,6 +1,6 @@
 """`dima eval`: score a checkpoint and/or the baselines on a nuScenes-format split.
 
-Sharded: under torchrun (`torchrun --nproc_per_node=2 -m dima_planner.eval.cli ...`, or
+Sharded: under torchrun (`torchrun --nproc_per_node=2 -m dima_planner.cli.eval ...`, or
 `dima eval` started by torchrun) each rank scores a contiguous block of whole scenes and
 rank 0 gathers the per-sample results and writes everything: the metrics equal a
 single-process run's.
@@ -21,11 +21,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError
+from ..config import load_yaml
+from ..data.nuscenes_dataset import DataRootError, DatasetConfig, ImageLoadError, NuScenesPlanningDataset
+from ..data.sample import COMMAND_RULE, STEP_SECONDS
+from ..data.splits import SplitError
+from ..eval.baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp
+from ..eval.evaluate import Shard, evaluate, format_table
+from ..eval.plots import plot_bev, plot_method_bars
+from ..eval.qa import constant_answers, evaluate_qa, scene_frames, teacher_forced
+from ..inference import load_planner
+from ..qa.factual import QTYPES
+from ..runtime.reasoning import DEFAULT_MAX_NEW_TOKENS, MLLMEngine, ModelLoadError
 
 BASELINES = ("const_vel", "ego_mlp", "ego_mlp_noego")
 DEFAULT_STAGE2_CHECKPOINT = "checkpoints/dima_tiny_stage2"  # dima eval --qa: the MLLM lives there
 DEFAULT_CHECKPOINT = "checkpoints/dima_tiny"
-REPO = Path(__file__).resolve().parents[5]  # a source checkout: <repo>/ros2_ws/src/dima_planner/dima_planner/eval
+REPO = Path(__file__).resolve().parents[5]  # a source checkout: <repo>/ros2_ws/src/dima_planner/dima_planner/cli
 
 
 def resolve_default_checkpoint(value: str) -> Path:
@@ -68,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the checkpoint (cpu, cuda)")
     parser.add_argument("--qa", action="store_true",
                         help="score the reasoning node instead: factual QA exact match per question type "
-                             f"(qa/evaluate.py) of --checkpoint (default {DEFAULT_STAGE2_CHECKPOINT}) on --split")
+                             f"(eval/qa.py) of --checkpoint (default {DEFAULT_STAGE2_CHECKPOINT}) on --split")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="--qa: generation limit (default: the reasoning node's max_new_tokens default)")
     parser.add_argument("--threads", type=int, default=2, help="--qa: torch CPU threads (latency is measured with them)")
@@ -79,13 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_yaml
-    from ..data.nuscenes_dataset import DataRootError, DatasetConfig, ImageLoadError, NuScenesPlanningDataset
-    from ..data.splits import SplitError
-    from .baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp
-    from .evaluate import Shard, evaluate, format_table
-    from .plots import plot_bev, plot_method_bars
-
     if args.qa:
         return run_qa(args)
     out = Path(args.out)
@@ -116,7 +123,7 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
         out.mkdir(parents=True, exist_ok=True)
 
     def dataset(split: str, images: bool, model_cfg=None) -> NuScenesPlanningDataset:
-        # The checkpoint's image size and fit: the dataset resizes through model/inputs.py as in training.
+        # The checkpoint's image size and fit: the dataset resizes through data/inputs.py as in training.
         kw = {}
         if model_cfg is not None:
             kw = {"image_size": list(model_cfg.image_size), "image_fit": getattr(model_cfg, "image_fit", "stretch")}
@@ -153,11 +160,6 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
         results = {name: evaluate(fn, plain, conventions, batch_size=args.batch_size, keep_predictions=True, shard=sh)
                    for name, fn in methods.items()}
         if args.checkpoint:
-            try:
-                from ..inference import load_planner
-            except ImportError as e:
-                print(f"dima eval: model inference is unavailable ({e}); score baselines only", file=sys.stderr)
-                return 2
             device = f"cuda:{shard.rank % max(1, _cuda_count())}" if args.device.startswith("cuda") and sh else args.device
             planner = load_planner(args.checkpoint, device, dual=args.dual, mllm_checkpoint=args.mllm_checkpoint,
                                    llm_path=args.llm_path)
@@ -165,8 +167,6 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
                 planner.predict, dataset(args.split, images=True, model_cfg=planner.cfg), conventions,
                 batch_size=args.batch_size, keep_predictions=True, shard=sh)
         for spec in args.also:
-            from ..inference import load_planner
-
             name, sep, path = spec.partition("=")
             if not sep or not name or not path:
                 raise ValueError(f"--also takes NAME=CHECKPOINT, got {spec!r}")
@@ -183,8 +183,6 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
     speed = speed_errors(plain, preds)
     for name, v in speed.items():
         results[name]["speed_mae"] = v  # |planned - true| speed over the first 0.5 s, m/s
-    from ..data.sample import COMMAND_RULE
-
     doc = json.dumps({"split": args.split, "version": args.version, "dataroot": str(args.dataroot),
                       "checkpoint": args.checkpoint, "command": COMMAND_RULE, "methods": results}, indent=2)
     (out / "metrics.json").write_text(doc)
@@ -214,24 +212,13 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
 
 
 def run_qa(args: argparse.Namespace) -> int:
-    """`dima eval --qa`: the reasoning node's factual QA on --split (qa/evaluate.py)."""
-    import torch
-
-    from ..checkpoint import CheckpointError
-    from ..data.nuscenes_dataset import DataRootError, DatasetConfig, ImageLoadError, NuScenesPlanningDataset
-    from ..data.splits import SplitError
-    from ..qa.evaluate import constant_answers, evaluate_qa, scene_frames, teacher_forced
-    from ..qa.factual import QTYPES
-    from ..ros.reasoning import DEFAULT_MAX_NEW_TOKENS, MLLMEngine, ModelLoadError
-
+    """`dima eval --qa`: the reasoning node's factual QA on --split (eval/qa.py)."""
     # --qa scores the MLLM branch: without an explicit --checkpoint, the stage-2 one.
     given = args.checkpoint and args.checkpoint not in (DEFAULT_CHECKPOINT, "none")
     ckpt = str(resolve_default_checkpoint(args.checkpoint if given else DEFAULT_STAGE2_CHECKPOINT))
     max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     torch.set_num_threads(max(1, args.threads))
     try:
-        from ..inference import load_planner
-
         planner = load_planner(ckpt, args.device)
 
         def dataset(split: str, images: bool) -> NuScenesPlanningDataset:
@@ -300,8 +287,6 @@ def run_qa(args: argparse.Namespace) -> int:
 def speed_errors(dataset, preds: dict[str, dict[str, list]]) -> dict[str, float]:
     """Mean |planned speed - true speed| over the first 0.5 s step of valid samples (m/s):
     how well a method knows how fast the ego goes (a camera-only planner must see it)."""
-    from ..data.sample import STEP_SECONDS
-
     out = {}
     recs = [r for r in dataset.records if np.all(r["ego_fut_mask"] > 0)]
     for name, p in preds.items():
@@ -312,8 +297,6 @@ def speed_errors(dataset, preds: dict[str, dict[str, list]]) -> dict[str, float]
 
 
 def _cuda_count() -> int:
-    import torch
-
     return torch.cuda.device_count()
 
 

@@ -39,12 +39,12 @@ import numpy as np
 from PIL import Image as PILImage
 from tqdm import tqdm
 
+from dima_planner.bags import bag_io
+from dima_planner.data.geometry import matrix_to_quat_xyzw, pose_matrix, scale_intrinsics, yaw_of
 from dima_planner.data.nuscenes_dataset import DatasetConfig, occupancy_boxes, scene_records
 from dima_planner.data.sample import CAMERAS, FUTURE_STEPS, STEP_SECONDS
-from dima_planner.ros import bag_io
-from dima_planner.data.geometry import matrix_to_quat_xyzw, pose_matrix, yaw_of
-from dima_planner.model.inputs import scale_intrinsics
-from dima_planner.ros.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, ODOM_FRAME, lidar_xy_to_base_link, optical_frame
+from dima_planner.data.splits import SplitError, load_meta, scenes_in_split
+from dima_planner.runtime.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, ODOM_FRAME, lidar_xy_to_base_link, optical_frame
 
 LIDAR = "LIDAR_TOP"
 SCENE_GAP_S = 3.0
@@ -91,8 +91,6 @@ def load_nuscenes(dataroot: str | Path, version: str | None):
 
 
 def select_scenes(nusc, dataroot: Path, version: str, scenes: list[str] | None, split: str | None) -> list[dict]:
-    from dima_planner.data.splits import SplitError, load_meta, scenes_in_split
-
     by_name = {s["name"]: s for s in nusc.scene}
     if scenes:
         unknown = [n for n in scenes if n not in by_name]

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..data import geometry
+from ..data.geometry import scale_intrinsics
 from ..data.sample import CAMERAS
 from .errors import InputError
 from .extrinsics import RIG_HW, Rig, StaticTransforms
@@ -195,8 +196,6 @@ class PlannerCore:
         self._prev_twist: tuple[int, np.ndarray] | None = None
         self._warned: set[str] = set()
         import torch
-
-        from ..model.inputs import scale_intrinsics
 
         self._torch, self._scale_intrinsics = torch, scale_intrinsics
         self._precision = self._autocast_context()

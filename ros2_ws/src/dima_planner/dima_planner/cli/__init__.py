@@ -1,30 +1,34 @@
-"""`dima`: the project's one command line.
+"""`dima`: the project's one command line, the top layer.
 
-Each subcommand lives in the module that does the work; that module exposes
-`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
-subcommand runs, so `dima synth` never pays for torch or rclpy.
+Each subcommand is a module exposing `add_arguments(parser)` and `run(args) -> int`: in the
+package that does the work when that package is all it needs (synth, train, export, the bag
+tools), else here (cli/eval.py: evaluation with the reasoning engine of the runtime;
+cli/sim.py: the simulator with the planner node over ROS) or dima_planner/demo.py.
+Modules are imported only when their subcommand runs, so `dima synth` never pays for torch
+or rclpy.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from dima_planner.config import ConfigError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("dima_planner.synth.cli", "generate the embedded nuScenes-format world"),
     "train": ("dima_planner.train", "train the planner (stage 1) or DiMA (stage 2)"),
-    "eval": ("dima_planner.eval.cli", "score a checkpoint and the baselines on a dataset"),
+    "eval": ("dima_planner.cli.eval", "score a checkpoint and the baselines on a dataset"),
     "export": ("dima_planner.export", "write the LLM-free planner alone for deployment"),
-    "sim": ("dima_planner.sim.cli", "closed loop: drive routes of the generated world and score them"),
+    "sim": ("dima_planner.cli.sim", "closed loop: drive routes of the generated world and score them"),
     "demo": ("dima_planner.demo", "the main job: world -> bag -> planner node -> metrics"),
 }
 BAG_COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("dima_planner.ros.bag_convert", "write a rosbag2 (MCAP) from a nuScenes-format dataroot"),
+    "convert": ("dima_planner.bags.bag_convert", "write a rosbag2 (MCAP) from a nuScenes-format dataroot"),
     "play": ("dima_planner.ros.bag_play", "replay a rosbag2 through rclpy with original timing"),
-    "eval": ("dima_planner.ros.bag_eval", "score a recorded run of the node against the GT in the bag"),
+    "eval": ("dima_planner.bags.bag_eval", "score a recorded run of the node against the GT in the bag"),
     "record": ("dima_planner.ros.bag_record", "record topics into a rosbag2 (MCAP)"),
-    "info": ("dima_planner.ros.bag_info", "what `ros2 bag info` prints: duration, topics, counts, compression"),
+    "info": ("dima_planner.bags.bag_info", "what `ros2 bag info` prints: duration, topics, counts, compression"),
 }
 
 
@@ -51,7 +55,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
-    from dima_planner.config import ConfigError
 
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import torch
 
+from .geometry import fitted_size, scale_intrinsics
+
 REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 JPEG_MAGIC = b"\xff\xd8"
 
@@ -61,15 +63,6 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def fitted_size(h0: int, w0: int, size: Sequence[int], fit: str = "stretch") -> tuple[int, int]:
-    """(H, W) the image content is resized to: `size` itself ("stretch"), or the largest
-    aspect-preserving size inside it ("pad": VAD scales and pads the rest with zeros)."""
-    if fit == "stretch":
-        return int(size[0]), int(size[1])
-    if fit != "pad":
-        raise ValueError(f"image fit must be 'stretch' or 'pad', got {fit!r}")
-    s = min(size[0] / h0, size[1] / w0)
-    return min(int(size[0]), int(round(h0 * s))), min(int(size[1]), int(round(w0 * s)))
 
 
 def resize_array(rgb: np.ndarray, size: tuple[int, int] | None, fit: str = "stretch") -> np.ndarray:
@@ -120,19 +113,6 @@ def _decode_bytes(data: bytes, size: tuple[int, int] | None, what: str, fit: str
     return resize_array(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, fit)
 
 
-def scale_intrinsics(k: np.ndarray, from_hw: Sequence[int], to_hw: Sequence[int] | None,
-                     fit: str = "stretch") -> np.ndarray:
-    """Intrinsics of an image resized from (H0, W0) to (H, W): fx, cx scale by W/W0; fy, cy by H/H0
-    (fit="pad": both by the aspect-preserving factor; the padding at the bottom / right does
-    not move the origin).
-
-    Axis order is (H, W) everywhere in this module (the model's image_size order)."""
-    k = np.asarray(k, np.float64)
-    if to_hw is None:
-        return k.copy()
-    to_hw = fitted_size(int(from_hw[0]), int(from_hw[1]), to_hw, fit)
-    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
-    return np.diag([sx, sy, 1.0]) @ k
 
 
 def lidar2img(intrinsics: np.ndarray, cam2lidar: np.ndarray) -> np.ndarray:

@@ -42,7 +42,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
+from ..config import ConfigError, load_yaml
+from ..model.mllm import BUILTIN_SMOLLM2, LLMNotFoundError, MLLMBranch, MLLMConfig, load_llm
 from ..model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
 from ..qa.generate import PLANNING_QUESTION, answer_grammar
 
@@ -231,11 +235,6 @@ class MLLMEngine:
 
     def __init__(self, llm_path: str = "", checkpoint: str = "", device: str = "cpu", num_threads: int = 1,
                  seed: int = 0, answer_grammar: bool = True):
-        import torch
-
-        from ..config import ConfigError, load_yaml
-        from ..model.mllm import BUILTIN_SMOLLM2, LLMNotFoundError, MLLMConfig, load_llm
-
         if num_threads > 0:
             # Why: the planner shares this machine's few cores; torch's default (one thread
             # per core) would make every generation compete with the planner's forward pass.
@@ -283,8 +282,6 @@ class MLLMEngine:
         self._branches: dict[tuple, Any] = {}
         if self.checkpoint is not None:
             branch = self._build(cfg)
-            from safetensors.torch import load_file
-
             try:
                 state = load_file(str(self.checkpoint / MLLM_WEIGHTS))
                 branch.load_trainable_state_dict(state)
@@ -298,8 +295,6 @@ class MLLMEngine:
         return (int(dim), int(bev_hw[0]), int(bev_hw[1]), int(planner_dim))
 
     def _build(self, cfg: Any) -> Any:
-        from ..model.mllm import MLLMBranch
-
         # Same untrained weights for every run (reproducible text without a checkpoint).
         self.torch.manual_seed(self.seed)
         return MLLMBranch(cfg, self.llm, self.tokenizer).to(self.device).eval()

@@ -2,7 +2,7 @@
 
 Every frame of the split goes through the serving path: the planner (inference.Planner,
 the planner node's core, temporal BEV from the previous keyframe of the scene) makes the
-BEAM tokens, and the MLLM engine of the reasoning node (ros.reasoning.MLLMEngine, its
+BEAM tokens, and the MLLM engine of the reasoning node (runtime.reasoning.MLLMEngine, its
 greedy decoding and `max_new_tokens`) answers the four factual questions of
 qa/factual.py. Reported:
 
@@ -26,10 +26,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from .factual import QTYPES, TEMPLATES, answer_text, factual_qa, factual_values, normalise
-from .generate import PLANNING_QUESTION, generate_qa, parse_planning
-from .types import QAPair
+from ..model.mllm.batch import QABatch
+from ..model.mllm.qa_tune import stack_beams
+from ..qa.factual import QTYPES, TEMPLATES, answer_text, factual_qa, factual_values, normalise
+from ..qa.generate import PLANNING_QUESTION, generate_qa, parse_planning
+from ..qa.types import QAPair
+from .metrics import scene_bootstrap_ci
 
 
 @dataclass
@@ -51,7 +56,6 @@ class Frame:
 def scene_frames(planner: Any, dataset, progress: bool = True) -> list[Frame]:
     """BEAM tokens of every frame of `dataset` (in order) through inference.Planner.plan,
     with stamps and poses so the temporal BEV is chosen as the planner node chooses it."""
-    from tqdm import tqdm
 
     frames, last_scene = [], None
     planner.reset()
@@ -97,11 +101,6 @@ def other_scene_index(frames: Sequence[Frame]) -> list[int]:
 def teacher_forced(branch, frames: Sequence[Frame], batch: int = 8) -> dict[str, float]:
     """Mean next-token accuracy on the factual reference answers, with each frame's own
     tokens and with another scene's (other_scene_index)."""
-    import torch
-
-    from ..model.mllm.batch import QABatch
-    from ..model.mllm.qa_tune import stack_beams
-
     dt = branch.dtype
     beams = [f.beam for f in frames]
     other = other_scene_index(frames)
@@ -151,7 +150,6 @@ def exact_match_ci(hits: dict[str, list[bool]], base: dict[str, list[bool]], sce
     to the constant answer: the planning metrics' block bootstrap over scenes
     (eval.metrics.scene_bootstrap_ci; a scene's frames are not independent of each other).
     Every frame asks every question type, so frame means weight questions alike."""
-    from ..eval.metrics import scene_bootstrap_ci
 
     got, const = (100.0 * np.mean([np.asarray(v, np.float64) for v in d.values()], axis=0) for d in (hits, base))
     ci = scene_bootstrap_ci({"model": got, "diff": got - const}, np.ones(len(got), bool), scene_of,
@@ -162,7 +160,6 @@ def exact_match_ci(hits: dict[str, list[bool]], base: dict[str, list[bool]], sce
 def evaluate_qa(engine: Any, frames: Sequence[Frame], bev_hw: tuple[int, int], constant: dict[str, str],
                 max_new_tokens: int, free_text: bool = True, progress: bool = True) -> dict[str, Any]:
     """Generate the answers through the reasoning node's engine and score them."""
-    from tqdm import tqdm
 
     hits = {t: [] for t in QTYPES}
     base = {t: [] for t in QTYPES}
