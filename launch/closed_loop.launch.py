@@ -24,7 +24,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from dima_planner.data.sample import CAMERAS
-from dima_planner.ros import replay
+from dima_planner.bags import replay
 from dima_planner.ros.env import launch_process_environment
 
 
