@@ -28,9 +28,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from . import resources
 from .config import add_set_argument, load_yaml, parse_overrides
 
-REPO = Path(__file__).resolve().parents[4]
 REASONING_TOPIC = "/dima/reasoning"
 # The demo is the project's own self-contained run: where the user exported no ROS_DOMAIN_ID
 # it keeps to this one, away from the default domain (0) of the user's other ROS work.
@@ -41,7 +41,7 @@ DEMO_DOMAIN_ID = 42
 class DemoConfig:
     synth_config: str = "params/synth.yaml"
     world: str = "data/world"
-    checkpoint: str = "checkpoints/dima_tiny_stage2"
+    checkpoint: str = resources.STAGE2_CHECKPOINT
     out: str = "out/demo"
     split: str = "val"
     max_scenes: int = 3  # validation scenes replayed through the node
@@ -68,10 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser)
 
 
-def _path(p: str) -> Path:
-    """Config paths are relative to the repository (the demo runs from anywhere)."""
-    q = Path(p)
-    return q if q.is_absolute() else REPO / q
+_path = resources.repo_path  # config paths are the repository's (the demo runs from anywhere)
 
 
 class NodeProcess:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dima_planner import resources
 from dima_planner.config import ConfigError, add_set_argument, load_yaml, parse_overrides
 from dima_planner.data.sample import COMMAND_RULE
 
 from .config import BenchConfig, RouteSpec
 
-REPO = Path(__file__).resolve().parents[5]
 PLANNERS = ("expert", "route_follower", "stand_still", "const_vel", "ego_mlp", "dima", "dima_dual")
 # In every bench, whatever the config lists: the privileged expert (the simulator's sanity
 # check), the route follower (what knowing the route alone scores) and standing still (what
@@ -38,9 +38,7 @@ NODE_PLANNERS = ("dima", "dima_dual")
 MIN_RATED_SHARE = 0.5  # collisions/km only for a planner that drove at least this share of the routes  # ROS nodes in their own processes, with cameras
 
 
-def _path(p: str) -> Path:
-    q = Path(p)
-    return q if q.is_absolute() else REPO / q
+_path = resources.repo_path  # config paths are the repository's (the bench runs from anywhere)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

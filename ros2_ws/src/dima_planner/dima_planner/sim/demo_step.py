@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from dima_planner import resources
 from dima_planner.config import load_yaml
 
 from .config import BenchConfig, RoutesConfig, RouteSpec
@@ -23,14 +24,14 @@ def demo_route(world: Path, seconds: float = 20.0) -> RouteSpec:
 
 def closed_loop_demo(out: Path, checkpoint: Path, world: Path, console, route: RouteSpec | None = None) -> dict:
     """Drive `route` with dima_planner_node in lockstep over DDS; write closed_loop.{json,png,gif}."""
-    from .cli import REPO, DimaInTheLoop
+    from .cli import DimaInTheLoop
     from .runner import expert_log, route_result
     from .viz import VideoWriter, plot_route
 
     route = route or demo_route(world)
 
     console.rule("[bold]closed loop: dima_planner_node drives a route of the world (dima_sim, lockstep)")
-    cfg = load_yaml(BenchConfig, REPO / "params" / "sim" / "bench.yaml")
+    cfg = load_yaml(BenchConfig, resources.repo_path("params/sim/bench.yaml"))
     cfg = replace(cfg, sim=replace(cfg.sim, world=str(world)), checkpoint=str(checkpoint), routes=RoutesConfig(extra=[route]))
     out.mkdir(parents=True, exist_ok=True)
     video = VideoWriter(out / f"{route.name}.gif", cfg.sim.frame_hz, every=1)
