@@ -25,6 +25,7 @@ from launch_ros.substitutions import FindPackageShare
 
 from dima_planner.data.sample import CAMERAS
 from dima_planner.bags import replay
+from dima_planner.resources import DEFAULT_CHECKPOINT
 from dima_planner.ros.env import launch_process_environment
 
 
@@ -58,7 +59,7 @@ def generate_launch_description():
         DeclareLaunchArgument("image_scale", default_value="0.25", description="1.0 = 1600x900"),
         DeclareLaunchArgument("transport", default_value="raw", description="raw (rgb8) | compressed (JPEG)"),
         DeclareLaunchArgument("out", default_value="out/sim"),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
+        DeclareLaunchArgument("checkpoint", default_value=DEFAULT_CHECKPOINT),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="ROS namespace of both nodes, their topics and their clock"),

@@ -28,6 +28,7 @@ from launch_ros.actions import Node, PushRosNamespace, SetRemap
 from launch_ros.substitutions import ExecutableInPackage, FindPackageShare
 
 from dima_planner.bags import replay
+from dima_planner.resources import DEFAULT_CHECKPOINT
 from dima_planner.ros.env import launch_process_environment
 
 
@@ -79,7 +80,7 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("bag", description="rosbag2 directory to play"),
         DeclareLaunchArgument("rate", default_value="1.0"),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
+        DeclareLaunchArgument("checkpoint", default_value=DEFAULT_CHECKPOINT),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("rviz", default_value="false"),
         DeclareLaunchArgument("transport", default_value="auto",

@@ -23,6 +23,7 @@ from launch_ros.actions import LifecycleNode, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from dima_planner.resources import DEFAULT_CHECKPOINT
 from dima_planner.ros.env import launch_process_environment
 
 
@@ -53,7 +54,7 @@ def generate_launch_description():
                               description="loaded after params_file (carla.yaml, autoware.yaml, replay.yaml)"),
         DeclareLaunchArgument("extra_params_file", default_value="",
                               description="loaded after overlay_params_file; empty: none"),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny"),
+        DeclareLaunchArgument("checkpoint", default_value=DEFAULT_CHECKPOINT),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("backend", default_value="torch",
                               description="torch | onnxruntime (planner.onnx) | tensorrt (planner_trt.ep)"),

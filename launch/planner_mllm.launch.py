@@ -14,6 +14,7 @@ from launch_ros.actions import Node, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from dima_planner.resources import STAGE2_CHECKPOINT
 from dima_planner.ros.env import launch_process_environment
 
 # Passed on to planner.launch.py unchanged.
@@ -29,9 +30,9 @@ def generate_launch_description():
         DeclareLaunchArgument("overlay_params_file", default_value=params),
         DeclareLaunchArgument("mllm_params_file",
                               default_value=PathJoinSubstitution([share, "params", "ros", "mllm.yaml"])),
-        DeclareLaunchArgument("checkpoint", default_value="checkpoints/dima_tiny_stage2"),
+        DeclareLaunchArgument("checkpoint", default_value=STAGE2_CHECKPOINT),
         DeclareLaunchArgument("mllm_checkpoint",
-                              default_value=PathJoinSubstitution([share, "checkpoints", "dima_tiny_stage2"]),
+                              default_value=PathJoinSubstitution([share, STAGE2_CHECKPOINT]),
                               description="MLLM branch (Q-Formers, LoRA, heads) of a stage-2 checkpoint; '' = untrained"),
         DeclareLaunchArgument("device", default_value="cpu"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),

@@ -15,6 +15,7 @@ from dima_planner.data.sample import CAMERAS
 from dima_planner.bags import bag_convert, bag_info, bag_io
 from dima_planner.bags.bag_eval import gt_from_json
 from dima_planner.runtime.frames import lidar_xy_to_base_link
+from dima_planner.runtime.sync import stamp_to_ns
 
 TINY = dict(num_scenes=2, scene_seconds=4.0, scale=0.1, traffic_vehicles=3, parked_vehicles=2, pedestrians=2)
 
@@ -89,7 +90,7 @@ def test_rosbags_readback(bag, world):
             last_t[c.topic] = t
             msg = store.deserialize_cdr(raw, c.msgtype)
             if hasattr(msg, "header") and c.topic != "/tf_static":
-                assert bag_io.stamp_to_ns(msg.header.stamp) == t, c.topic  # record time = stamp
+                assert stamp_to_ns(msg.header.stamp) == t, c.topic  # record time = stamp
             if c.topic == "/cam_front_left/camera_info" and checked_info < 3:
                 sd = _sd_at(nusc, "CAM_FRONT_LEFT", t)
                 k = np.array(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"])

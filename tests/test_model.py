@@ -16,7 +16,7 @@ from dima_planner.inference import Planner, load_planner
 from dima_planner.data.inputs import lidar2img as lidar2img_from
 from dima_planner.model import VisionPlanner, preset
 from dima_planner.model.bev_encoder import SpatialCrossAttention, align_prev_bev, project_to_cameras
-from dima_planner.model.losses import LossWeights, planning_losses
+from dima_planner.model.losses import PlannerLossWeights, planning_losses
 
 RIG = Path(__file__).resolve().parents[1] / "ros2_ws/src/dima_planner/dima_planner/data/nuscenes_rig_n015.json"
 
@@ -128,7 +128,8 @@ def test_ego_can_bus_reaches_the_ego_token_and_needs_the_ego_motion_input():
 
 
 def test_reduced_vad_tiny_forward_and_presets_build():
-    cfg = dataclasses.replace(preset("vad_tiny"), image_size=(64, 112), bev_h=20, bev_w=20)
+    # untrained: the preset's ImageNet weights (pretrained_path) are not in the repository
+    cfg = dataclasses.replace(preset("vad_tiny"), image_size=(64, 112), bev_h=20, bev_w=20, pretrained_path=None)
     model = VisionPlanner(cfg).eval()
     with torch.no_grad():
         out = model(**{k: v for k, v in inputs(fake_batch(cfg, b=1)).items() if k != "history"})
@@ -176,7 +177,7 @@ def test_prev_bev_is_aligned_by_ego_motion():
     # The ego moved forward 2 cells: a static thing now appears 2 cells further back (row - 2).
     p2c = torch.eye(4)[None].clone()
     p2c[0, 1, 3] = -2 * cell
-    cur, valid = align_prev_bev(prev, p2c, cfg, "masked")
+    cur, valid = align_prev_bev(prev, p2c, cfg)
     assert int(cur[0, :, 0].argmax()) == (r - 2) * cfg.bev_w + c
     assert float(cur.max()) == pytest.approx(1.0, abs=1e-5)
     # The two front rows have no source in the previous grid: invalid, not zero-padded.
@@ -185,7 +186,7 @@ def test_prev_bev_is_aligned_by_ego_motion():
 
 
 def test_masked_warp_leaves_no_motion_strip():
-    """With prev_bev_fill=masked the BEV encoder's temporal input at cells without a source
+    """The BEV encoder's temporal input at cells without a source
     is the current query itself: a constant previous BEV carries no trace of the motion."""
     from dima_planner.model.bev_encoder import BEVEncoder
 
@@ -214,7 +215,7 @@ def test_losses_decrease_on_a_fixed_batch():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(6):
-        terms = planning_losses(model(**inputs(batch)), batch, LossWeights())
+        terms = planning_losses(model(**inputs(batch)), batch, PlannerLossWeights())
         assert set(terms) >= {"det_cls", "det_box", "map_cls", "map_pts", "motion_reg", "plan", "collision",
                               "boundary", "direction", "loss"}
         opt.zero_grad()

@@ -7,6 +7,7 @@ core reads exactly what the node hands it. Issue 7's defects each have a row her
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 import zlib
@@ -22,13 +23,14 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
+from dima_planner.data.ego_motion import ego_status_vector
 from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw, scale_intrinsics
 from dima_planner.data.sample import CAMERAS
 from dima_planner.inference import Planner
-from dima_planner.model.config import tiny_cpu
+from dima_planner.model.config import preset
 from dima_planner.model.planner import VisionPlanner
 from dima_planner.runtime.images import ImageLimits, compressed_header, decode_compressed, decode_raw
-from dima_planner.runtime.params import PARAMS
+from dima_planner.runtime.params import PARAMS, CoreParams
 from dima_planner.runtime.planner_core import FrameInputs, PlannerCore, PlanOutput, Skip
 from dima_planner.runtime.planner_stats import ERROR, OK, WARN, PlannerStats, StreamCounter
 from dima_planner.runtime.sync import Cached
@@ -47,7 +49,7 @@ def stamp(ns: int) -> Time:
 def planner():
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    return Planner(VisionPlanner(tiny_cpu()).eval())
+    return Planner(VisionPlanner(preset("tiny_cpu")).eval())
 
 
 class Spy:
@@ -72,7 +74,7 @@ class Spy:
 def params(**over):
     p = {n: s.default for n, s in PARAMS.items()}
     p.update(over)
-    return p
+    return CoreParams.from_values(p)
 
 
 def image(cam: str, ns: int, w: int = W, h: int = H, encoding: str = "rgb8") -> Image:
@@ -240,12 +242,22 @@ def test_command_age_and_ego_status(planner):
     r = Rig(planner, max_command_age=0.5, use_ego_status=True)
     assert r.core.on_command(7, T0) is not None  # not a command
     r.core.on_command(1, T0)
-    assert expect_plan(r.step(T0 + 100 * MS)).command == 1
+    assert expect_plan(r.step(T0)).command == 1
+    # Ego status by the dataset's rule (backward differences over the poses 0.5 s and 1 s
+    # earlier): zero until the odometry reaches back that far, as at a log's start.
+    assert not r.spy.calls[-1]["ego_status"].any()
+    expect_plan(r.step(T0 + 500 * MS))
     assert expect_plan(r.step(T0 + 1 * SEC)).command == 2  # expired: default_command
     status = r.spy.calls[-1]["ego_status"]
     lidar_v = RIG.lidar2ego[:3, :3].T @ np.array([5.0, 0.0, 0.0])
     np.testing.assert_allclose(status[:2], lidar_v[:2], atol=1e-5)  # 5 m/s forward, in LiDAR axes
+    np.testing.assert_allclose(status[2:5], 0.0, atol=1e-5)  # constant speed, straight
     assert status[5] == pytest.approx(np.hypot(*lidar_v[:2]), abs=1e-5)
+    age = int(PARAMS["max_odom_age"].default * SEC)
+    poses = [r.core.odom.pose_at(T0 + k * 500 * MS, age).matrix @ RIG.lidar2ego for k in (2, 1, 0)]
+    want = ego_status_vector(poses[0], (T0 + SEC) * 1e-9, poses[1], (T0 + 500 * MS) * 1e-9, poses[2], T0 * 1e-9)
+    # the one function the dataset and the simulator call (lidar2ego here from the rig, there from /tf_static)
+    np.testing.assert_allclose(status, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("policy, key", [("mask", "masked.CAM_BACK"), ("reuse_last", "reused.CAM_BACK")])
@@ -396,16 +408,50 @@ def test_compressed_header_and_reduced_decode():
     rgb = np.random.default_rng(0).integers(0, 255, (900, 1600, 3), dtype=np.uint8)
     rgb = cv2.GaussianBlur(rgb, (31, 31), 10)
     ok, jpg = cv2.imencode(".jpg", rgb)
-    assert compressed_header(jpg.tobytes()) == ("jpeg", 1600, 900)
+    assert compressed_header(jpg.tobytes()) == ("jpeg", 900, 1600)  # (H, W), the model's image_size order
     msg = CompressedImage(format="jpeg", data=jpg.tobytes())
-    d = decode_compressed(msg, ImageLimits(), (160, 96))
-    assert d.rgb.shape == (96, 160, 3) and d.source_wh == (1600, 900)
+    d = decode_compressed(msg, ImageLimits(), (96, 160))
+    assert d.rgb.shape == (96, 160, 3) and d.source_hw == (900, 1600)
     full = cv2.resize(cv2.cvtColor(cv2.imdecode(jpg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), (160, 96),
                       interpolation=cv2.INTER_AREA)
     assert np.abs(d.rgb.astype(int) - full).mean() < 3.0  # DCT-scaled decoding: the same picture
     assert d.k_scale == pytest.approx((160 / 1600, 96 / 900), rel=1e-12)  # data/inputs.py's convention
-    raw = decode_raw(image("CAM_FRONT", T0), ImageLimits(), (160, 96))
+    raw = decode_raw(image("CAM_FRONT", T0), ImageLimits(), (96, 160))
     assert raw.rgb.shape == (96, 160, 3) and raw.k_scale == (0.5, 96 / 180)
+
+
+
+def test_a_pad_model_gets_on_the_node_path_what_training_feeds_it(planner):
+    """A model trained with image_fit "pad" (the vad_* configs) is fed scaled, zero-padded
+    images on the node path too, with the intrinsics of the padded image: for raw and JPEG
+    messages, exactly the arrays and the tensor of the training input function (prepare_frame,
+    which the dataset calls with the model's image_fit)."""
+    from dima_planner.data.inputs import normalise, prepare_frame
+
+    cfg = dataclasses.replace(planner.cfg, image_fit="pad")
+    pad = Planner(VisionPlanner(cfg).eval())
+    h, w = cfg.image_size  # a 320x180 camera into 160x96: scaled to 160x90, 6 zero rows below
+    for compressed in (False, True):
+        r = Rig(pad)
+        msgs = {c: image(c, T0 + i * 10 * MS) for i, c in enumerate(CAMERAS)}
+        if compressed:
+            msgs = {c: CompressedImage(header=m.header, format="jpeg",
+                                       data=cv2.imencode(".jpg", np.frombuffer(m.data, np.uint8).reshape(H, W, 3)[..., ::-1])[1].tobytes())
+                    for c, m in msgs.items()}
+        out = expect_plan(r.step(T0, front=msgs[CAMERAS[0]], sides={c: msgs[c] for c in CAMERAS[1:]}))
+        call = r.spy.calls[-1]
+        sources = [bytes(m.data) if compressed else np.frombuffer(m.data, np.uint8).reshape(H, W, 3) for m in msgs.values()]
+        ks = np.stack([np.asarray(info(c, T0).k, float).reshape(3, 3) for c in CAMERAS])
+        cam2lidar = np.linalg.inv(RIG.lidar2ego)[None] @ np.stack([RIG.cam2ego[c] for c in CAMERAS])
+        want_img, want_k, want_l2i = prepare_frame(sources, ks, cam2lidar, (h, w), fit="pad")
+        got = np.stack(call["images"])
+        assert got.shape == (6, h, w, 3) and not got[:, 90:].any() and got[:, :90].any()  # padded, not stretched
+        np.testing.assert_array_equal(got, want_img)
+        np.testing.assert_allclose(call["intrinsics"], want_k, rtol=1e-12)
+        x, l2i = pad.preprocess(call["images"], call["intrinsics"], cam2lidar)
+        torch.testing.assert_close(x, normalise(want_img[None], channels_last=True), rtol=0, atol=0)
+        torch.testing.assert_close(l2i, torch.from_numpy(want_l2i).float()[None], rtol=1e-5, atol=1e-4)
+        assert np.all(np.isfinite(out.trajectory))
 
 
 # ---- import boundaries -----------------------------------------------------------------------------------------

@@ -56,11 +56,11 @@ def checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from dima_planner.checkpoint import save_checkpoint
-    from dima_planner.model.config import tiny_cpu
+    from dima_planner.model.config import preset
     from dima_planner.model.planner import VisionPlanner
 
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "dima_tiny", VisionPlanner(tiny_cpu()))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "dima_tiny", VisionPlanner(preset("tiny_cpu")))
 
 
 def start_node(domain_id: int, *ros_args: str) -> subprocess.Popen:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dima_planner.model.augment import AugmentConfig, augment_inputs, grid_mask
-from dima_planner.model.losses import LossWeights, collision_loss, predicted_scene
+from dima_planner.model.losses import PlannerLossWeights, collision_loss, predicted_scene
 
 
 def _pred(b=1, na=3, nm=2):
@@ -44,7 +44,7 @@ def test_plan_l1_on_offsets_differs_from_positions():
     off = (_offsets(plan) - _offsets(gt)).abs().sum()
     assert float(pos) == 1.0 and float(off) == 2.0
     with pytest.raises(ValueError):
-        LossWeights(plan_target="cumsum")
+        PlannerLossWeights(plan_target="cumsum")
 
 
 def test_augmentation_is_deterministic_per_generator_and_bounded():
@@ -65,7 +65,8 @@ def test_frozen_resnet_stem_and_batchnorm_and_weights_error(tmp_path):
     from dima_planner.train.loop import check_backbone_weights
 
     cfg = dataclasses.replace(preset("vad_tiny"), backbone="resnet18", image_size=(64, 112), bev_h=10, bev_w=10,
-                              embed_dim=32, num_heads=4, ffn_dim=64, num_agent_queries=4, num_map_queries=4)
+                              embed_dim=32, num_heads=4, ffn_dim=64, num_agent_queries=4, num_map_queries=4,
+                              pretrained_path=None)
     model = VisionPlanner(cfg).train()
     trunk = model.image_encoder.trunk
     assert not any(p.requires_grad for p in trunk.conv1.parameters())

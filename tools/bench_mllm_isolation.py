@@ -77,12 +77,12 @@ def main(argv=None) -> int:
         import torch
 
         from dima_planner.checkpoint import save_checkpoint
-        from dima_planner.model.config import tiny_cpu
+        from dima_planner.model.config import preset
         from dima_planner.model.planner import VisionPlanner
 
         tmp = tempfile.TemporaryDirectory(prefix="bench_mllm_")
         torch.manual_seed(0)
-        ckpt = save_checkpoint(Path(tmp.name) / "dima_tiny_init", VisionPlanner(tiny_cpu()))
+        ckpt = save_checkpoint(Path(tmp.name) / "dima_tiny_init", VisionPlanner(preset("tiny_cpu")))
         ckpt_note = f"{args.checkpoint} missing: freshly initialised tiny_cpu checkpoint (same architecture)"
     print(f"planner checkpoint: {ckpt_note}\nROS_DOMAIN_ID={domain}, loopback only", flush=True)
 

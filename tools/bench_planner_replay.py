@@ -115,11 +115,11 @@ def checkpoint_for(path: str, tmp_root: Path) -> tuple[Path, str]:
     import torch
 
     from dima_planner.checkpoint import save_checkpoint
-    from dima_planner.model.config import tiny_cpu
+    from dima_planner.model.config import preset
     from dima_planner.model.planner import VisionPlanner
 
     torch.manual_seed(0)
-    made = save_checkpoint(tmp_root / "dima_tiny_init", VisionPlanner(tiny_cpu()))
+    made = save_checkpoint(tmp_root / "dima_tiny_init", VisionPlanner(preset("tiny_cpu")))
     return made, f"{ckpt} missing: freshly initialised tiny_cpu checkpoint (same architecture)"
 
 

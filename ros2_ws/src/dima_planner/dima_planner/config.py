@@ -3,6 +3,17 @@
 A config file may only name fields the dataclass has, with values of the declared
 type; anything else is one clear sentence (ConfigError) before any work starts.
 Nested dataclasses, lists, tuples, dicts, Optional and Literal are supported.
+
+Inheritance (`base:`), the one rule for every config file (train, synth, sim, demo, eval):
+a file may start from another with a top-level `base: other.yaml`, a path relative to the
+including file; the base may itself have a base (no cycles). The file is then the base's
+mapping deep-merged with its own keys:
+  - a mapping merges key by key, recursively (`model: {can_bus: false}` changes that one field);
+  - anything else (a number, string, list, null) replaces the base's value whole: lists are
+    not concatenated, and `key: null` sets null (it does not delete the key);
+  - `--set` overrides (load_yaml's `overrides`) apply after the merge.
+So a derived file lists only its deltas; what it does not name is its base's, never a
+dataclass default the base overrode.
 """
 from __future__ import annotations
 
@@ -106,15 +117,48 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
-    """Load `cls` from a YAML file; `overrides` maps dotted keys to values (CLI --set)."""
+BASE_KEY = "base"
+
+
+def merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """`delta` deep-merged over `base` (the module docstring's rule); neither is modified."""
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping a config file stands for: its `base:` chain resolved and merged."""
     path = Path(path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"config file {path}: `base:` chain is a cycle ({chain})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top, got {type(data).__name__}")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: `base:` must be a path (relative to {path.parent}), got {base!r}")
+    return merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
+    """Load `cls` from a YAML file (its `base:` chain merged); `overrides` maps dotted keys
+    to values (CLI --set)."""
+    path = Path(path)
+    data = read_yaml(path)
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")

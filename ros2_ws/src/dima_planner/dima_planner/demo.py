@@ -27,6 +27,7 @@ from rich.table import Table
 from rosbags.rosbag2 import Reader
 from torch.utils.data import Subset
 
+from . import resources
 from .bags import bag_eval, bag_io
 from .bags.bag_convert import GT_FORMAT, convert, load_nuscenes, select_scenes
 from .config import add_set_argument, load_yaml, parse_overrides
@@ -43,7 +44,6 @@ from .sim.scenario import demo_route
 from .sim.viz import VideoWriter, plot_route
 from .synth import SynthConfig, generate
 
-REPO = Path(__file__).resolve().parents[4]
 # The demo is the project's own self-contained run: where the user exported no ROS_DOMAIN_ID
 # it keeps to this one, away from the default domain (0) of the user's other ROS work.
 DEMO_DOMAIN_ID = 42
@@ -53,7 +53,7 @@ DEMO_DOMAIN_ID = 42
 class DemoConfig:
     synth_config: str = "params/synth.yaml"
     world: str = "data/world"
-    checkpoint: str = "checkpoints/dima_tiny_stage2"
+    checkpoint: str = resources.STAGE2_CHECKPOINT
     out: str = "out/demo"
     split: str = "val"
     max_scenes: int = 3  # validation scenes replayed through the node
@@ -80,10 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser)
 
 
-def _path(p: str) -> Path:
-    """Config paths are relative to the repository (the demo runs from anywhere)."""
-    q = Path(p)
-    return q if q.is_absolute() else REPO / q
+_path = resources.repo_path  # config paths are the repository's (the demo runs from anywhere)
 
 
 def _reasoning(run_bag: Path, limit: int) -> list[dict]:
@@ -118,7 +115,7 @@ def closed_loop_demo(out: Path, checkpoint: Path, world: Path, console, route: R
     route = route or demo_route(world)
 
     console.rule("[bold]closed loop: dima_planner_node drives a route of the world (dima_sim, lockstep)")
-    cfg = load_yaml(BenchConfig, REPO / "params" / "sim" / "bench.yaml")
+    cfg = load_yaml(BenchConfig, _path("params/sim/bench.yaml"))
     cfg = replace(cfg, sim=replace(cfg.sim, world=str(world)), checkpoint=str(checkpoint), routes=RoutesConfig(extra=[route]))
     out.mkdir(parents=True, exist_ok=True)
     video = VideoWriter(out / f"{route.name}.gif", cfg.sim.frame_hz, every=1)

@@ -16,6 +16,10 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGE = "dima_planner"
+# The shipped checkpoints every default names (node parameter, CLI options, configs' dataclass
+# defaults, launch arguments): the stage-1 planner, and stage 2 (planner + MLLM branch).
+DEFAULT_CHECKPOINT = "checkpoints/dima_tiny"
+STAGE2_CHECKPOINT = "checkpoints/dima_tiny_stage2"
 
 
 def source_root() -> Path | None:
@@ -78,3 +82,18 @@ def ros_distro() -> str:
             continue
         return _RCLPY_MAJOR_TO_DISTRO.get(major, "jazzy" if major < 9 else "kilted")
     return "jazzy"
+
+
+def repo_path(relative: str | Path) -> Path:
+    """A path named by the project's own commands and configs (params/..., checkpoints/...,
+    data/..., out/...): absolute (or ~) as given; else relative to the source checkout when
+    running from one, so `dima demo` or `dima sim` work from any directory; else an installed
+    copy (find), else the working directory."""
+    path = Path(relative).expanduser()
+    if path.is_absolute():
+        return path
+    root = source_root()
+    if root is not None:
+        return root / path
+    found = find(path)
+    return found if found is not None else Path.cwd() / path

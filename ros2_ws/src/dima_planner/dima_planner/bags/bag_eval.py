@@ -24,6 +24,7 @@ from dima_planner.data.occupancy import occupancy_from_boxes
 from dima_planner.data.sample import FUTURE_STEPS
 from dima_planner.eval.metrics import planning_metrics
 from dima_planner.runtime.frames import base_link_to_lidar_xy
+from dima_planner.runtime.sync import stamp_to_ns
 
 
 class BagEvalError(RuntimeError):
@@ -102,7 +103,7 @@ def read_bags(paths: list[str | Path], pred_topic: str,
                     if msg.header.frame_id not in ("base_link", ""):
                         raise BagEvalError(f"{path}: {pred_topic} is in frame {msg.header.frame_id!r}; "
                                            "only base_link predictions are supported")
-                    preds[bag_io.stamp_to_ns(msg.header.stamp)] = _pose_xy(poses)  # last one wins
+                    preds[stamp_to_ns(msg.header.stamp)] = _pose_xy(poses)  # last one wins
                 else:
                     raise BagEvalError(f"{path}: {pred_topic} has unsupported type {c.msgtype}")
         except BagDamagedError as exc:  # what came before the damage is in gts / preds

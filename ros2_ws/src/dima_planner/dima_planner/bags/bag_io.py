@@ -176,11 +176,6 @@ def cdr_stamp_ns(raw: bytes) -> int:
     return sec * 1_000_000_000 + nsec
 
 
-def stamp_to_ns(stamp) -> int:
-    """builtin_interfaces/Time (rosbags or rclpy object) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 # ---- atomic output -----------------------------------------------------------------------
 
 

@@ -36,10 +36,11 @@ from ..inference import load_planner
 from ..qa.factual import QTYPES
 from ..runtime.reasoning import DEFAULT_MAX_NEW_TOKENS, MLLMEngine, ModelLoadError
 
+from .. import resources
+from ..resources import DEFAULT_CHECKPOINT, STAGE2_CHECKPOINT
+
 BASELINES = ("const_vel", "ego_mlp", "ego_mlp_noego")
-DEFAULT_STAGE2_CHECKPOINT = "checkpoints/dima_tiny_stage2"  # dima eval --qa: the MLLM lives there
-DEFAULT_CHECKPOINT = "checkpoints/dima_tiny"
-REPO = Path(__file__).resolve().parents[5]  # a source checkout: <repo>/ros2_ws/src/dima_planner/dima_planner/cli
+DEFAULT_STAGE2_CHECKPOINT = STAGE2_CHECKPOINT  # dima eval --qa: the MLLM lives there
 
 
 def resolve_default_checkpoint(value: str) -> Path:
@@ -47,7 +48,8 @@ def resolve_default_checkpoint(value: str) -> Path:
     p = Path(value).expanduser()
     if p.is_absolute() or p.is_dir():
         return p
-    return REPO / p if (REPO / p).is_dir() else p
+    q = resources.repo_path(p)
+    return q if q.is_dir() else p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

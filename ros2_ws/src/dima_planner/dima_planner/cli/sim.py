@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from .. import resources
 from ..config import ConfigError, add_set_argument, load_yaml, parse_overrides
 from ..data.sample import COMMAND_RULE
 from ..ros.env import apply_ros_env_defaults
@@ -37,19 +38,16 @@ from ..sim.scenario import bench_routes, build_scenario
 from ..sim.scoring import route_bootstrap_ci
 from ..sim.viz import VideoWriter, plot_route
 
-REPO = Path(__file__).resolve().parents[5]
 PLANNERS = ("expert", "route_follower", "stand_still", "const_vel", "ego_mlp", "dima", "dima_dual")
 # In every bench, whatever the config lists: the privileged expert (the simulator's sanity
 # check), the route follower (what knowing the route alone scores) and standing still (what
 # doing nothing scores): a planner is only worth its distance above these.
 REFERENCES = ("expert", "route_follower", "stand_still")
 NODE_PLANNERS = ("dima", "dima_dual")
-MIN_RATED_SHARE = 0.5  # collisions/km only for a planner that drove at least this share of the routes  # ROS nodes in their own processes, with cameras
+MIN_RATED_SHARE = 0.5  # collisions/km only for a planner that drove at least this share of the routes
 
 
-def _path(p: str) -> Path:
-    q = Path(p)
-    return q if q.is_absolute() else REPO / q
+_path = resources.repo_path  # config paths are the repository's (the bench runs from anywhere)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ Used by the dataset, the world generator, the bag tools and the planner node ali
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,33 @@ def yaw_of(matrix: np.ndarray) -> float:
     return float(np.arctan2(matrix[1, 0], matrix[0, 0]))
 
 
+def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:
+    """4x4 planar pose (x, y, heading) -> its frame-to-parent transform (z = 0)."""
+    m = np.eye(4)
+    m[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+    m[:2, 3] = (x, y)
+    return m
+
+
+STANDING_STEP_M = 0.05  # a track step shorter than this is standing still: it keeps the heading
+
+
+def travel_headings(points, start_xy, start_heading: float) -> np.ndarray:
+    """The heading (rad) at each point of a planar track: the direction of travel from the
+    previous point (start_xy before the first), kept from the step before while a step is
+    under STANDING_STEP_M (standing still has no direction). The orientation of every
+    published plan pose, the simulator's plan tracking and Autoware's predicted paths."""
+    out = np.empty(len(points))
+    heading, prev = float(start_heading), np.asarray(start_xy, np.float64)[:2]
+    for i, p in enumerate(np.asarray(points, np.float64)):
+        d = p[:2] - prev
+        if math.hypot(d[0], d[1]) > STANDING_STEP_M:
+            heading = math.atan2(d[1], d[0])
+        out[i] = heading
+        prev = p[:2]
+    return out
+
+
 def yaw_to_quat_xyzw(yaw: float) -> tuple[float, float, float, float]:
     return 0.0, 0.0, float(np.sin(yaw / 2.0)), float(np.cos(yaw / 2.0))
 
@@ -149,8 +177,11 @@ class Rig:
     lidar2ego: np.ndarray
 
 
-def load_rig(path: str | Path | None = None) -> Rig:
-    """The rig JSON (nuscenes_rig_n015.json format); None or '' = the packaged nuScenes rig."""
+def rig_records(path: str | Path | None = None) -> dict[str, dict]:
+    """The rig JSON (nuscenes_rig_n015.json format: per sensor its calibrated_sensor record,
+    translation, rotation (w, x, y, z), camera_intrinsic) as read; None or '' = the packaged
+    nuScenes rig. The generator writes these records into the world it makes; load_rig
+    gives them as matrices."""
     if not path:
         from importlib import resources
 
@@ -164,6 +195,12 @@ def load_rig(path: str | Path | None = None) -> Rig:
     doc = json.loads(text)
     if "LIDAR_TOP" not in doc:
         raise ValueError(f"{where}: no LIDAR_TOP entry")
+    return doc
+
+
+def load_rig(path: str | Path | None = None) -> Rig:
+    """The rig of rig_records(path) as matrices; None or '' = the packaged nuScenes rig."""
+    doc = rig_records(path)
     cams = {k: v for k, v in doc.items() if k.startswith("CAM_")}
     return Rig(cam2ego={k: pose_matrix(v) for k, v in cams.items()},
                intrinsics={k: np.asarray(v["camera_intrinsic"], dtype=np.float64) for k, v in cams.items()},

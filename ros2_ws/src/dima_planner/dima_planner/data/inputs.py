@@ -46,20 +46,33 @@ def _reduction(h0: int, w0: int, size: tuple[int, int]) -> int:
     return 1
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(H, W) from a JPEG's SOF marker without decoding it; None when not found."""
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(H, W) from a JPEG's start-of-frame header without decoding it; None when the data is
+    not a JPEG or its marker segments end (or break) before a frame header."""
+    b = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+    if len(b) < 4 or b[0] != 0xFF or b[1] != 0xD8:
+        return None
+    i, n = 2, len(b)
+    while i + 4 <= n:  # walk the marker segments up to the first start-of-frame
+        if b[i] != 0xFF:
             return None
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             i += 2
             continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
-        i += 2 + length
+        seg = (b[i + 2] << 8) | b[i + 3]
+        if marker in _SOF and i + 9 <= n:
+            return (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
+        if marker == 0xDA or seg < 2:  # scan data before any frame header: broken
+            return None
+        i += 2 + seg
     return None
 
 
@@ -101,7 +114,7 @@ def decode_image(src: bytes | bytearray | memoryview | str | Path | np.ndarray,
 def _decode_bytes(data: bytes, size: tuple[int, int] | None, what: str, fit: str = "stretch") -> np.ndarray:
     flag = cv2.IMREAD_COLOR
     if size is not None and data[:2] == JPEG_MAGIC:
-        hw = _jpeg_size(data)
+        hw = jpeg_size(data)
         if hw is not None:
             f = _reduction(hw[0], hw[1], fitted_size(hw[0], hw[1], size, fit))
             flag = dict(REDUCED_FLAGS).get(f, cv2.IMREAD_COLOR)
@@ -153,7 +166,7 @@ def _source_hw(src: Any) -> tuple[int, int]:
     if isinstance(src, np.ndarray):
         return int(src.shape[0]), int(src.shape[1])
     data = Path(src).read_bytes() if isinstance(src, (str, Path)) else bytes(src)
-    hw = _jpeg_size(data) if data[:2] == JPEG_MAGIC else None
+    hw = jpeg_size(data)
     if hw is None:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
@@ -197,5 +210,5 @@ def batch_inputs(batch: dict[str, Any], device: torch.device | str, use_ego_stat
     return out
 
 
-__all__ = ["ImageDecodeError", "batch_inputs", "decode_image", "fitted_size", "lidar2img", "normalise",
+__all__ = ["ImageDecodeError", "batch_inputs", "decode_image", "fitted_size", "jpeg_size", "lidar2img", "normalise",
            "prepare_frame", "resize_array", "scale_intrinsics"]

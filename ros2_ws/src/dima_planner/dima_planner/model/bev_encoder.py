@@ -177,16 +177,16 @@ def rigid_inverse(m: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, m.new_tensor([0.0, 0.0, 0.0, 1.0]).expand_as(m[..., 3:, :])], -2)
 
 
-def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelConfig,
-                   fill: str = "zeros") -> tuple[torch.Tensor, torch.Tensor]:
+def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelConfig
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp the previous BEV (B, Q, C) into the current frame with prev2cur (B, 4, 4).
 
     Each current cell centre is mapped into the previous LiDAR frame (cur2prev =
     inverse(prev2cur)) and the previous grid is sampled there. Returns (aligned, valid):
-    valid (B, Q) is True where the source point lies inside the previous grid. fill="zeros"
-    pads outside with zeros (bilinear reads blend them in near the edge); fill="masked"
-    clamps to the border so that valid cells never read padding, and the caller replaces
-    the invalid ones.
+    valid (B, Q) is True where the source point lies inside the previous grid. Reads clamp to
+    the border, so that valid cells never blend in padding, and the caller gives the invalid
+    ones the current query (as at a scene start): no padding strip encodes the ego's
+    displacement.
     """
     b, q, c = prev_bev.shape
     xy = bev_cell_centres(cfg).to(prev_bev)
@@ -197,7 +197,7 @@ def align_prev_bev(prev_bev: torch.Tensor, prev2cur: torch.Tensor, cfg: ModelCon
     valid = (grid.abs() <= 1).all(-1)
     grid = grid.view(b, cfg.bev_h, cfg.bev_w, 2)
     img = prev_bev.transpose(1, 2).reshape(b, c, cfg.bev_h, cfg.bev_w)
-    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border" if fill == "masked" else "zeros",
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border",
                         align_corners=False)
     return out.flatten(2).transpose(1, 2), valid
 
@@ -265,8 +265,7 @@ class BEVEncoder(nn.Module):
         if cfg.use_temporal and prev_bev is not None:
             if prev2cur is None:
                 raise ValueError("prev_bev was given without prev2cur")
-            aligned, valid = align_prev_bev(prev_bev, prev2cur, cfg, cfg.prev_bev_fill)
-            keep = torch.ones_like(valid) if cfg.prev_bev_fill == "zeros" else valid
+            aligned, keep = align_prev_bev(prev_bev, prev2cur, cfg)
             if has_prev is not None:
                 keep = keep & has_prev.view(b, 1).bool()
             prev = torch.where(keep[..., None], aligned, x)

@@ -1,4 +1,4 @@
-"""Typed model config and the three size presets.
+"""Typed model config and the three size presets (params/train/<preset>.yaml).
 
 `tiny_cpu` trains in minutes on two CPU cores; `vad_tiny` / `vad_base` follow the VAD
 paper's sizes (BEV 100x100 / 200x200, embed 256, 300 agent queries, 100 map queries,
@@ -6,7 +6,6 @@ paper's sizes (BEV 100x100 / 200x200, embed 256, 300 agent queries, 100 map quer
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +28,7 @@ class ModelConfig:
     # ResNet as VAD trains it (mmdet's frozen_stages / norm_eval): the stem and the first
     # `frozen_stages` stages keep their ImageNet weights, and every BatchNorm keeps its ImageNet
     # statistics and affine parameters. Needs pretrained_path (training refuses to freeze
-    # random weights). -1 / False: everything trains (older configs).
+    # random weights). -1 / False: everything trains (the tiny configs, trained from scratch).
     frozen_stages: int = -1
     norm_eval: bool = False
 
@@ -60,56 +59,38 @@ class ModelConfig:
     use_ego_status: bool = False  # the "+" variant
 
     # Ego motion the way VAD feeds it (data/ego_motion.py): an MLP of the CAN bus vector
-    # added to every BEV query. False = strictly camera-only. Keys absent from a checkpoint's
-    # config keep the behaviour of checkpoints made before they existed.
+    # added to every BEV query. False = strictly camera-only (dima_tiny_camera_only).
     can_bus: bool = False
     # The same CAN bus vector also reaches the ego query through its own MLP (VAD's
     # ego-status planner variant, fed by the one ego-motion input: no second source to
     # keep in sync). Needs can_bus. The BEV route alone leaves the ego token to find the
     # speed by attention over 576 cells; measured in README "Planner".
     ego_can_bus: bool = False
-    # Previous-BEV warp: "masked" gives cells whose source lies outside the previous grid
-    # the current query (as at a scene start), so no padding strip encodes the ego's
-    # displacement; "zeros" (older checkpoints) pads with zeros.
-    prev_bev_fill: Literal["masked", "zeros"] = "zeros"
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.ego_can_bus and not self.can_bus:
             raise ValueError("model.ego_can_bus needs model.can_bus: true (it reuses the ego motion input)")
-        if self.prev_bev_fill not in ("masked", "zeros"):
-            raise ValueError(f"prev_bev_fill must be 'masked' or 'zeros', got {self.prev_bev_fill!r}")
         if self.feature_stride not in (8, 16, 32):
             raise ValueError(f"feature_stride must be 8, 16 or 32, got {self.feature_stride}")
 
 
-def tiny_cpu() -> ModelConfig:
-    return ModelConfig(can_bus=True, prev_bev_fill="masked")
-
-
-def vad_tiny() -> ModelConfig:
-    # VAD-Tiny: BEV 100x100 over 60 m x 30 m half-ranges (VAD's pc_range), embed 256,
-    # 3 BEV layers, 300 agent / 100 map queries, 6 modes. ResNet-50 in VAD.
-    return ModelConfig(
-        image_size=(384, 640), image_fit="pad", backbone="resnet50", feature_stride=16, frozen_stages=1, norm_eval=True, embed_dim=256, num_heads=8,
-        ffn_dim=512, bev_h=100, bev_w=100, bev_range_x=15.0, bev_range_y=30.0,
-        sca_points=2, tsa_points=4, bev_layers=3,
-        num_agent_queries=300, num_map_queries=100, motion_modes=6, agent_layers=3, map_layers=3,
-        plan_layers=3, can_bus=True, prev_bev_fill="masked",
-    )
-
-
-def vad_base() -> ModelConfig:
-    # VAD-Base: 1600x900 scaled by 0.8 to 1280x720, padded to 1280x736 (size divisor 32)
-    return dataclasses.replace(vad_tiny(), image_size=(736, 1280), bev_h=200, bev_w=200, bev_layers=6,
-                               agent_layers=6, map_layers=6)
-
-
-PRESETS = {"tiny_cpu": tiny_cpu, "vad_tiny": vad_tiny, "vad_base": vad_base}
+# The presets are the `model` sections of the shipped training configs: one source for
+# their numbers (a Python copy drifted from its YAML: other dropout, no pretrained path).
+PRESETS = {"tiny_cpu": "params/train/tiny_cpu.yaml", "vad_tiny": "params/train/vad_tiny.yaml",
+           "vad_base": "params/train/vad_base.yaml"}
 
 
 def preset(name: str) -> ModelConfig:
+    """The model config of the training config PRESETS[name] (its `base:` chain resolved)."""
+    from .. import resources
+    from ..config import from_dict, read_yaml
+
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
-    return PRESETS[name]()
+    path = resources.find(PRESETS[name])
+    if path is None:
+        raise FileNotFoundError(f"model preset {name!r}: {PRESETS[name]} is not installed "
+                                f"(looked in {', '.join(map(str, resources.resource_roots()))})")
+    return from_dict(ModelConfig, read_yaml(path).get("model"), where=f"{path.name}: model")

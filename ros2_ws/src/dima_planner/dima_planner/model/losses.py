@@ -42,7 +42,7 @@ PED_CROSSING = MAP_CLASSES.index("ped_crossing")
 
 
 @dataclass
-class LossWeights:
+class PlannerLossWeights:
     det_cls: float = 2.0
     det_box: float = 0.25
     map_cls: float = 0.8
@@ -56,11 +56,11 @@ class LossWeights:
     no_object: float = 0.1  # CE weight of the "no object" class
     map_closed_shifts: bool = False  # also match cyclic shifts of pedestrian crossings
     # Constraint losses on the model's predicted agents / map (VAD) or on the annotations ("gt").
-    # Absent from older configs: "gt", their behaviour.
+    # "gt": tiny_cpu_stage2.yaml, which its shipped checkpoint was trained with.
     constraint_source: str = "gt"
     agent_score_thr: float = 0.5  # VAD's agent_thresh / map_thresh
     map_score_thr: float = 0.5
-    # Planning L1 on per-step offsets (VAD) or cumulative positions (older configs).
+    # Planning L1 on per-step offsets (VAD) or cumulative positions (tiny_cpu_stage2.yaml).
     plan_target: str = "positions"
 
     def __post_init__(self) -> None:
@@ -98,7 +98,7 @@ def _segments_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tup
     return (p[:, None] - proj).norm(dim=-1), ab
 
 
-def planning_losses(pred: dict, batch: dict, w: LossWeights, map_scale: tuple[float, float] = (30.0, 30.0)
+def planning_losses(pred: dict, batch: dict, w: PlannerLossWeights, map_scale: tuple[float, float] = (30.0, 30.0)
                     ) -> dict[str, torch.Tensor]:
     """All VAD losses. Returns a dict of weighted terms plus 'loss' (their sum).
     map_scale: metres that map to 1 in the map-points loss (the model's BEV half-ranges)."""

@@ -32,6 +32,7 @@ from autoware_planning_msgs.msg import Trajectory, TrajectoryPoint
 from std_msgs.msg import Header
 from unique_identifier_msgs.msg import UUID
 
+from ..data.geometry import travel_headings
 from ..data.sample import AGENT_CLASSES, STEP_SECONDS
 from . import conversions as conv
 
@@ -118,13 +119,9 @@ def build_predicted_objects(result, lidar2ego: np.ndarray, ego: np.ndarray, stam
             pts = np.concatenate([[[x, y]], future], 0)
             world = (lidar2world @ np.c_[pts, np.full(len(pts), z), np.ones(len(pts))].T).T
             path = PredictedPath(time_step=conv.seconds_to_duration(dt), confidence=float(probs[mode]))
-            step_yaw = heading
-            for k, p in enumerate(world):
-                if k > 0:
-                    d = world[k, :2] - world[k - 1, :2]
-                    if np.hypot(*d) > 0.05:  # standing still keeps the last heading
-                        step_yaw = math.atan2(d[1], d[0])
-                path.path.append(conv.matrix_to_pose(_planar(p[0], p[1], p[2], heading if k == 0 else step_yaw)))
+            yaws = [heading, *travel_headings(world[1:, :2], world[0, :2], heading)]  # standing keeps the heading
+            for p, yaw in zip(world, yaws):
+                path.path.append(conv.matrix_to_pose(_planar(p[0], p[1], p[2], yaw)))
             paths.append((path, world))
         kin.predicted_paths = [p for p, _ in paths]
         if paths:  # the most likely mode's first step, along the object's heading

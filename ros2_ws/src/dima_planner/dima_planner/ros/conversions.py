@@ -30,13 +30,10 @@ from ..runtime import images
 from ..runtime.errors import InputError  # noqa: F401  (re-exported)
 from ..runtime.frames import lidar_points_to_base, trajectory_lidar_to_base  # noqa: F401  (re-exported)
 from ..runtime.images import SUPPORTED_ENCODINGS  # noqa: F401
+from ..runtime.sync import stamp_to_ns  # noqa: F401  (re-exported: the nodes' message conversions)
 
 
 # ---- time ---------------------------------------------------------------------------------
-def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def ns_to_stamp(ns: int) -> Time:
     sec, nsec = divmod(int(ns), 1_000_000_000)
     return Time(sec=sec, nanosec=nsec)

@@ -7,18 +7,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from ..runtime.planner_stats import ERROR, OK, WARN, PlannerStats, Rejection  # noqa: F401  (re-exported)
-
-
-def percentiles_ms(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    p50, p99 = np.percentile(np.asarray(values) * 1e3, [50, 99])
-    return float(p50), float(p99)
+from ..runtime.planner_stats import ERROR, OK, WARN, PlannerStats, Rejection, percentiles_ms  # noqa: F401  (re-exported)
 
 
 def _kv(key: str, value) -> KeyValue:

@@ -55,14 +55,13 @@ from dima_msgs.msg import PlannedTrajectory, Reasoning, SceneTokens
 from dima_msgs.srv import AskScene
 
 from . import conversions as conv
-from .node_runtime import descriptor, set_parameters, spin
+from .node_runtime import declare_parameters, set_parameters, spin
 from ..runtime.extrinsics import load_rig
-from ..runtime.params import ParamSpec
+from ..runtime.params import OUTPUT_TOPICS, TOPIC_PATTERN, ParamSpec, validator
 from ..runtime.reasoning import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION, GenerationWorker, Job, MLLMEngine, MLLMStats, TokenError,
                         decode_scene_tokens_msg)
 
 NODE_NAME = "dima_mllm"
-_TOPIC = r"~?/?[A-Za-z_][A-Za-z0-9_/{}~]*"
 
 PARAM_SPECS: list[ParamSpec] = [
     ParamSpec("llm_path", "", "local Hugging Face causal-LM folder; empty = the offline default "
@@ -90,10 +89,10 @@ PARAM_SPECS: list[ParamSpec] = [
               "bool"),
     ParamSpec("ask_timeout", 60.0, "seconds /dima/ask_scene waits for its answer before failing", "float",
               0.1, 3600.0),
-    ParamSpec("tokens_topic", "dima/scene_tokens", "dima_msgs/SceneTokens input", "str", pattern=_TOPIC,
+    ParamSpec("tokens_topic", OUTPUT_TOPICS["scene_tokens_topic"][0], "dima_msgs/SceneTokens input", "str", pattern=TOPIC_PATTERN,
               on_configure=True),
-    ParamSpec("planner_trajectory_topic", "dima/trajectory", "the planner's dima_msgs/PlannedTrajectory",
-              "str", pattern=_TOPIC, on_configure=True),
+    ParamSpec("planner_trajectory_topic", OUTPUT_TOPICS["trajectory_topic"][0], "the planner's dima_msgs/PlannedTrajectory",
+              "str", pattern=TOPIC_PATTERN, on_configure=True),
     ParamSpec("rig_file", "", "rig JSON giving LIDAR_TOP in base_link for the Dual-mode trajectory (the MLLM "
               "head predicts in the LiDAR frame); empty = the packaged nuScenes rig", "str", on_configure=True),
     ParamSpec("diagnostics_period", 1.0, "period (s) of /diagnostics", "float", 0.05, 60.0, on_configure=True),
@@ -101,11 +100,7 @@ PARAM_SPECS: list[ParamSpec] = [
 PARAMS = {s.name: s for s in PARAM_SPECS}
 
 
-def validate(name: str, value: Any) -> str | None:
-    spec = PARAMS.get(name)
-    if spec is None:
-        return None if name in ("use_sim_time", "start_type_description_service") else f"unknown parameter {name!r}"
-    return spec.check(value)
+validate = validator(PARAMS)
 
 
 @dataclass
@@ -133,13 +128,8 @@ def kv(key: str, value: Any) -> KeyValue:
 class MLLMNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
         super().__init__(node_name, **kwargs)
-        for spec in PARAM_SPECS:
-            self.declare_parameter(spec.name, spec.default, descriptor(
-                spec, read_only=spec.on_configure, notes=["read at start-up"] if spec.on_configure else []))
-        self._p = {n: self.get_parameter(n).value for n in PARAMS}
-        bad = [r for n, v in self._p.items() if (r := validate(n, v))]
-        if bad:
-            raise ValueError("; ".join(bad))
+        self._p = declare_parameters(self, PARAMS, validate, read_only_on_configure=True,
+                                     on_configure_note="read at start-up")
         self.add_on_set_parameters_callback(self._on_set_parameters)
         try:
             self._lidar2ego = load_rig(self._p["rig_file"]).lidar2ego

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.exceptions import InvalidHandle, InvalidParameterValueException
+from rclpy.exceptions import InvalidHandle, InvalidParameterValueException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 from .env import apply_ros_env_defaults, discovery_note
@@ -30,6 +30,33 @@ def descriptor(spec, read_only: bool = False, notes: Sequence[str] = ()) -> Para
         constraints.append(f"matches {spec.pattern}")
     d.additional_constraints = "; ".join([*constraints, *notes])
     return d
+
+
+def declare_parameters(node, table: dict, validate: Callable[[str, object], str | None],
+                       read_only_on_configure: bool, on_configure_note: str) -> dict:
+    """Declare every ParamSpec of `table` on `node` and return the start-up values, validated.
+
+    Each parameter gets its descriptor (type, range, constraints); the `on_configure` ones get
+    `on_configure_note` and, with read_only_on_configure, are read-only (a node that reads them
+    once at start-up). Invalid start-up values raise one ValueError naming every one (spin()
+    prints it and exits 2); names given that the table does not declare are warned about,
+    since rclpy would ignore them silently."""
+    from .params import unknown_parameters
+
+    for spec in table.values():
+        notes = [on_configure_note] if spec.on_configure else []
+        try:
+            node.declare_parameter(spec.name, spec.default, descriptor(
+                spec, read_only=read_only_on_configure and spec.on_configure, notes=notes))
+        except (ParameterException, InvalidParameterValueException) as e:  # a bad --params-file / -p value
+            raise ValueError(f"parameter {spec.name}: {e}") from None
+    values = {n: node.get_parameter(n).value for n in table}
+    bad = [r for n, v in values.items() if (r := validate(n, v))]
+    if bad:
+        raise ValueError("invalid parameters: " + "; ".join(bad))
+    for reason in unknown_parameters(getattr(node, "_parameter_overrides", {}), table):
+        node.get_logger().warning(reason)
+    return values
 
 
 def set_parameters(params, values: dict, validate: Callable[[str, object], str | None]) -> SetParametersResult:

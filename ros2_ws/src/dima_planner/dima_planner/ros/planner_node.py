@@ -37,7 +37,6 @@ from nav_msgs.msg import Odometry, Path as PathMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import InvalidParameterValueException, ParameterException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -49,15 +48,15 @@ from dima_msgs.msg import DrivingCommand, PlannedTrajectory, SceneTokens
 from ..data.geometry import RIG_HW, Rig, load_rig, scale_intrinsics
 from ..data.sample import CAMERAS, EGO_STATUS_FIELDS
 from ..runtime.errors import InputError
-from ..runtime.images import Decoded, ImageLimits, decode
-from ..runtime.params import NODE_NAME, PARAMS, resolve_checkpoint, unknown_parameters, validate
-from ..runtime.planner_core import FrameInputs, PlanOutput, PlannerCore, Skip
+from ..runtime.images import Decoded, ImageLimits
+from ..runtime.params import NODE_NAME, PARAMS, CoreParams, resolve_checkpoint, validate
+from ..runtime.planner_core import FrameInputs, PlanOutput, PlannerCore, Skip, decode_one
 from ..runtime.planner_stats import PlannerStats
 from ..runtime.sync import SEC, AnchorSlot, Cached, InputCache, side_cameras_ready
 from . import conversions as conv
 from .diagnostics import build_diagnostics
 from .lifecycle_guard import guard_change_state
-from .node_runtime import descriptor, set_parameters, spin
+from .node_runtime import declare_parameters, set_parameters, spin
 from .peers import PeerWatch
 
 FRONT = CAMERAS[0]
@@ -108,17 +107,8 @@ class PlannerNode(LifecycleNode):
         self._slot = AnchorSlot()
         super().__init__(node_name, **kwargs)
         guard_change_state(self)  # an invalid ChangeState request gets success=false, not an exit
-        for spec in PARAMS.values():
-            try:
-                self.declare_parameter(spec.name, spec.default, descriptor(spec, notes=["applies at the next configure"] if spec.on_configure else []))
-            except (ParameterException, InvalidParameterValueException) as e:  # a bad --params-file / -p value
-                raise ValueError(f"parameter {spec.name}: {e}") from None
-        self._p: dict[str, Any] = {n: self.get_parameter(n).value for n in PARAMS}
-        bad = [r for n, v in self._p.items() if (r := validate(n, v))]
-        if bad:
-            raise ValueError("invalid parameters: " + "; ".join(bad))
-        for reason in unknown_parameters(getattr(self, "_parameter_overrides", {})):  # rclpy ignores them
-            self.get_logger().warning(reason)
+        self._p: dict[str, Any] = declare_parameters(self, PARAMS, validate, read_only_on_configure=False,
+                                                     on_configure_note="applies at the next configure")
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._stats = PlannerStats()
@@ -147,7 +137,10 @@ class PlannerNode(LifecycleNode):
 
     # ---- parameters ---------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
-        return set_parameters(params, self._p, validate)
+        result = set_parameters(params, self._p, validate)
+        if result.successful and self._core is not None:
+            self._core.p = CoreParams.from_values(self._p)  # the next frame reads the new values
+        return result
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def _autostart(self) -> None:
@@ -204,7 +197,7 @@ class PlannerNode(LifecycleNode):
             return self._fail(f"cannot load checkpoint {str(ckpt)!r} on device {p['device']!r}: {e}{where}")
         self._model_id = model_id_of(ckpt) + ("+dual" if p["dual_mode"] else "")
         self.get_logger().info(f"loaded {self._model_id} on {p['device']} ({p['backend']}) in {load_s:.2f} s")
-        self._core = PlannerCore(p, self._planner, self._rig, self._stats, self.get_logger())
+        self._core = PlannerCore(CoreParams.from_values(p), self._planner, self._rig, self._stats, self.get_logger())
         self._pool = ThreadPoolExecutor(p["decode_threads"], thread_name_prefix="dima_decode")
         self._create_topics()
         self._state = "inactive"
@@ -408,14 +401,10 @@ class PlannerNode(LifecycleNode):
         return FrameInputs(self.get_clock().now().nanoseconds, anchor, {c: self._cache.items(c) for c in SIDES},
                            t_start, time.monotonic() - t_start)
 
-    def _decode(self, msgs: dict[str, Any], limits: ImageLimits, out_wh: tuple[int, int]) -> dict[str, Decoded | InputError]:
-        def one(msg):
-            try:
-                return decode(msg, limits, out_wh)
-            except InputError as e:
-                return e
-
-        futures = {cam: self._pool.submit(one, m) for cam, m in msgs.items()}
+    def _decode(self, msgs: dict[str, Any], limits: ImageLimits, out_hw: tuple[int, int],
+                fit: str) -> dict[str, Decoded | InputError]:
+        """planner_core.DecodeFn on the decode thread pool (cv2 releases the GIL)."""
+        futures = {cam: self._pool.submit(decode_one, m, limits, out_hw, fit) for cam, m in msgs.items()}
         return {cam: f.result() for cam, f in futures.items()}
 
     def _skipped(self, anchor: Cached, skip: Skip) -> None:

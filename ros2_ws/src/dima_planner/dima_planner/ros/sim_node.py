@@ -42,17 +42,20 @@ from dima_msgs.msg import DrivingCommand, PlannedTrajectory, Reasoning
 
 from ..bags import bag_io
 from ..config import ConfigError
+from ..data.geometry import ego_matrix
 from ..data.sample import CAMERAS
 from ..runtime.frames import BASE_FRAME, LIDAR_FRAME, MAP_FRAME, optical_frame
 from ..sim.cameras import CameraRig
 from ..sim.config import RouteSpec, SimConfig
 from ..sim.engine import Plan, Simulator
-from ..sim.planners import ego_matrix, lidar_track_to_plan
+from ..sim.planners import lidar_track_to_plan
 from ..sim.runner import expert_log, route_result
 from ..sim.scenario import build_scenario
 from ..sim.viz import plot_route
 from ..synth.nuscenes_writer import CAMERA_OFFSETS
 from . import conversions as conv
+from ..runtime.params import TOPIC_PATTERN, ParamSpec, validator
+from .node_runtime import declare_parameters
 
 SEC = 1_000_000_000
 
@@ -62,6 +65,40 @@ def _rel(topic: str) -> str:
     they meet the planner's relative names. /clock and the tf topics stay absolute (the
     launch file remaps them)."""
     return topic.lstrip("/")
+
+
+NODE_NAME = "dima_sim"
+# The simulator node's parameters (the same ParamSpec table style as the planner's and the
+# MLLM node's). Every one is read once at start-up. Ranges: SimConfig's where it has them.
+PARAMS: dict[str, ParamSpec] = {s.name: s for s in [
+    ParamSpec("world", "data/world", "the generated world (dima synth output) whose towns, rig and renderer "
+              "are used", "str", on_configure=True),
+    ParamSpec("route", "turn_left:101", "scene-000N of the world, KIND:INDEX or KIND:INDEX@TOWN (a generated "
+              "scenario; checked against the world at start-up)", "str", on_configure=True),
+    ParamSpec("seconds", 20.0, "route duration (simulated s)", "float", 0.1, 86400.0, on_configure=True),
+    ParamSpec("frame_hz", 12.0, "camera frames per simulated second (nuScenes: 12)", "float", 1.0, 50.0,
+              on_configure=True),
+    ParamSpec("image_scale", 0.25, "rendered image size relative to 1600x900", "float", 0.05, 1.0,
+              on_configure=True),
+    ParamSpec("transport", "raw", "'raw' (sensor_msgs/Image rgb8) or 'compressed' (JPEG)", "str",
+              choices=("raw", "compressed"), on_configure=True),
+    ParamSpec("jpeg_quality", 90, "JPEG quality of compressed images", "int", 1, 100, on_configure=True),
+    ParamSpec("mode", "lockstep", "'lockstep' (each frame waits for its plan) or 'realtime' (wall-clock "
+              "frame_hz)", "str", choices=("lockstep", "realtime"), on_configure=True),
+    ParamSpec("plan_timeout", 10.0, "wall s to wait for a frame's plan before counting it missed", "float",
+              0.0, 3600.0, on_configure=True),
+    ParamSpec("plan_topic", _rel(bag_io.TRAJECTORY_TOPIC), "the planner's output the simulator tracks", "str",
+              pattern=TOPIC_PATTERN, on_configure=True),
+    ParamSpec("plan_type", "trajectory", "plan_topic's type: 'trajectory' (dima_msgs/PlannedTrajectory) or "
+              "'path' (nav_msgs/Path)", "str", choices=("trajectory", "path"), on_configure=True),
+    ParamSpec("out", "out/sim", "directory of <route>.json and <route>.png", "str", on_configure=True),
+    ParamSpec("time_offset", 1000.0, "sim time of the route start (s)", "float", 0.0, 1e9, on_configure=True),
+    ParamSpec("timeout_slack", 15.0, "s past the route duration before it is abandoned", "float", 0.0, 86400.0,
+              on_configure=True),
+    ParamSpec("wait_for_planner", 120.0, "s to wait for a publisher on plan_topic before driving", "float",
+              0.0, 86400.0, on_configure=True),
+]}
+validate = validator(PARAMS)
 
 
 def parse_route(text: str, seconds: float) -> RouteSpec:
@@ -95,24 +132,15 @@ class SimBridge(Node):
     """Publishes the simulated sensors and collects the planner's plans. `drive()` runs one
     route; the console node calls it once, `dima sim --bench` once per route."""
 
-    PARAMS = (("world", "data/world"), ("route", "turn_left:101"), ("seconds", 20.0), ("frame_hz", 12.0),
-              ("image_scale", 0.25), ("transport", "raw"), ("jpeg_quality", 90), ("mode", "lockstep"),
-              ("plan_timeout", 10.0), ("plan_topic", _rel(bag_io.TRAJECTORY_TOPIC)), ("plan_type", "trajectory"),
-              ("out", "out/sim"), ("time_offset", 1000.0), ("timeout_slack", 15.0),
-              ("wait_for_planner", 120.0))
-
-    def __init__(self, cfg: SimConfig | None = None, node_name: str = "dima_sim", compressed: bool = False,
+    def __init__(self, cfg: SimConfig | None = None, node_name: str = NODE_NAME, compressed: bool = False,
                  jpeg_quality: int = 90, plan_topic: str = _rel(bag_io.TRAJECTORY_TOPIC), plan_type: str = "trajectory",
                  **kwargs):
         """cfg None: everything from the node's ROS parameters (the console node)."""
         super().__init__(node_name, **kwargs)
         self.params = {}
         if cfg is None:
-            p = self.params = {n: self.declare_parameter(n, d).value for n, d in self.PARAMS}
-            for name, choices in (("mode", ("lockstep", "realtime")), ("transport", ("raw", "compressed")),
-                                  ("plan_type", ("trajectory", "path"))):
-                if p[name] not in choices:
-                    raise ConfigError(f"{name} must be one of {list(choices)}, got {p[name]!r}")
+            p = self.params = declare_parameters(self, PARAMS, validate, read_only_on_configure=True,
+                                                 on_configure_note="read at start-up")
             cfg = SimConfig(world=p["world"], frame_hz=float(p["frame_hz"]), image_scale=float(p["image_scale"]),
                             timeout_slack=float(p["timeout_slack"]))
             compressed, jpeg_quality = p["transport"] == "compressed", int(p["jpeg_quality"])
@@ -296,7 +324,7 @@ def main(args: list[str] | None = None) -> int:
         spec = parse_route(p["route"], float(p["seconds"]))
         scenario = build_scenario(spec, node.cfg.world)  # a bad route or world fails here, at once
     except (ConfigError, ValueError) as e:
-        print(f"dima_sim_node: invalid parameters: {e}", file=sys.stderr)
+        print(f"dima_sim_node: invalid parameters: {str(e).removeprefix('invalid parameters: ')}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
     cfg = node.cfg

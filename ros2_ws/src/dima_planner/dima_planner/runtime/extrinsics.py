@@ -24,15 +24,12 @@ import numpy as np
 
 from ..data.geometry import RIG_HW, RIG_SIZE, Rig, load_rig, transform_from_msg
 from .errors import InputError
+from .sync import stamp_to_ns
 
 __all__ = ["RIG_HW", "RIG_SIZE", "Rig", "StaticTransforms", "load_rig"]
 
 MAX_DEPTH = 64  # longer chains are refused on arrival; no real vehicle comes close
 SAMPLES = 64  # /tf samples kept per edge (a few seconds at CARLA's 20 Hz)
-
-
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 class _Edge:
@@ -95,7 +92,7 @@ class StaticTransforms:
                     continue
                 if edge is None or edge.static or edge.parent != parent:
                     edge = self._edges[child] = _Edge(parent, False)
-                edge.samples.append((_stamp_ns(t.header.stamp), m))
+                edge.samples.append((stamp_to_ns(t.header.stamp), m))
         return bad
 
     def _chain_locked(self, frame: str) -> list[str]:

@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from ..data.geometry import travel_headings
+
 LIDAR_FRAME = "lidar_top"
 BASE_FRAME = "base_link"
 MAP_FRAME = "map"
@@ -77,14 +79,9 @@ def trajectory_lidar_to_base(traj: np.ndarray, lidar2ego: np.ndarray) -> np.ndar
     pos = lidar_points_to_base(traj, lidar2ego)
     yaw_l2e = math.atan2(lidar2ego[1, 0], lidar2ego[0, 0])
     out = np.tile(np.eye(4), (len(traj), 1, 1))
-    heading = math.pi / 2  # straight ahead in the LiDAR frame
-    prev = np.zeros(2)
-    for i, p in enumerate(traj):
-        d = p - prev
-        if np.hypot(*d) > 0.05:
-            heading = math.atan2(d[1], d[0])
+    headings = travel_headings(traj, (0.0, 0.0), math.pi / 2)  # from the LiDAR origin, straight ahead
+    for i, heading in enumerate(headings):
         yaw = heading + yaw_l2e
         out[i, :2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
         out[i, :3, 3] = pos[i]
-        prev = p
     return out

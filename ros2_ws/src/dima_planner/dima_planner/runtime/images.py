@@ -8,10 +8,12 @@ The JPEG/PNG header is parsed here, and an image that is too large, too small or
 format is rejected before cv2 allocates anything.
 
 Why decode straight to the model size: the model sees 160x96 pixels. The pixels come from
-data/inputs.py, the one model-input path training uses too: a JPEG is decoded at 1/2, 1/4
-or 1/8 scale in the DCT domain (much cheaper than a full decode), then INTER_AREA-resized;
-a raw image is INTER_AREA-resized. `Decoded.k_scale` maps the source image's intrinsics to
-the returned image with geometry.scale_intrinsics' convention.
+data/inputs.py, the one model-input path training uses too, fitted to the model's image
+size as the model was trained (its image_fit: stretched, or scaled and zero-padded): a JPEG
+is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (much cheaper than a full decode),
+then INTER_AREA-resized; a raw image is INTER_AREA-resized. `Decoded.k_scale` maps the
+source image's intrinsics to the returned image with geometry.scale_intrinsics' convention.
+Sizes are (H, W) throughout, the model's image_size order.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class ImageLimits:
 @dataclass
 class Decoded:
     rgb: np.ndarray  # uint8 (h, w, 3), at the requested size
-    source_wh: tuple[int, int]  # size of the image as sent (what its CameraInfo describes)
+    source_hw: tuple[int, int]  # (H, W) of the image as sent (what its CameraInfo describes)
     k_scale: tuple[float, float]  # K_out = diag(sx, sy, 1) @ K_source
 
 
@@ -55,40 +57,25 @@ _ENCODINGS: dict[str, tuple[int, int | None]] = {
     "mono8": (1, cv2.COLOR_GRAY2RGB),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def compressed_header(data) -> tuple[str, int, int]:
-    """(format, width, height) from a JPEG or PNG header, without decoding; InputError otherwise."""
+    """(format, H, W) from a JPEG or PNG header, without decoding; InputError otherwise."""
     b = memoryview(data).cast("B")
     if len(b) >= 24 and bytes(b[:8]) == b"\x89PNG\r\n\x1a\n" and bytes(b[12:16]) == b"IHDR":
         w, h = struct.unpack(">II", b[16:24])
-        return "png", int(w), int(h)
+        return "png", int(h), int(w)
     if len(b) >= 4 and b[0] == 0xFF and b[1] == 0xD8:
-        i, n = 2, len(b)
-        while i + 4 <= n:  # walk the marker segments up to the first start-of-frame
-            if b[i] != 0xFF:
-                break
-            marker = b[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-                i += 2
-                continue
-            seg = (b[i + 2] << 8) | b[i + 3]
-            if marker in _SOF and i + 9 <= n:
-                h, w = (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
-                return "jpeg", int(w), int(h)
-            if marker == 0xDA or seg < 2:  # scan data before any frame header: broken
-                break
-            i += 2 + seg
-        raise InputError("bad_compressed", "JPEG without a readable frame header")
+        hw = _inputs().jpeg_size(b)
+        if hw is None:
+            raise InputError("bad_compressed", "JPEG without a readable frame header")
+        return "jpeg", int(hw[0]), int(hw[1])
     raise InputError("bad_compressed", f"compressed data is neither JPEG nor PNG ({len(b)} bytes, "
                                        f"starts {bytes(b[:4]).hex()})")
 
 
-def check_size(w: int, h: int, limits: ImageLimits, what: str = "image") -> None:
+def check_size(hw: tuple[int, int], limits: ImageLimits, what: str = "image") -> None:
+    h, w = hw
     if w < limits.min_side or h < limits.min_side:
         raise InputError("bad_size", f"{what} is {w}x{h}, below the minimum {limits.min_side}x{limits.min_side}")
     if w * h > limits.max_pixels:
@@ -96,29 +83,32 @@ def check_size(w: int, h: int, limits: ImageLimits, what: str = "image") -> None
                                      f"{limits.max_pixels}; not decoded")
 
 
-def _k_scale(source_wh: tuple[int, int], out_hw: tuple[int, int]) -> tuple[float, float]:
+def _k_scale(source_hw: tuple[int, int], out_hw: tuple[int, int], fit: str) -> tuple[float, float]:
     """(sx, sy) with K_out = diag(sx, sy, 1) K_source, as geometry.scale_intrinsics has it."""
-    k = _inputs().scale_intrinsics(np.eye(3), (source_wh[1], source_wh[0]), out_hw)
+    k = _inputs().scale_intrinsics(np.eye(3), source_hw, out_hw, fit)
     return float(k[0, 0]), float(k[1, 1])
 
 
-def decode_compressed(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int] | None = None) -> Decoded:
-    """sensor_msgs/CompressedImage (JPEG/PNG) -> RGB at out_wh (None = as sent)."""
+def decode_compressed(msg, limits: ImageLimits = ImageLimits(), out_hw: tuple[int, int] | None = None,
+                      fit: str = "stretch") -> Decoded:
+    """sensor_msgs/CompressedImage (JPEG/PNG) -> RGB at out_hw (None = as sent), fitted by `fit`."""
     if len(msg.data) == 0:
         raise InputError("bad_compressed", "compressed image has no data")
-    fmt, w, h = compressed_header(msg.data)
-    check_size(w, h, limits, f"{fmt.upper()} image")
-    out_hw = (h, w) if out_wh is None else (out_wh[1], out_wh[0])
+    fmt, h, w = compressed_header(msg.data)
+    check_size((h, w), limits, f"{fmt.upper()} image")
+    out_hw = (h, w) if out_hw is None else tuple(out_hw)
     inputs = _inputs()
     try:
-        rgb = inputs.decode_image(bytes(msg.data), out_hw)
+        rgb = inputs.decode_image(bytes(msg.data), out_hw, fit)
     except inputs.ImageDecodeError as e:
         raise InputError("bad_compressed", f"{e} (format {msg.format!r})") from None
-    return Decoded(rgb, (w, h), _k_scale((w, h), out_hw))
+    return Decoded(rgb, (h, w), _k_scale((h, w), out_hw, fit))
 
 
-def decode_raw(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int] | None = None) -> Decoded:
-    """sensor_msgs/Image -> RGB at out_wh (None = as sent; always a copy, the message may be reused)."""
+def decode_raw(msg, limits: ImageLimits = ImageLimits(), out_hw: tuple[int, int] | None = None,
+               fit: str = "stretch") -> Decoded:
+    """sensor_msgs/Image -> RGB at out_hw (None = as sent; always a copy, the message may be
+    reused), fitted by `fit`."""
     enc = msg.encoding.lower()
     if enc not in _ENCODINGS:
         raise InputError("bad_encoding", f"unsupported image encoding {msg.encoding!r} "
@@ -127,7 +117,7 @@ def decode_raw(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise InputError("bad_size", f"image is {w}x{h}")
-    check_size(w, h, limits)
+    check_size((h, w), limits)
     if step < w * ch:
         raise InputError("bad_size", f"step {step} is less than width {w} x {ch} bytes")
     n = len(msg.data)
@@ -137,21 +127,23 @@ def decode_raw(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int]
     # rclpy gives uint8[] as array.array (or bytes): both expose the buffer, no copy here.
     rows = np.frombuffer(msg.data, np.uint8).reshape(h, step)
     pix = rows[:, : w * ch].reshape(h, w, ch) if step == w * ch else np.ascontiguousarray(rows[:, : w * ch]).reshape(h, w, ch)
-    out_hw = (h, w) if out_wh is None else (out_wh[1], out_wh[0])
+    out_hw = (h, w) if out_hw is None else tuple(out_hw)
     inputs = _inputs()
     if ch == 3:  # resize first (INTER_AREA works per channel): 100x fewer pixels to convert
-        rgb = inputs.resize_array(pix, out_hw)
+        rgb = inputs.resize_array(pix, out_hw, fit)
         if code is not None:
             rgb = cv2.cvtColor(rgb, code)
         elif np.shares_memory(rgb, rows):
             rgb = rgb.copy()
     else:
-        rgb = inputs.resize_array(cv2.cvtColor(pix, code), out_hw)
-    return Decoded(np.ascontiguousarray(rgb), (w, h), _k_scale((w, h), out_hw))
+        rgb = inputs.resize_array(cv2.cvtColor(pix, code), out_hw, fit)
+    return Decoded(np.ascontiguousarray(rgb), (h, w), _k_scale((h, w), out_hw, fit))
 
 
-def decode(msg, limits: ImageLimits = ImageLimits(), out_wh: tuple[int, int] | None = None) -> Decoded:
-    """Either kind of image message (told apart by its `format` field)."""
+def decode(msg, limits: ImageLimits = ImageLimits(), out_hw: tuple[int, int] | None = None,
+           fit: str = "stretch") -> Decoded:
+    """Either kind of image message (told apart by its `format` field) -> RGB at out_hw (H, W),
+    fitted by `fit` (the model's image_fit)."""
     if hasattr(msg, "format") and not hasattr(msg, "encoding"):
-        return decode_compressed(msg, limits, out_wh)
-    return decode_raw(msg, limits, out_wh)
+        return decode_compressed(msg, limits, out_hw, fit)
+    return decode_raw(msg, limits, out_hw, fit)

@@ -1,8 +1,11 @@
-"""The planner node's parameter table: names, defaults, types, ranges and validation.
+"""Node parameters as tables of `ParamSpec` (name, default, type, range, choices, pattern),
+the one style of every dima node (planner: PARAMS here; MLLM and simulator: their own
+tables beside their nodes), and the planner's table itself.
 
 A plain module (no rclpy) so that tests and tools can check params YAML files against
-exactly what the node declares without starting ROS. The node turns each `ParamSpec`
-into a `ParameterDescriptor` and runs `validate()` in its set-parameters callback.
+exactly what a node declares without starting ROS. node_runtime.declare_parameters turns
+each `ParamSpec` into a `ParameterDescriptor`, declares it and validates the start-up
+values; the set-parameters callback runs the table's `validator()` on every change.
 
 Parameters marked `on_configure` are read when the node is configured (topics, QoS,
 model); changing them on a running node takes effect at the next cleanup + configure.
@@ -12,7 +15,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +86,8 @@ OPTIONAL_OUTPUT_TOPICS = {
                                "the detection head's agents with their predicted paths, same frame; empty = off"),
 }
 
-_TOPIC = r"~?/?[A-Za-z_][A-Za-z0-9_/{}~]*"
+# A ROS topic name as a parameter may give it (relative, absolute or private).
+TOPIC_PATTERN = r"~?/?[A-Za-z_][A-Za-z0-9_/{}~]*"
 
 
 def _camera_specs() -> list[ParamSpec]:
@@ -91,12 +96,12 @@ def _camera_specs() -> list[ParamSpec]:
         p = f"cameras.{cam}."
         specs += [
             ParamSpec(p + "topic", DEFAULT_CAMERA_TOPICS[cam], f"{cam} image topic", "str",
-                      pattern=_TOPIC, on_configure=True),
+                      pattern=TOPIC_PATTERN, on_configure=True),
             ParamSpec(p + "transport", "raw",
                       f"{cam}: 'raw' (sensor_msgs/Image) or 'compressed' (sensor_msgs/CompressedImage, JPEG/PNG)",
                       "str", choices=("raw", "compressed"), on_configure=True),
             ParamSpec(p + "info_topic", DEFAULT_INFO_TOPICS[cam], f"{cam} sensor_msgs/CameraInfo topic", "str",
-                      pattern=_TOPIC, on_configure=True),
+                      pattern=TOPIC_PATTERN, on_configure=True),
             ParamSpec(p + "frame_id", "",
                       f"{cam} optical frame for /tf_static look-up; empty = the image header's frame_id",
                       "str"),
@@ -110,7 +115,7 @@ def _camera_specs() -> list[ParamSpec]:
 _SPECS: list[ParamSpec] = [
     ParamSpec("autostart", True, "configure and activate on start-up (unmanaged use); false = wait for a "
               "lifecycle manager", "bool", on_configure=True),
-    ParamSpec("checkpoint", "checkpoints/dima_tiny", "planner checkpoint directory: absolute, or relative to the "
+    ParamSpec("checkpoint", resources.DEFAULT_CHECKPOINT, "planner checkpoint directory: absolute, or relative to the "
               "working directory, else to the installed share/dima_planner directory", "str", on_configure=True),
     ParamSpec("device", "cpu", "torch device: cpu, cuda, cuda:N or mps", "str",
               pattern=r"cpu|cuda(:\d+)?|mps", on_configure=True),
@@ -151,12 +156,12 @@ _SPECS: list[ParamSpec] = [
               "str", choices=("camera_info", "rig")),
     ParamSpec("rig_file", "", "camera rig JSON (nuscenes_rig_n015.json format); empty = the packaged "
               "nuScenes rig", "str", on_configure=True),
-    ParamSpec("odom_topic", "odom", "nav_msgs/Odometry of base_frame (input)", "str", pattern=_TOPIC,
+    ParamSpec("odom_topic", "odom", "nav_msgs/Odometry of base_frame (input)", "str", pattern=TOPIC_PATTERN,
               on_configure=True),
     ParamSpec("command_topic", "dima/command",
               "dima_msgs/DrivingCommand (input), subscribed transient local (latched): a command published "
               "once before the node started is received; volatile publishers work too",
-              "str", pattern=_TOPIC, on_configure=True),
+              "str", pattern=TOPIC_PATTERN, on_configure=True),
     ParamSpec("default_command", 2, "command used until one is received (0 right, 1 left, 2 straight)", "int",
               0, 2),
     ParamSpec("max_command_age", 0.0, "a command older than this (s) falls back to default_command; "
@@ -211,16 +216,62 @@ _SPECS: list[ParamSpec] = [
     ParamSpec("autoware_objects_score_threshold", 0.3, "autoware_objects_topic carries the agents whose class "
               "probability reaches this", "float", 0.0, 1.0),
 ] + _camera_specs() + [
-    ParamSpec(name, default, f"{msg} (output): {what}", "str", pattern=_TOPIC, on_configure=True)
+    ParamSpec(name, default, f"{msg} (output): {what}", "str", pattern=TOPIC_PATTERN, on_configure=True)
     for name, (default, msg, what) in OUTPUT_TOPICS.items()
 ] + [
-    ParamSpec(name, default, f"{msg} (output): {what}", "str", pattern=f"({_TOPIC})?", on_configure=True)
+    ParamSpec(name, default, f"{msg} (output): {what}", "str", pattern=f"({TOPIC_PATTERN})?", on_configure=True)
     for name, (default, msg, what) in OPTIONAL_OUTPUT_TOPICS.items()
 ]
 
 PARAMS: dict[str, ParamSpec] = {s.name: s for s in _SPECS}
 # Declared by rclpy itself for every node; allowed in params files.
 BUILTIN_PARAMS = frozenset({"use_sim_time", "start_type_description_service"})
+
+
+@dataclass(frozen=True)
+class CoreParams:
+    """The parameters the per-frame core (planner_core.PlannerCore) reads, typed. Their
+    defaults, ranges and meaning are the PARAMS table's (from_values); the node builds one at
+    configure and a new one whenever a parameter changes, so each frame reads one snapshot."""
+    max_input_age: float
+    time_jump_reset: float
+    min_plan_period: float
+    sync_tolerance: float
+    max_reuse_age: float
+    missing_camera_policy: str
+    min_image_size: int
+    max_image_pixels: int
+    max_odom_age: float
+    max_odom_position: float
+    max_speed: float
+    default_command: int
+    max_command_age: float
+    use_ego_status: bool
+    max_scene_gap: float
+    max_plan_distance: float
+    odom_frame: str
+    base_frame: str
+    lidar_frame: str
+    intrinsics_source: str
+    extrinsics_source: str
+    tf_max_age: float
+    max_extrinsic_translation: float
+    precision: str
+    camera_frames: dict[str, str]  # cameras.<CAM>.frame_id; empty = the image header's frame_id
+    camera_rectified: dict[str, bool]  # cameras.<CAM>.rectified
+
+    @classmethod
+    def from_values(cls, values: Any = None) -> CoreParams:
+        """From the node's flat {name: value} (PARAMS names); None or a missing name: its default."""
+        values = values or {}
+
+        def get(name: str) -> Any:
+            return values[name] if name in values else PARAMS[name].default
+
+        per_camera = {"camera_frames": "frame_id", "camera_rectified": "rectified"}
+        kw = {f.name: get(f.name) for f in fields(cls) if f.name not in per_camera}
+        kw.update({field: {cam: get(f"cameras.{cam}.{key}") for cam in CAMERAS} for field, key in per_camera.items()})
+        return cls(**kw)
 
 
 def unknown_parameters(given: Any, declared: Any = None) -> list[str]:
@@ -238,12 +289,19 @@ def unknown_parameters(given: Any, declared: Any = None) -> list[str]:
     return out
 
 
-def validate(name: str, value: Any) -> str | None:
-    """Reason why parameter `name` cannot take `value`, or None if it can."""
-    spec = PARAMS.get(name)
-    if spec is None:
-        return None if name in BUILTIN_PARAMS else f"unknown parameter {name!r}"
-    return spec.check(value)
+def validator(table: dict[str, ParamSpec]) -> Callable[[str, Any], str | None]:
+    """validate(name, value) for a node's ParamSpec table: the reason `value` is refused, or None."""
+
+    def validate(name: str, value: Any) -> str | None:
+        spec = table.get(name)
+        if spec is None:
+            return None if name in BUILTIN_PARAMS else f"unknown parameter {name!r}"
+        return spec.check(value)
+
+    return validate
+
+
+validate = validator(PARAMS)  # the planner node's
 
 
 def flatten_ros_params(doc: dict, node_name: str = NODE_NAME) -> dict[str, Any]:

@@ -23,29 +23,28 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..data import geometry
+from ..data.ego_motion import ego_status_vector
 from ..data.geometry import scale_intrinsics
-from ..data.sample import CAMERAS
+from ..data.sample import CAMERAS, STEP_SECONDS
 from .errors import InputError
 from .extrinsics import RIG_HW, Rig, StaticTransforms
 from .frames import trajectory_lidar_to_base
 from .images import Decoded, ImageLimits, decode
+from .params import CoreParams
 from .planner_stats import PlannerStats
-from .sync import SEC, Cached, CameraPick, OdomHistory, OdomSample, TemporalState, fallback_pick, select_cameras
+from .sync import (SEC, Cached, CameraPick, OdomHistory, OdomSample, TemporalState, fallback_pick, select_cameras,
+                   stamp_to_ns)
 
 FRONT = CAMERAS[0]
 SIDES = CAMERAS[1:]
 COMMANDS = (0, 1, 2)  # DrivingCommand: TURN_RIGHT, TURN_LEFT, GO_STRAIGHT
-
-
-def stamp_ns(stamp) -> int:
-    return int(stamp.sec) * SEC + int(stamp.nanosec)
 
 
 class Log(Protocol):
@@ -87,25 +86,28 @@ class PlanOutput:
     wait_s: float
 
 
-DecodeFn = Callable[[dict[str, Any], ImageLimits, tuple[int, int]], dict[str, "Decoded | InputError"]]
+# (messages by camera, limits, the model's image_size (H, W), its image_fit) -> decoded by camera
+DecodeFn = Callable[[dict[str, Any], ImageLimits, tuple[int, int], str], dict[str, "Decoded | InputError"]]
 
 
-def decode_serially(msgs: dict[str, Any], limits: ImageLimits, out_wh: tuple[int, int]) -> dict[str, Decoded | InputError]:
-    """The reference DecodeFn (the node runs the same calls on its thread pool)."""
-    out: dict[str, Decoded | InputError] = {}
-    for cam, msg in msgs.items():
-        try:
-            out[cam] = decode(msg, limits, out_wh)
-        except InputError as e:
-            out[cam] = e
-    return out
+def decode_one(msg, limits: ImageLimits, out_hw: tuple[int, int], fit: str) -> Decoded | InputError:
+    try:
+        return decode(msg, limits, out_hw, fit)
+    except InputError as e:
+        return e
+
+
+def decode_serially(msgs: dict[str, Any], limits: ImageLimits, out_hw: tuple[int, int],
+                    fit: str) -> dict[str, Decoded | InputError]:
+    """The reference DecodeFn (the node runs decode_one on its thread pool)."""
+    return {cam: decode_one(msg, limits, out_hw, fit) for cam, msg in msgs.items()}
 
 
 # ---- camera intrinsics ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CameraModel:
     stamp_ns: int
-    wh: tuple[int, int]  # image size it describes; (0, 0) = unspecified
+    hw: tuple[int, int]  # (H, W) of the image it describes; (0, 0) = unspecified
     k: np.ndarray  # (3, 3) the matrix the model uses: P[:3, :3] for rectified images, else K
     distorted: bool
 
@@ -131,7 +133,7 @@ def camera_model(msg, rectified: bool) -> CameraModel:
     d = np.asarray(msg.d, dtype=np.float64)
     if not np.all(np.isfinite(d)):
         raise InputError("bad_camera_info", f"{what} has non-finite distortion coefficients")
-    return CameraModel(stamp_ns(msg.header.stamp), (w, h), k, bool(np.any(d != 0.0)))
+    return CameraModel(stamp_to_ns(msg.header.stamp), (h, w), k, bool(np.any(d != 0.0)))
 
 
 class CameraInfoStore:
@@ -157,27 +159,28 @@ class CameraInfoStore:
         self._models.clear()
         self.last_error = ""
 
-    def lookup(self, stamp: int, wh: tuple[int, int]) -> CameraModel:
+    def lookup(self, stamp: int, hw: tuple[int, int]) -> CameraModel:
         if not self._models:
             if self.last_error:
                 raise InputError("bad_camera_info", self.last_error)
             raise InputError("no_camera_info", "no CameraInfo received")
-        fits = [m for m in self._models if m.wh in (tuple(wh), (0, 0))]
+        fits = [m for m in self._models if m.hw in (tuple(hw), (0, 0))]
         exact = [m for m in fits if m.stamp_ns == stamp]
         if exact:
             return exact[-1]
         if fits:
             return fits[-1]
         m = self._models[-1]
-        raise InputError("bad_camera_info", f"camera_info is for {m.wh[0]}x{m.wh[1]}, the image is {wh[0]}x{wh[1]}")
+        raise InputError("bad_camera_info", f"camera_info is for {m.hw[1]}x{m.hw[0]}, the image is {hw[1]}x{hw[0]}")
 
 
 # ---- the core -------------------------------------------------------------------------------------------
 class PlannerCore:
-    """One planning stream. `params` is the node's live parameter dict (dynamic parameters
-    apply at the next frame); `planner` an inference.Planner; `rig` the fallback geometry."""
+    """One planning stream. `params` the typed parameters (the node replaces them when one
+    changes: the next frame reads the new ones); `planner` an inference.Planner; `rig` the
+    fallback geometry."""
 
-    def __init__(self, params: Mapping[str, Any], planner, rig: Rig, stats: PlannerStats | None = None,
+    def __init__(self, params: CoreParams, planner, rig: Rig, stats: PlannerStats | None = None,
                  log: Log | None = None):
         self.p = params
         self.planner = planner
@@ -193,17 +196,16 @@ class PlannerCore:
         self.command: tuple[int, int] | None = None  # (command, stamp_ns)
         self.last_plan_stamp: int | None = None
         self.rate_skips = 0
-        self._prev_twist: tuple[int, np.ndarray] | None = None
         self._warned: set[str] = set()
         import torch
 
-        self._torch, self._scale_intrinsics = torch, scale_intrinsics
+        self._torch, self._scale_intrinsics, self._ego_status_vector = torch, scale_intrinsics, ego_status_vector
         self._precision = self._autocast_context()
 
     # ---- inputs arriving between frames --------------------------------------------------------------
     def on_camera_info(self, cam: str, msg) -> str | None:
         """Store a CameraInfo; the reason when it is unusable (it then replaces nothing)."""
-        rectified = bool(self.p.get(f"cameras.{cam}.rectified", False))
+        rectified = self.p.camera_rectified[cam]
         bad = self.infos[cam].add(msg, rectified)
         if bad is None and not rectified and self.infos[cam]._models[-1].distorted:
             self._warn_once(f"distortion.{cam}", f"{cam}: CameraInfo has non-zero distortion ({msg.distortion_model}) "
@@ -214,7 +216,7 @@ class PlannerCore:
         return bad
 
     def on_tf_static(self, msg) -> list[str]:
-        reasons = self.tf.add(msg, max_translation=float(self.p["max_extrinsic_translation"]))
+        reasons = self.tf.add(msg, max_translation=float(self.p.max_extrinsic_translation))
         for r in reasons:
             self.stats.input_rejected("tf_static", r)
         return reasons
@@ -238,7 +240,7 @@ class PlannerCore:
         """Check and store an odometry message. A rejected one (non-finite, implausible, or
         stamped in the future) is remembered by stamp: it never enters the history, and a plan
         interpolating across it is reported as bridged."""
-        stamp = stamp_ns(msg.header.stamp)
+        stamp = stamp_to_ns(msg.header.stamp)
         try:
             sample = self._odometry_sample(msg, stamp, now_ns)
         except InputError as e:
@@ -254,7 +256,7 @@ class PlannerCore:
             pose = geometry.pose_from_msg(msg.pose.pose)
         except ValueError as e:
             raise InputError("bad_odometry", f"{what}: {e}") from None
-        limit = float(self.p["max_odom_position"])
+        limit = float(self.p.max_odom_position)
         if np.abs(pose[:3, 3]).max() > limit:
             raise InputError("bad_odometry", f"{what}: position {pose[:3, 3].tolist()} exceeds max_odom_position "
                                              f"{limit:g} m")
@@ -262,11 +264,11 @@ class PlannerCore:
         twist = np.array([tw.linear.x, tw.linear.y, tw.angular.z], dtype=np.float64)
         if not np.all(np.isfinite(twist)):
             raise InputError("bad_odometry", f"{what}: twist is not finite")
-        if math.hypot(twist[0], twist[1]) > float(self.p["max_speed"]):
+        if math.hypot(twist[0], twist[1]) > float(self.p.max_speed):
             raise InputError("bad_odometry", f"{what}: speed {math.hypot(twist[0], twist[1]):.1f} m/s exceeds "
-                                             f"max_speed {self.p['max_speed']:g}")
+                                             f"max_speed {self.p.max_speed:g}")
         ahead = (stamp - now_ns) / 1e9
-        if now_ns > 0 and ahead > float(self.p["max_odom_age"]):
+        if now_ns > 0 and ahead > float(self.p.max_odom_age):
             raise InputError("bad_odometry", f"{what}: stamped {ahead:.3f} s ahead of the node clock")
         return OdomSample(stamp, pose, twist, msg.header.frame_id)
 
@@ -276,7 +278,6 @@ class PlannerCore:
         self.last_good.clear()
         self.last_good_arrays.clear()
         self.last_plan_stamp = None
-        self._prev_twist = None
         if self.planner is not None:
             self.planner.reset()
 
@@ -302,30 +303,30 @@ class PlannerCore:
         if frame.now_ns == 0:
             return Skip("no_clock", "use_sim_time is set but no /clock has been received yet")
         lag = (frame.now_ns - anchor_ns) / 1e9
-        if lag > p["max_input_age"]:
+        if lag > p.max_input_age:
             return Skip("stale_input", f"front camera stamp is {lag:.3f} s behind the node clock "
-                                       f"(max_input_age {p['max_input_age']:.3f} s)")
-        if -lag > p["max_input_age"]:
+                                       f"(max_input_age {p.max_input_age:.3f} s)")
+        if -lag > p.max_input_age:
             return Skip("future_stamp", f"front camera stamp is {-lag:.3f} s ahead of the node clock")
-        order = self.temporal.check_order(anchor_ns, int(p["time_jump_reset"] * SEC))
+        order = self.temporal.check_order(anchor_ns, int(p.time_jump_reset * SEC))
         if not order.ok:
             if order.reset:
                 self.clear_inputs()
             return Skip(order.category, order.reason, reset=order.reset)
-        if (p["min_plan_period"] > 0 and self.last_plan_stamp is not None
-                and anchor_ns - self.last_plan_stamp < p["min_plan_period"] * SEC):
+        if (p.min_plan_period > 0 and self.last_plan_stamp is not None
+                and anchor_ns - self.last_plan_stamp < p.min_plan_period * SEC):
             self.rate_skips += 1
             return Skip("rate_limited", "min_plan_period", counted=False)
 
         # 2. one image per camera: decode what is fresh, straight to the model's size
-        tol, max_reuse = int(p["sync_tolerance"] * SEC), int(p["max_reuse_age"] * SEC)
-        policy = p["missing_camera_policy"]
+        tol, max_reuse = int(p.sync_tolerance * SEC), int(p.max_reuse_age * SEC)
+        policy = p.missing_camera_policy
         picks = select_cameras(anchor_ns, frame.sides, tol, policy, self.last_good, max_reuse)
-        model_h, model_w = self.planner.cfg.image_size
-        limits = ImageLimits(int(p["min_image_size"]), int(p["max_image_pixels"]))
+        size, fit = tuple(self.planner.cfg.image_size), self.planner.cfg.image_fit
+        limits = ImageLimits(int(p.min_image_size), int(p.max_image_pixels))
         to_decode = {FRONT: frame.anchor.msg}
         to_decode.update({c: pk.item.msg for c, pk in picks.items() if pk.status == "fresh"})
-        decoded = decode_fn(to_decode, limits, (model_w, model_h))
+        decoded = decode_fn(to_decode, limits, size, fit)
 
         # 3. per camera: image, intrinsics for that image, frame. The front camera must be
         #    usable; a side camera that is not is handled like a missing one.
@@ -339,7 +340,7 @@ class PlannerCore:
                     if isinstance(got, InputError):
                         raise got
                     k = self._intrinsics(cam, src.stamp_ns, got)
-                    frame_id = p[f"cameras.{cam}.frame_id"] or src.msg.header.frame_id or cam
+                    frame_id = p.camera_frames[cam] or src.msg.header.frame_id or cam
                     images.append(got.rgb)
                     ks.append(k)
                     frames.append(frame_id)
@@ -351,7 +352,7 @@ class PlannerCore:
                     self.stats.input_rejected(f"image.{cam}", e.reason)
                     picks[cam] = fallback_pick(cam, anchor_ns, f"unusable image ({e.category}: {e.reason})", policy,
                                                self.last_good, max_reuse)
-            img, k, frame_id, key = self._substitute(cam, picks[cam], (model_w, model_h))
+            img, k, frame_id, key = self._substitute(cam, picks[cam], size, fit)
             degraded.append((key, f"{cam} {picks[cam].note}"))
             images.append(img)
             ks.append(k)
@@ -362,7 +363,7 @@ class PlannerCore:
         cam2lidar = np.linalg.inv(lidar2ego)[None] @ cam2ego
 
         # 5. odometry at the front stamp: places the plan in the map and aligns the temporal BEV
-        max_odom = int(p["max_odom_age"] * SEC)
+        max_odom = int(p.max_odom_age * SEC)
         try:
             pose = self.odom.pose_at(anchor_ns, max_odom)
         except InputError as e:
@@ -375,16 +376,16 @@ class PlannerCore:
                                                  f"message ({pose.bridged})"))
 
         # 6. command and ego status
-        command = int(p["default_command"])
+        command = int(p.default_command)
         if self.command is not None:
             cmd, cmd_ns = self.command
-            if p["max_command_age"] <= 0 or abs(anchor_ns - cmd_ns) <= p["max_command_age"] * SEC:
+            if p.max_command_age <= 0 or abs(anchor_ns - cmd_ns) <= p.max_command_age * SEC:
                 command = cmd
-        ego_status = self._ego_status(pose.sample, lidar2ego) if p["use_ego_status"] else None
+        lidar2world = pose.matrix @ lidar2ego
+        ego_status = self._ego_status(anchor_ns, lidar2world, lidar2ego, max_odom) if p.use_ego_status else None
 
         # 7. temporal inputs, then the model
-        lidar2world = pose.matrix @ lidar2ego
-        temporal = self.temporal.advance(anchor_ns, int(p["max_scene_gap"] * SEC))
+        temporal = self.temporal.advance(anchor_ns, int(p.max_scene_gap * SEC))
         if temporal.category:  # a forward jump: the planner drops its BEV (scene_start); so does the rest
             degraded.append((temporal.category, temporal.reason))
         t_model = time.monotonic()
@@ -400,7 +401,7 @@ class PlannerCore:
         traj = np.asarray(result.trajectory, dtype=np.float64)
 
         # 8. plausibility of what would be published
-        reach = float(p["max_plan_distance"])
+        reach = float(p.max_plan_distance)
         if traj.shape != (6, 2) or not np.all(np.isfinite(traj)):
             self.reset_temporal()
             return Skip("bad_model_output", f"model returned a non-finite or {traj.shape} trajectory")
@@ -420,21 +421,22 @@ class PlannerCore:
                 self.last_good_arrays[cam] = (img, k, frame_id)
         self.last_plan_stamp = anchor_ns
         return PlanOutput(anchor_ns, result, traj, base_poses, world_poses,
-                          pose.sample.frame_id or p["odom_frame"], command, lidar2ego,
+                          pose.sample.frame_id or p.odom_frame, command, lidar2ego,
                           float(result.latency_ms) / 1e3, plan_s, [s.recv_wall for s in fresh.values()], degraded,
                           frame.t_start, frame.wait_s)
 
     # ---- pieces of step ------------------------------------------------------------------------------
     def _intrinsics(self, cam: str, stamp: int, img: Decoded) -> np.ndarray:
         """K of the model-size image: the source image's K (CameraInfo or rig) scaled as it was."""
-        if self.p["intrinsics_source"] == "rig":
-            k = self._scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, img.source_wh[::-1])
+        if self.p.intrinsics_source == "rig":
+            k = self._scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, img.source_hw)
         else:
-            k = self.infos[cam].lookup(stamp, img.source_wh).k
+            k = self.infos[cam].lookup(stamp, img.source_hw).k
         sx, sy = img.k_scale
         return np.diag([sx, sy, 1.0]) @ k
 
-    def _substitute(self, cam: str, pick: CameraPick, wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, str, str]:
+    def _substitute(self, cam: str, pick: CameraPick, hw: tuple[int, int],
+                    fit: str) -> tuple[np.ndarray, np.ndarray, str, str]:
         """(image, K, frame, counter key) for a side camera without a usable fresh image."""
         if pick.status == "reused":
             img, k, frame_id = self.last_good_arrays[cam]
@@ -443,16 +445,16 @@ class PlannerCore:
         if prev is not None:
             return np.zeros_like(prev[0]), prev[1], prev[2], f"masked.{cam}"
         # never seen: the rig's geometry (frame None = rig extrinsics); the image is black anyway
-        k = self._scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, wh[::-1])
-        return np.zeros((wh[1], wh[0], 3), np.uint8), k, None, f"masked.{cam}"
+        k = self._scale_intrinsics(self.rig.intrinsics[cam], RIG_HW, hw, fit)
+        return np.zeros((*hw, 3), np.uint8), k, None, f"masked.{cam}"
 
     def _extrinsics(self, frames: list[str | None], stamp_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        source = self.p["extrinsics_source"]
+        source = self.p.extrinsics_source
         if source == "rig":
             return self.rig.lidar2ego, np.stack([self.rig.cam2ego[c] for c in CAMERAS])
-        base, lidar = self.p["base_frame"], self.p["lidar_frame"]
-        max_age = int(float(self.p["tf_max_age"]) * SEC)
-        limit = float(self.p["max_extrinsic_translation"])
+        base, lidar = self.p.base_frame, self.p.lidar_frame
+        max_age = int(float(self.p.tf_max_age) * SEC)
+        limit = float(self.p.max_extrinsic_translation)
 
         def lookup(frame: str) -> np.ndarray:
             m = self.tf.lookup(base, frame, stamp_ns, max_age)
@@ -469,17 +471,20 @@ class PlannerCore:
             raise InputError(e.category, e.reason + f" (extrinsics_source: {source})") from None
         return lidar2ego, cam2ego
 
-    def _ego_status(self, odom: OdomSample, lidar2ego: np.ndarray) -> np.ndarray:
-        """EGO_STATUS_FIELDS in the LiDAR frame from the odometry twist (base_link axes).
-        Acceleration is the velocity change from the previous odometry sample used."""
-        r = lidar2ego[:3, :3].T  # base_link -> LiDAR axes
-        v = r @ np.array([odom.twist[0], odom.twist[1], 0.0])
-        acc = np.zeros(3)
-        prev = self._prev_twist
-        if prev is not None and 0 < odom.stamp_ns - prev[0] < SEC:
-            acc = (v - prev[1]) / ((odom.stamp_ns - prev[0]) / 1e9)
-        self._prev_twist = (odom.stamp_ns, v)
-        return np.array([v[0], v[1], acc[0], acc[1], odom.twist[2], math.hypot(v[0], v[1])], np.float32)
+    def _ego_status(self, anchor_ns: int, lidar2world: np.ndarray, lidar2ego: np.ndarray,
+                    max_age_ns: int) -> np.ndarray:
+        """EGO_STATUS_FIELDS by the rule the dataset and the simulator use (one function,
+        ego_motion.ego_status_vector): backward differences over the LiDAR poses 0.5 s and
+        1 s before the front stamp, from the odometry; zero where it does not reach back that
+        far (as at the start of a nuScenes log)."""
+        past: list = []
+        for k in (1, 2):
+            t = anchor_ns - k * round(STEP_SECONDS * SEC)
+            try:
+                past += [self.odom.pose_at(t, max_age_ns).matrix @ lidar2ego, t * 1e-9]
+            except InputError:
+                break
+        return self._ego_status_vector(lidar2world, anchor_ns * 1e-9, *past)
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
@@ -490,7 +495,7 @@ class PlannerCore:
 
     def _autocast_context(self):
         """fp16/bf16 inference through torch.autocast on the planner's device (`precision`)."""
-        precision = self.p.get("precision", "fp32")
+        precision = self.p.precision
         if precision == "fp32" or self.planner is None:
             return contextlib.nullcontext()
         torch = self._torch

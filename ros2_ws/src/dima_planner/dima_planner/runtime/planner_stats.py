@@ -11,7 +11,18 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
+
+
+def percentiles_ms(values) -> tuple[float, float]:
+    """(p50, p99) in ms of a window of durations in seconds; NaN for an empty window.
+    Every node's /diagnostics latency keys (planner and MLLM)."""
+    if not values:
+        return float("nan"), float("nan")
+    p50, p99 = np.percentile(np.asarray(values, dtype=np.float64) * 1e3, [50, 99])
+    return float(p50), float(p99)
 
 
 @dataclass

@@ -49,6 +49,7 @@ from ..config import ConfigError, load_yaml
 from ..model.mllm import BUILTIN_SMOLLM2, LLMNotFoundError, MLLMBranch, MLLMConfig, load_llm
 from ..model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
 from ..qa.generate import PLANNING_QUESTION, answer_grammar
+from .planner_stats import percentiles_ms
 
 # dima_msgs/SceneTokens TYPE_* constants (duplicated as plain ints: no rclpy import here;
 # tests check them against the generated message class).
@@ -142,13 +143,6 @@ def decode_scene_tokens_msg(msg: Any) -> tuple[dict[str, np.ndarray], np.ndarray
 
 
 # ---- latency / counters ----------------------------------------------------------------------------
-def percentiles_ms(values: list[float] | deque) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    p50, p99 = np.percentile(np.asarray(values, dtype=np.float64) * 1e3, [50, 99])
-    return float(p50), float(p99)
-
-
 @dataclass
 class MLLMStats:
     """Filled by callbacks and the worker, read by the diagnostics timer (lock-protected)."""

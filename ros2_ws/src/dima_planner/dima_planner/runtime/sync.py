@@ -24,6 +24,11 @@ from .errors import InputError
 SEC = 1_000_000_000
 
 
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time (an rclpy or rosbags message: read by attribute) -> integer ns."""
+    return int(stamp.sec) * SEC + int(stamp.nanosec)
+
+
 @dataclass
 class Cached:
     stamp_ns: int

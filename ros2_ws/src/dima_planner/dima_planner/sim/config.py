@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dima_planner.config import ConfigError
+from dima_planner.resources import STAGE2_CHECKPOINT
+
 
 @dataclass
 class VehicleConfig:
@@ -155,12 +157,12 @@ class BenchConfig:
     routes: RoutesConfig = field(default_factory=RoutesConfig)
     planners: list[str] = field(default_factory=lambda: ["expert", "route_follower", "stand_still", "const_vel",
                                                          "ego_mlp", "dima", "dima_dual"])
-    checkpoint: str = "checkpoints/dima_tiny_stage2"
+    checkpoint: str = STAGE2_CHECKPOINT
     node_params: list[str] = field(default_factory=lambda: ["params/ros/planner.yaml"])
     # `dima_dual`: the planner node in dual_mode (its MLLM branch from the same stage-2
     # checkpoint: Dual pools the two ego features, so they must be one pair) and
     # dima_mllm_node commenting beside it.
-    dual_checkpoint: str = "checkpoints/dima_tiny_stage2"
+    dual_checkpoint: str = STAGE2_CHECKPOINT
     mllm_params: list[str] = field(default_factory=lambda: ["params/ros/mllm.yaml"])
     # Wall seconds between two commentaries. The commentary never changes a plan, so in
     # lockstep it only costs wall time.

@@ -27,10 +27,9 @@ import numpy as np
 import shapely
 from shapely.prepared import prep
 
-from dima_planner.data.geometry import pose_from_quat
+from dima_planner.data.geometry import ego_matrix, load_rig
 from dima_planner.data.sample import COMMAND_HORIZON_S, route_command
 from dima_planner.synth import agents as ag_mod
-from dima_planner.synth.generate import load_rig
 from dima_planner.synth.nuscenes_writer import CAMERA_OFFSETS
 
 from .config import SimConfig
@@ -96,15 +95,7 @@ class SimLog:
 
 def lidar2ego() -> np.ndarray:
     """LIDAR_TOP -> base_link of the rig the world is rendered with."""
-    rig = load_rig()["LIDAR_TOP"]
-    return pose_from_quat(rig["translation"], rig["rotation"])
-
-
-def ego_matrix(x: float, y: float, yaw: float) -> np.ndarray:
-    m = np.eye(4)
-    m[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
-    m[:2, 3] = (x, y)
-    return m
+    return load_rig().lidar2ego
 
 
 def box_polygon(x: float, y: float, yaw: float, length: float, width: float):

@@ -24,11 +24,12 @@ import numpy as np
 
 from dima_planner.config import load_yaml
 from dima_planner.data.ego_motion import ego_status_vector
+from dima_planner.data.geometry import ego_matrix, travel_headings
 from dima_planner.data.sample import FUTURE_STEPS, HISTORY_STEPS, STEP_SECONDS
 from dima_planner.synth import agents as ag_mod
 from dima_planner.synth.generate import META_NAME
 
-from .engine import Plan, Simulator, ego_matrix, lidar2ego
+from .engine import Plan, Simulator, lidar2ego
 
 TIMES = np.arange(1, FUTURE_STEPS + 1) * STEP_SECONDS
 
@@ -44,14 +45,9 @@ def lidar_track_to_plan(world_lidar_xy: np.ndarray, start_yaw: float, start_lida
     off = l2e[:2, 3]
     pts = np.asarray(world_lidar_xy, float)
     out = np.zeros_like(pts)
-    heading, prev = start_yaw, np.asarray(start_lidar_xy, float)
-    for i, p in enumerate(pts):
-        d = p - prev
-        if math.hypot(*d) > 0.05:
-            heading = math.atan2(d[1], d[0])
+    for i, (p, heading) in enumerate(zip(pts, travel_headings(pts, start_lidar_xy, start_yaw))):
         c, s = math.cos(heading), math.sin(heading)
         out[i] = p - [c * off[0] - s * off[1], s * off[0] + c * off[1]]
-        prev = p
     return Plan(stamp, np.asarray(times, float), out, source)
 
 

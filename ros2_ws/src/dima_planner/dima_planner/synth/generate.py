@@ -8,7 +8,6 @@ import shutil
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from shapely.geometry import box as shapely_box
 from tqdm import tqdm
 
 from dima_planner.config import to_dict
-from dima_planner.data.geometry import RIG_HW, pose_from_quat, pose_matrix, rigid_inverse, scale_intrinsics
+from dima_planner.data.geometry import RIG_HW, ego_matrix, pose_matrix, rig_records, rigid_inverse, scale_intrinsics
 from dima_planner.data.splits import INCOMPLETE_FILE
 
 from . import agents as ag_mod
@@ -61,15 +60,6 @@ def _worker_scene(i: int):
 
 class GenerationError(RuntimeError):
     """The dataroot cannot be (re)generated safely."""
-
-
-def load_rig() -> dict:
-    path = resources.files("dima_planner.data") / "nuscenes_rig_n015.json"
-    return json.loads(path.read_text())
-
-
-def _ego_matrix(x, y, yaw) -> np.ndarray:
-    return pose_from_quat([x, y, 0.0], yaw_quat(yaw))
 
 
 def generate(cfg: SynthConfig, dataroot: str | Path, progress: bool = True, force: bool = False) -> Path:
@@ -125,7 +115,7 @@ class _Generator:
     def __init__(self, cfg: SynthConfig, root: Path, progress: bool, workers: int = 1, town: str = ""):
         self.cfg, self.root, self.progress, self.workers = cfg, root, progress, workers
         self.tok = Tokens(cfg.seed)
-        self.rig = load_rig()
+        self.rig = rig_records()
         self.W, self.H = cfg.image_size
         self.K = {}
         for ch in CAMERA_CHANNELS:
@@ -311,7 +301,7 @@ class _Generator:
                     t = base_t + CAMERA_OFFSETS[ch]
                     ex, ey, eyaw, _ = ag_mod.interp_state(ego, times, t)
                     boxes = self._render_boxes(others, times, t, gx, gy)
-                    world2cam = rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
+                    world2cam = rigid_inverse(ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
                     img = self.renderers[ch].render(world2cam, ground, boxes)
                     ts = us(t)
                     fname = data_filename("samples" if key_frame else "sweeps", log["logfile"], ch, ts, "jpg")
@@ -348,7 +338,7 @@ class _Generator:
         self.tables["sample_data"].extend(recs)
 
     def _lidar(self, ex, ey, eyaw, others, states, rng):
-        T_l2w = _ego_matrix(ex, ey, eyaw) @ self.cam2ego["LIDAR_TOP"]
+        T_l2w = ego_matrix(ex, ey, eyaw) @ self.cam2ego["LIDAR_TOP"]
         rows, intens, idx = [], [], {}
         for j, (a, st) in enumerate(zip(others, states)):
             if np.hypot(st[0] - ex, st[1] - ey) < lidar.MAX_RANGE + 10:
@@ -444,7 +434,7 @@ class _Generator:
             if ch not in ego_poses:
                 continue
             ex, ey, eyaw = ego_poses[ch]
-            world2cam = rigid_inverse(_ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
+            world2cam = rigid_inverse(ego_matrix(ex, ey, eyaw) @ self.cam2ego[ch])
             out[ch] = np.asarray(self.renderers[ch].render(world2cam, ground, boxes))
         return out
 

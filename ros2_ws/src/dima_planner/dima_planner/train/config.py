@@ -10,7 +10,7 @@ from ..config import ConfigError, load_yaml, parse_overrides
 from ..model.augment import AugmentConfig
 from ..model.config import ModelConfig
 from ..model.joint import Stage2Config
-from ..model.losses import LossWeights
+from ..model.losses import PlannerLossWeights
 from ..model.mllm import MLLMConfig
 
 
@@ -80,7 +80,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    losses: LossWeights = field(default_factory=LossWeights)
+    losses: PlannerLossWeights = field(default_factory=PlannerLossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training images only (VAD)
     seed: int = 0
     out_dir: str = "runs/tiny_cpu"

@@ -83,7 +83,7 @@ class DistillConfig:
 
 
 @dataclass
-class LossWeights:
+class MLLMLossWeights:
     qa: float = 1.0
     plan: float = 1.0
     bev_recon: float = 1.0
@@ -109,7 +109,7 @@ class MLLMConfig:
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    loss_weights: LossWeights = field(default_factory=LossWeights)
+    loss_weights: MLLMLossWeights = field(default_factory=MLLMLossWeights)
 
     def __post_init__(self) -> None:
         missing = [t for t in TOKEN_TYPES if t not in self.qformer.num_queries]
