@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dima_planner import resources
 from dima_planner.runtime.params import BUILTIN_PARAMS, NODE_NAME, PARAMS, flatten_ros_params, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,13 @@ def launch_nodes(tree: ast.AST) -> list[ast.Call]:
     return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) in ("Node", "LifecycleNode")]
 
 
+def _path_part(node) -> str:
+    """A constant, or a name the launch file imports from dima_planner.resources (DEFAULT_CHECKPOINT)."""
+    if isinstance(node, ast.Name):
+        return str(getattr(resources, node.id))
+    return _const(node)
+
+
 def share_paths(tree: ast.AST) -> list[str]:
     """Paths built as PathJoinSubstitution([share, "a", "b"]) -> "a/b"."""
     out = []
@@ -51,7 +59,7 @@ def share_paths(tree: ast.AST) -> list[str]:
         if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "PathJoinSubstitution":
             parts = n.args[0].elts
             if isinstance(parts[0], ast.Name) and parts[0].id == "share":
-                out.append("/".join(_const(p) for p in parts[1:]))
+                out.append("/".join(_path_part(p) for p in parts[1:]))
     return out
 
 

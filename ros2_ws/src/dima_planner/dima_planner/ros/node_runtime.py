@@ -9,6 +9,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidHandle, InvalidParameterValueException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
+from ..runtime.params import unknown_parameters
 from .env import apply_ros_env_defaults, discovery_note
 
 _PTYPE = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
@@ -41,8 +42,6 @@ def declare_parameters(node, table: dict, validate: Callable[[str, object], str 
     once at start-up). Invalid start-up values raise one ValueError naming every one (spin()
     prints it and exits 2); names given that the table does not declare are warned about,
     since rclpy would ignore them silently."""
-    from .params import unknown_parameters
-
     for spec in table.values():
         notes = [on_configure_note] if spec.on_configure else []
         try:
