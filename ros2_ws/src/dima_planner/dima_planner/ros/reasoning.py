@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
+from ..model.mllm.checkpoint import MLLM_WEIGHTS, MLLMCheckpointError, load_mllm_weights, read_mllm_config
 from ..qa.generate import PLANNING_QUESTION, answer_grammar
 
 # dima_msgs/SceneTokens TYPE_* constants (duplicated as plain ints: no rclpy import here;
@@ -233,7 +233,6 @@ class MLLMEngine:
                  seed: int = 0, answer_grammar: bool = True):
         import torch
 
-        from ..config import ConfigError, load_yaml
         from ..model.mllm import BUILTIN_SMOLLM2, LLMNotFoundError, MLLMConfig, load_llm
 
         if num_threads > 0:
@@ -255,17 +254,11 @@ class MLLMEngine:
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint else None
         ckpt_tag = "untrained"
         if self.checkpoint is not None:
-            cfg_path, w_path = self.checkpoint / MLLM_CONFIG, self.checkpoint / MLLM_WEIGHTS
-            if not self.checkpoint.is_dir():
-                raise ModelLoadError(f"MLLM checkpoint {str(self.checkpoint)!r} is not a directory")
-            for p in (cfg_path, w_path):
-                if not p.is_file():
-                    raise ModelLoadError(f"MLLM checkpoint {str(self.checkpoint)!r} has no {p.name}")
             try:
-                cfg = load_yaml(MLLMConfig, cfg_path)
-            except (ConfigError, OSError, ValueError) as e:
-                raise ModelLoadError(f"MLLM checkpoint config {cfg_path} is invalid: {e}") from None
-            ckpt_tag = f"{self.checkpoint.name}:{_sha12(w_path)}"
+                cfg = read_mllm_config(self.checkpoint)
+            except MLLMCheckpointError as e:
+                raise ModelLoadError(str(e)) from None
+            ckpt_tag = f"{self.checkpoint.name}:{_sha12(self.checkpoint / MLLM_WEIGHTS)}"
         else:
             cfg = MLLMConfig()
             cfg = replace(cfg, lora=replace(cfg.lora, enabled=False))
@@ -283,14 +276,10 @@ class MLLMEngine:
         self._branches: dict[tuple, Any] = {}
         if self.checkpoint is not None:
             branch = self._build(cfg)
-            from safetensors.torch import load_file
-
             try:
-                state = load_file(str(self.checkpoint / MLLM_WEIGHTS))
-                branch.load_trainable_state_dict(state)
-            except Exception as e:
-                raise ModelLoadError(f"MLLM checkpoint weights {self.checkpoint / MLLM_WEIGHTS} do not fit the "
-                                     f"branch: {type(e).__name__}: {e}") from None
+                load_mllm_weights(branch, self.checkpoint)
+            except MLLMCheckpointError as e:
+                raise ModelLoadError(str(e)) from None
             self._branches[self._key(cfg.token_dim, tuple(cfg.bev_hw), cfg.planner_dim)] = branch
 
     @staticmethod
