@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import add_set_argument, load_yaml, parse_overrides
+from .node_process import node_command, start_node, stop_node
 
 REPO = Path(__file__).resolve().parents[4]
 REASONING_TOPIC = "/dima/reasoning"
@@ -78,29 +78,17 @@ class NodeProcess:
     """A ROS 2 node's console entry point in its own process, logging to a file."""
 
     def __init__(self, executable: str, params: list[str], overrides: dict[str, str], log: Path):
-        cmd = [str(Path(sys.executable).with_name(executable)), "--ros-args"]
-        for p in params:
-            cmd += ["--params-file", str(_path(p))]
-        for k, v in overrides.items():
-            cmd += ["-p", f"{k}:={v}"]
+        cmd = node_command("", [_path(p) for p in params], overrides,
+                           executable=Path(sys.executable).with_name(executable))
         self.name = executable
         self.log = log
-        self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
-                                     start_new_session=True)
+        self.proc = start_node(cmd, os.environ, log=log, new_session=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
+        stop_node(self.proc, 15.0)
         return self.proc.returncode
 
 
@@ -273,19 +261,10 @@ def _reasoning(run_bag: Path, limit: int) -> list[dict]:
 
 def _ego_mlp(cfg: DemoConfig, world: Path, data_cfg: dict, out: Path, console: Console):
     """The ego-status MLP baseline, fitted on the train split once per world and cached."""
-    from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-    from .eval.baselines import EgoMLP, EgoMLPConfig, train_ego_mlp
+    from .eval.baselines import EgoMLPConfig, world_ego_mlp
 
-    mlp_cfg = load_yaml(EgoMLPConfig, _path(cfg.mlp_config))
-    weights, stamp = out / "ego_mlp.safetensors", out / "ego_mlp.world"
-    key = (world / "dima_meta.json").read_text() + repr(mlp_cfg)
-    if weights.exists() and stamp.exists() and stamp.read_text() == key:
-        return EgoMLP.load(weights)
-    console.print("  fitting the ego-status MLP baseline on the train split")
-    mlp = train_ego_mlp(NuScenesPlanningDataset(DatasetConfig(split="train", **data_cfg)), mlp_cfg)
-    mlp.save(weights)
-    stamp.write_text(key)
-    return mlp
+    return world_ego_mlp(world, out, load_yaml(EgoMLPConfig, _path(cfg.mlp_config)),
+                         on_fit=lambda: console.print("  fitting the ego-status MLP baseline on the train split"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -172,21 +172,6 @@ class EgoMLPPlanner(_BatchPlanner):
 def fit_ego_mlp(world: str | Path, cache_dir: str | Path, mlp_config: str | Path):
     """The ego-status MLP of `dima eval`, fitted on the world's train split once and cached."""
     from dima_planner.config import load_yaml
-    from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-    from dima_planner.eval.baselines import EgoMLP, EgoMLPConfig, train_ego_mlp
-    from dima_planner.synth.generate import META_NAME
+    from dima_planner.eval.baselines import EgoMLPConfig, world_ego_mlp
 
-    cfg = load_yaml(EgoMLPConfig, mlp_config)
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    weights, stamp = cache / "ego_mlp.safetensors", cache / "ego_mlp.world"
-    key = (Path(world) / META_NAME).read_text() + repr(cfg)
-    if weights.exists() and stamp.exists() and stamp.read_text() == key:
-        return EgoMLP.load(weights)
-    meta_version = __import__("json").loads((Path(world) / META_NAME).read_text())["version"]
-    ds = NuScenesPlanningDataset(DatasetConfig(dataroot=str(world), version=meta_version, split="train",
-                                               load_images=False))
-    mlp = train_ego_mlp(ds, cfg)
-    mlp.save(weights)
-    stamp.write_text(key)
-    return mlp
+    return world_ego_mlp(world, cache_dir, load_yaml(EgoMLPConfig, mlp_config))

@@ -1,0 +1,51 @@
+"""node_process: the one way dima starts and stops a node process (demo, tests, benchmarks)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from dima_planner.node_process import cpu_seconds, node_command, start_node, stop_node
+
+# Stands in for a node: says it is up, then runs until SIGINT and says it stopped.
+CHILD = """
+import sys, time
+print("up", sys.argv[1:], flush=True)
+try:
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    print("stopped on SIGINT", flush=True)
+"""
+
+
+def wait_until(predicate, proc, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None and time.monotonic() < deadline, "the child never came up"
+        time.sleep(0.05)
+
+
+def test_command_line_carries_params_files_and_overrides():
+    cmd = node_command("dima_planner.ros.planner_node", ["a.yaml", "b.yaml"], {"checkpoint": "c", "num_threads": 2},
+                       python="py", extra=["-r", "__ns:=/x"])
+    assert cmd == ["py", "-m", "dima_planner.ros.planner_node", "--ros-args", "--params-file", "a.yaml",
+                   "--params-file", "b.yaml", "-p", "checkpoint:=c", "-p", "num_threads:=2", "-r", "__ns:=/x"]
+    assert node_command("", ["a.yaml"], executable="/bin/dima_planner_node") == [
+        "/bin/dima_planner_node", "--ros-args", "--params-file", "a.yaml"]
+
+
+def test_captured_output_and_sigint_shutdown(tmp_path):
+    proc = start_node([sys.executable, "-c", CHILD, "arg"], os.environ)
+    wait_until(lambda: proc.output_lines, proc)
+    assert cpu_seconds(proc.pid) >= 0
+    out = stop_node(proc, 10.0)
+    assert "up ['arg']" in out and "stopped on SIGINT" in out and proc.returncode == 0
+
+
+def test_logged_output_goes_to_the_file(tmp_path):
+    log = tmp_path / "node.log"
+    proc = start_node([sys.executable, "-c", CHILD], os.environ, log=log, new_session=True)
+    wait_until(lambda: "up" in log.read_text(), proc)
+    assert stop_node(proc, 10.0) == "" and proc.returncode == 0
+    assert "stopped on SIGINT" in log.read_text()
