@@ -9,13 +9,14 @@ from dima_planner.node_process import cpu_seconds, node_command, start_node, sto
 
 # Stands in for a node: says it is up, then runs until SIGINT and says it stopped.
 CHILD = """
-import sys, time
-print("up", sys.argv[1:], flush=True)
-try:
-    while True:
-        time.sleep(0.05)
-except KeyboardInterrupt:
+import signal, sys, time
+def stop(*_):
     print("stopped on SIGINT", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGINT, stop)  # as rclpy does: whatever SIGINT disposition it inherited
+print("up", sys.argv[1:], flush=True)
+while True:
+    time.sleep(0.05)
 """
 
 
