@@ -5,7 +5,9 @@ import os
 import sys
 import time
 
-from dima_planner.node_process import cpu_seconds, node_command, start_node, stop_node
+import pytest
+
+from dima_planner.node_process import cpu_seconds, node_command, start_node, stop_node, wait_while_running
 
 # Stands in for a node: says it is up, then runs until SIGINT and says it stopped.
 CHILD = """
@@ -50,3 +52,17 @@ def test_logged_output_goes_to_the_file(tmp_path):
     wait_until(lambda: "up" in log.read_text(), proc)
     assert stop_node(proc, 10.0) == "" and proc.returncode == 0
     assert "stopped on SIGINT" in log.read_text()
+
+
+def test_waiting_ends_on_the_predicate_a_dead_process_or_the_timeout():
+    alive = start_node([sys.executable, "-c", CHILD], os.environ)
+    dead = start_node([sys.executable, "-c", "pass"], os.environ)
+    dead.wait(30)
+    try:
+        wait_while_running(lambda: True, {"node": alive}, 1.0, "nothing")
+        with pytest.raises(RuntimeError, match="node exited"):
+            wait_while_running(lambda: False, {"alive": alive, "node": dead}, 5.0, "the plan")
+        with pytest.raises(RuntimeError, match="timed out waiting for the plan"):
+            wait_while_running(lambda: False, {"node": alive}, 0.3, "the plan")
+    finally:
+        stop_node(alive, 10.0)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dima_planner.node_process import node_command, start_node, stop_node
+from dima_planner.node_process import node_command, start_node, stop_node, wait_while_running
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,15 +151,7 @@ def main(argv=None) -> int:
     feeder.start()
 
     def wait_for(pred, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with lock:
-                if pred():
-                    return
-            if planner.poll() is not None:
-                raise RuntimeError(f"the planner exited ({planner.returncode}); see {logs / 'planner.log'}")
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}; logs in {logs}")
+        wait_while_running(pred, {"the planner": planner}, timeout, what, lock, logs)
 
     def measure(name: str) -> dict:
         with lock:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dima_planner.node_process import cpu_seconds, node_command, start_node, stop_node
+from dima_planner.node_process import cpu_seconds, node_command, start_node, stop_node, wait_while_running
 from dima_planner.ros.bag_io import cdr_stamp_ns
 from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 
@@ -201,16 +201,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     spin.start()
 
     def wait_for(pred, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with lock:
-                if pred():
-                    return
-            for n, p in procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(f"{n} exited ({p.returncode}); see {logs}")
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}; logs in {logs}")
+        wait_while_running(pred, procs, timeout, what, lock, logs)
 
     pub_wall: dict[int, float] = {}
     try:

@@ -10,11 +10,13 @@ The caller owns the environment (ROS_DOMAIN_ID, loopback discovery: ros/env.py).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,3 +81,19 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (all its threads; Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_while_running(predicate, procs: Mapping[str, subprocess.Popen], timeout: float, what: str,
+                       lock=None, logs: str | Path = "its log") -> None:
+    """Until predicate() is true (called under `lock`, if given). RuntimeError if one of
+    `procs` ({name: process}) exits first, or after `timeout` s; the message names `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with lock if lock is not None else contextlib.nullcontext():
+            if predicate():
+                return
+        for name, p in procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited ({p.returncode}) while waiting for {what}; see {logs}")
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}; logs in {logs}")
