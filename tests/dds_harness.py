@@ -7,9 +7,7 @@ real separate process (its console module) on the same domain, loopback only.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,8 @@ from pathlib import Path
 import rclpy
 from lifecycle_msgs.srv import GetState
 from rclpy.executors import SingleThreadedExecutor
+
+from dima_planner.node_process import node_command, start_node, stop_node
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,31 +28,13 @@ def start_node_process(module: str, domain_id: int, params_file: Path, *ros_args
     (e.g. an older checkout's venv, to see a regression test fail there)."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [os.environ.get("DIMA_TEST_NODE_PYTHON") or sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file), *ros_args]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Drain the output as it comes: a node that logs more than a pipe buffer (64 KiB, e.g.
-    # hundreds of lifecycle cycles) would otherwise block in its logger.
-    proc.output_lines = []
-    proc.reader = threading.Thread(target=lambda: proc.output_lines.extend(iter(proc.stdout.readline, "")),
-                                   daemon=True)
-    proc.reader.start()
-    return proc
+    cmd = node_command(module, [params_file], python=os.environ.get("DIMA_TEST_NODE_PYTHON"), extra=ros_args)
+    return start_node(cmd, env, cwd=REPO)  # output captured in proc.output_lines
 
 
 def stop_node_process(proc: subprocess.Popen) -> str:
     """SIGINT (the node's normal shutdown path), SIGKILL after 30 s; returns its output."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    reader = getattr(proc, "reader", None)
-    if reader is None:
-        return proc.stdout.read() if proc.stdout else ""
-    reader.join(timeout=10)
-    return "".join(proc.output_lines)
+    return stop_node(proc, 30.0)
 
 
 class TestNode:

@@ -29,9 +29,9 @@ def test_demo_on_the_tiny_world(tmp_path, capsys):
 
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     node = metrics["methods"]["DiMA (node)"]["vad"]
-    # The node planned every keyframe of the replayed scene (the replay waits for it: issue 7
-    # defect 12), and the demo's scores (dataset GT) agree with `dima bag eval` (GT carried in
-    # the bag) on the same plans.
+    # The node planned every keyframe of the replayed scene (the replay waits for the node
+    # instead of running ahead of it and leaving keyframes unplanned), and the demo's scores
+    # (dataset GT) agree with `dima bag eval` (GT carried in the bag) on the same plans.
     assert metrics["planned_keyframes"] == metrics["keyframes"] > 0 and metrics["unplanned"] == {}
     assert node["l2_avg"] == pytest.approx(metrics["bag_eval"]["l2_avg"], abs=1e-6)
     assert node["col_avg"] == pytest.approx(metrics["bag_eval"]["col_avg"], abs=1e-9)

@@ -13,7 +13,7 @@ from dima_planner.inference import Planner
 from dima_planner.model import VisionPlanner, preset
 from dima_planner.data.geometry import scale_intrinsics
 from dima_planner.data.inputs import _reduction, decode_image, lidar2img
-from dima_planner.train import TemporalPairs, collate_pairs, model_inputs
+from dima_planner.train import TemporalPairs, collate_pairs
 
 
 def test_jpeg_decode_uses_the_largest_dct_reduction_that_still_covers_the_target():
@@ -72,8 +72,8 @@ def test_dataset_eval_and_node_paths_feed_identical_tensors(frame):
     i = next(j for j, r in enumerate(ds.records) if r["prev_token"])  # a frame with history
     rec = ds.records[i]
     # training: the dataset sample, collated with its temporal queue, through the model inputs
-    train_inp = model_inputs(collate_pairs([TemporalPairs(ds, False, queue_length=3)[i]]), torch.device("cpu"),
-                             False, True)
+    train_inp = collate_pairs([TemporalPairs(ds, False, queue_length=3)[i]], use_ego_status=False,
+                              use_can_bus=True)["inputs"]
     planner = Planner(model)
     # dima eval: Planner.predict on the dataset's scene up to this frame (the temporal rule)
     start = next(j for j in range(i, -1, -1) if not ds.records[j]["prev_token"])

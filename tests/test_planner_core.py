@@ -2,8 +2,8 @@
 
 The model is a real tiny_cpu VisionPlanner (freshly initialised: these tests are about the
 policy, not the driving). Inputs are real sensor_msgs / nav_msgs / tf2_msgs objects, so the
-core reads exactly what the node hands it. Issue 7's defects each have a row here
-(marked `defect N`); the node-process side is in tests/test_planner_fuzz.py.
+core reads exactly what the node hands it. Each hostile-input rule of the node has a row
+here; the node-process side is in tests/test_planner_fuzz.py.
 """
 from __future__ import annotations
 
@@ -192,8 +192,8 @@ def _bad(kind: str, cam: str, ns: int):
 
 @pytest.mark.parametrize("kind, category", [
     ("encoding", "bad_encoding"), ("truncated", "bad_size"),
-    ("1x1", "bad_size"), ("2x2", "bad_size"),  # defect 11
-    ("bomb", "bad_size"),  # defect 4
+    ("1x1", "bad_size"), ("2x2", "bad_size"),  # too small to resize: refused
+    ("bomb", "bad_size"),  # refused from its header size, before decoding
     ("garbage", "bad_compressed"),
 ])
 def test_unusable_front_image_skips_with_its_category(planner, kind, category):
@@ -270,7 +270,7 @@ def test_missing_side_camera_policy(planner, policy, key):
     assert (back.max() == 0) == (policy == "mask")
 
 
-# ---- defect 7: a corrupt side camera is a missing one ---------------------------------------------------
+# ---- a corrupt side camera is a missing one, not a fatal error ---------------------------------------------
 @pytest.mark.parametrize("kind", ["encoding", "truncated", "2x2", "bomb"])
 def test_corrupt_side_camera_is_masked_not_fatal(planner, kind):
     r = Rig(planner)
@@ -289,7 +289,7 @@ def test_side_camera_with_bad_camera_info_is_masked(planner):
     assert [k for k, _ in out.degraded] == ["reused.CAM_BACK"]
 
 
-# ---- defect 8: intrinsics matched to their image -----------------------------------------------------------
+# ---- intrinsics matched to their image (by stamp; P for rectified images) ----------------------------------
 def test_camera_info_is_matched_by_stamp_and_a_bad_one_spoils_nothing(planner):
     r = Rig(planner)
     k1 = scale_intrinsics(RIG.intrinsics["CAM_FRONT"], RIG_HW, (H, W))
@@ -322,7 +322,7 @@ def test_rectified_images_use_p_and_distortion_is_warned_once(planner):
     assert list(raw.core.stats.snapshot()["warnings"]) == ["distortion.CAM_FRONT"]
 
 
-# ---- defects 2 and 5: /tf_static cycles and absurd geometry ----------------------------------------------
+# ---- /tf_static cycles and absurd geometry (extrinsic and plan-distance limits) ----------------------------
 def test_tf_static_cycles_are_rejected_and_lookup_always_ends(planner):
     r = Rig(planner)
     eye = np.eye(4)
@@ -356,7 +356,7 @@ def test_absurd_model_output_is_not_published(planner):
     expect_skip(r.step(T0), "bad_model_output")
 
 
-# ---- defect 9: odometry ------------------------------------------------------------------------------
+# ---- odometry: late samples kept, bridged poses flagged ----------------------------------------------------
 def test_future_odometry_does_not_poison_the_history(planner):
     r = Rig(planner)
     assert r.core.on_odometry(odom(T0 + 900 * MS), T0) is not None  # 0.9 s ahead of the clock: rejected
@@ -373,7 +373,7 @@ def test_plan_across_a_rejected_odometry_message_says_bridged(planner):
     assert [k for k, _ in out.degraded] == ["bridged_odometry"]
 
 
-# ---- defects 6 and 10: watchdog and frame loss ----------------------------------------------------------------
+# ---- watchdog and frame loss -------------------------------------------------------------------------------
 def test_watchdog_warns_then_errors_while_anchors_arrive_unplanned():
     s = PlannerStats()
     t0 = s.since_wall

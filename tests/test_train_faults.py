@@ -29,13 +29,13 @@ CHILD = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from test_train import config
-from dima_planner.train import loop, train
+from dima_planner.train import checkpoint, train
 
 world, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = config(world, out, steps=3, batch_size=1)
 cfg.schedule.ckpt_every, cfg.threads = 1, 1
 saving = {{"step": None, "calls": 0}}
-real_save = loop.save_train_state
+real_save = checkpoint.save_train_state
 
 def save(run_dir, model, cfg, optim, sched, step, *a, **k):
     saving["step"] = step
@@ -53,7 +53,7 @@ def counted(real):
         return real(*a, **k)
     return call
 
-loop.save_train_state = save
+checkpoint.save_train_state = save
 os.replace, os.rename = counted(os.replace), counted(os.rename)
 train(cfg)
 """

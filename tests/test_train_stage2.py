@@ -94,20 +94,19 @@ def test_stage2_step_has_every_mllm_loss(world, stage1, tmp_path):
     """One joint step by hand: QA, planning head, recon, future BEV, edits and distillation."""
     from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
     from dima_planner.model.joint import DiMAJoint
-    from dima_planner.train import TemporalPairs, build_mllm, collate_pairs, future_inputs, model_inputs
+    from dima_planner.train import TemporalPairs, build_mllm, collate_pairs
 
     cfg = config(world, stage1, tmp_path)
     ds = NuScenesPlanningDataset(DatasetConfig(dataroot=str(world), version="v1.0-dima", split="train",
                                                image_size=list(cfg.model.image_size)))
     pairs = TemporalPairs(ds, True, 2)
     batch = collate_pairs([pairs[0], pairs[1]])
-    assert batch["stage2"]["mask"].sum() > 0  # next keyframes exist for the first samples
+    assert batch["future"]["mask"].sum() > 0  # next keyframes exist for the first samples
     joint = DiMAJoint(VisionPlanner(cfg.model), build_mllm(cfg.mllm, torch.device("cpu"))).train()
     assert not joint.distill_open  # gated until the teacher beats the planner on validation
     joint.distill_open = True
     dev = torch.device("cpu")
-    _, losses = joint(model_inputs(batch, dev, False), batch["stage2"]["samples"], np.random.default_rng(0),
-                      cfg.stage2, future_inputs(batch, dev, 2))
+    _, losses = joint(batch["inputs"], batch["samples"], np.random.default_rng(0), cfg.stage2, batch["future"])
     for k in ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "dual_plan"):
         assert k in losses and torch.isfinite(losses[k]), k
     # Dual training: the plan from max-pooled ego features reaches the MLLM's ego feature

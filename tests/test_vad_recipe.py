@@ -62,7 +62,7 @@ def test_frozen_resnet_stem_and_batchnorm_and_weights_error(tmp_path):
     import dataclasses
 
     from dima_planner.model import VisionPlanner, preset
-    from dima_planner.train.loop import check_backbone_weights
+    from dima_planner.train.trainer import check_backbone_weights
 
     cfg = dataclasses.replace(preset("vad_tiny"), backbone="resnet18", image_size=(64, 112), bev_h=10, bev_w=10,
                               embed_dim=32, num_heads=4, ffn_dim=64, num_agent_queries=4, num_map_queries=4,

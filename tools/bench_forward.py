@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
+from dima_planner import accel
+from dima_planner.model import config as model_config
+from dima_planner.model.planner import VisionPlanner
 
-from dima_planner import accel  # noqa: E402
-from dima_planner.model import config as model_config  # noqa: E402
-from dima_planner.model.planner import VisionPlanner  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
+from dima_planner.node_process import node_command, start_node, stop_node, wait_while_running
+from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 
-from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,14 +85,13 @@ def main(argv=None) -> int:
         ckpt_note = f"{args.checkpoint} missing: freshly initialised tiny_cpu checkpoint (same architecture)"
     print(f"planner checkpoint: {ckpt_note}\nROS_DOMAIN_ID={domain}, loopback only", flush=True)
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO / "ros2_ws" / "src" / "dima_planner"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     logs = Path(tempfile.mkdtemp(prefix="bench_mllm_logs_"))
-    planner = subprocess.Popen(
-        [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args", "--params-file",
-         str(REPO / "params" / "ros" / "planner.yaml"), "-p", f"checkpoint:={ckpt}",
-         "-p", f"num_threads:={args.planner_threads}", "-p", f"warmup_width:={args.width}",
-         "-p", f"warmup_height:={args.height}", "-p", "extrinsics_source:=rig", "-p", "intrinsics_source:=rig"],
-        env=env, cwd=REPO, stdout=open(logs / "planner.log", "w"), stderr=subprocess.STDOUT)
+    planner = start_node(node_command(
+        "dima_planner.ros.planner_node", [REPO / "params" / "ros" / "planner.yaml"],
+        {"checkpoint": ckpt, "num_threads": args.planner_threads, "warmup_width": args.width,
+         "warmup_height": args.height, "extrinsics_source": "rig", "intrinsics_source": "rig"}),
+        env, cwd=REPO, log=logs / "planner.log")
     mllm = None
 
     rclpy.init(domain_id=domain)
@@ -153,15 +151,7 @@ def main(argv=None) -> int:
     feeder.start()
 
     def wait_for(pred, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with lock:
-                if pred():
-                    return
-            if planner.poll() is not None:
-                raise RuntimeError(f"the planner exited ({planner.returncode}); see {logs / 'planner.log'}")
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}; logs in {logs}")
+        wait_while_running(pred, {"the planner": planner}, timeout, what, lock, logs)
 
     def measure(name: str) -> dict:
         with lock:
@@ -191,12 +181,10 @@ def main(argv=None) -> int:
         rows.append(measure("alone"))
 
         menv = dict(env, OMP_NUM_THREADS=str(max(args.mllm_threads, 1)))
-        mllm = subprocess.Popen(
-            [sys.executable, "-m", "dima_planner.ros.mllm_node", "--ros-args", "--params-file",
-             str(REPO / "params" / "ros" / "mllm.yaml"), "-p", f"min_period:={args.mllm_min_period}",
-             "-p", f"max_new_tokens:={args.mllm_max_new_tokens}", "-p", f"num_threads:={args.mllm_threads}",
-             "-p", f"nice:={args.mllm_nice}"],
-            env=menv, cwd=REPO, stdout=open(logs / "mllm.log", "w"), stderr=subprocess.STDOUT)
+        mllm = start_node(node_command(
+            "dima_planner.ros.mllm_node", [REPO / "params" / "ros" / "mllm.yaml"],
+            {"min_period": args.mllm_min_period, "max_new_tokens": args.mllm_max_new_tokens,
+             "num_threads": args.mllm_threads, "nice": args.mllm_nice}), menv, cwd=REPO, log=logs / "mllm.log")
         wait_for(lambda: len(reasonings) >= 1, 180, "the MLLM node's first reasoning")
         rows.append(measure("running"))
         with lock:
@@ -217,12 +205,7 @@ def main(argv=None) -> int:
             os.kill(mllm.pid, signal.SIGCONT)
             mllm.kill()
         planner_alive = planner.poll() is None
-        if planner_alive:
-            planner.send_signal(signal.SIGINT)
-            try:
-                planner.wait(15)
-            except subprocess.TimeoutExpired:
-                planner.kill()
+        stop_node(planner, 15.0)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -25,13 +25,12 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
+from dima_planner.data.geometry import RIG_HW, load_rig, scale_intrinsics
+from dima_planner.data.inputs import decode_image
+from dima_planner.data.sample import CAMERAS
+from dima_planner.inference import load_planner
 
-from dima_planner.data.geometry import RIG_HW, load_rig, scale_intrinsics  # noqa: E402
-from dima_planner.data.sample import CAMERAS  # noqa: E402
-from dima_planner.inference import load_planner  # noqa: E402
-from dima_planner.data.inputs import decode_image  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def median_ms(fn, n: int) -> float:

@@ -41,8 +41,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,11 +49,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
+from dima_planner.node_process import cpu_seconds, node_command, start_node, stop_node, wait_while_running
+from dima_planner.bags.bag_io import cdr_stamp_ns
+from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 
-from dima_planner.bags.bag_io import cdr_stamp_ns  # noqa: E402
-from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FRONT_TOPICS = ("/cam_front/image_raw", "/cam_front/image_raw/compressed")
 
@@ -123,12 +121,6 @@ def checkpoint_for(path: str, tmp_root: Path) -> tuple[Path, str]:
     return made, f"{ckpt} missing: freshly initialised tiny_cpu checkpoint (same architecture)"
 
 
-def proc_cpu_s(pid: int) -> float:
-    """user + system CPU seconds of a process (all threads) from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pct(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -149,30 +141,26 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     env = dict(os.environ, PYTHONUNBUFFERED="1", ROS_DOMAIN_ID=str(domain),
                PYTHONPATH=str(node_repo / "ros2_ws" / "src" / "dima_planner"))
     ros = node_repo / "params" / "ros"
-    pcmd = [str(python), "-m", "dima_planner.ros.planner_node", "--ros-args",
-            "--params-file", str(ros / "planner.yaml"), "--params-file", str(ros / "replay.yaml"),
-            "-p", f"checkpoint:={ckpt}", "-p", f"num_threads:={args.planner_threads}"]
+    over = {"checkpoint": ckpt, "num_threads": args.planner_threads}
     if args.device != "cpu":  # only when asked: an older node may not know these parameters
-        pcmd += ["-p", f"device:={args.device}"]
+        over["device"] = args.device
     if args.precision != "fp32":
-        pcmd += ["-p", f"precision:={args.precision}"]
+        over["precision"] = args.precision
     if args.backend != "torch":
-        pcmd += ["-p", f"backend:={args.backend}"]
+        over["backend"] = args.backend
     if args.compressed:
         from dima_planner.data.sample import CAMERAS
 
         for c in CAMERAS:
-            pcmd += ["-p", f"cameras.{c}.transport:=compressed",
-                     "-p", f"cameras.{c}.topic:=/{c.lower()}/image_raw/compressed"]
-    procs = {"planner": subprocess.Popen(pcmd, env=env, cwd=node_repo, stdout=open(logs / f"{name}_planner.log", "w"),
-                                         stderr=subprocess.STDOUT)}
+            over |= {f"cameras.{c}.transport": "compressed", f"cameras.{c}.topic": f"/{c.lower()}/image_raw/compressed"}
+    pcmd = node_command("dima_planner.ros.planner_node", [ros / "planner.yaml", ros / "replay.yaml"], over, python)
+    procs = {"planner": start_node(pcmd, env, cwd=node_repo, log=logs / f"{name}_planner.log")}
     if name == "mllm":
-        mcmd = [sys.executable, "-m", "dima_planner.ros.mllm_node", "--ros-args",
-                "--params-file", str(ros / "mllm.yaml"), "-p", "dual_mode:=true"]
+        mover = {"dual_mode": "true"}
         if args.mllm_min_period is not None:
-            mcmd += ["-p", f"min_period:={args.mllm_min_period}"]
-        procs["mllm"] = subprocess.Popen(mcmd, env=dict(env, OMP_NUM_THREADS="1"), cwd=REPO,
-                                         stdout=open(logs / f"{name}_mllm.log", "w"), stderr=subprocess.STDOUT)
+            mover["min_period"] = args.mllm_min_period
+        mcmd = node_command("dima_planner.ros.mllm_node", [ros / "mllm.yaml"], mover)
+        procs["mllm"] = start_node(mcmd, dict(env, OMP_NUM_THREADS="1"), cwd=REPO, log=logs / f"{name}_mllm.log")
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain)
@@ -213,16 +201,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
     spin.start()
 
     def wait_for(pred, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with lock:
-                if pred():
-                    return
-            for n, p in procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(f"{n} exited ({p.returncode}); see {logs}")
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out waiting for {what}; logs in {logs}")
+        wait_while_running(pred, procs, timeout, what, lock, logs)
 
     pub_wall: dict[int, float] = {}
     try:
@@ -254,7 +233,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
         time.sleep(1.0)  # let the planner's reliable readers match every writer
         with lock:
             diag_before = dict(diag.get("/dima_planner: planning", {}))
-        cpu_before = proc_cpu_s(procs["planner"].pid)
+        cpu_before = cpu_seconds(procs["planner"].pid)
         stats = player.play()
         player.drain(5.0)
         # Plans for the last frames: wait until no Path arrived for 3 s.
@@ -266,7 +245,7 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
             if n == last:
                 break
             last = n
-        cpu_used = proc_cpu_s(procs["planner"].pid) - cpu_before  # replay + the last plans
+        cpu_used = cpu_seconds(procs["planner"].pid) - cpu_before  # replay + the last plans
         time.sleep(1.5)  # one more /diagnostics period
         player.close()
         with lock:
@@ -275,14 +254,8 @@ def run_phase(name: str, args, bag: Path, ckpt: Path, domain: int, logs: Path) -
             recv = dict(path_recv)
             traj = dict(trajs)
     finally:
-        for n, p in procs.items():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
         for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_node(p, 20.0)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -31,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
+from dima_planner.node_process import cpu_seconds, node_command, start_node, stop_node
+from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id
 
-from dima_planner.ros.env import apply_ros_env_defaults, pid_domain_id  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,12 +80,6 @@ def proc_status(pid: int) -> dict[str, int]:
     return {"rss_kib": vals["VmRSS"], "threads": vals["Threads"], "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def shm_usage(pid: int) -> dict[str, int]:
     """Shared-memory segments the node has mapped (/dev/shm entries in /proc/PID/maps: Fast
     DDS ports and data-sharing pools; other processes' segments are not counted)."""
@@ -116,16 +109,14 @@ def main(argv=None) -> int:
     from dima_planner.bags.bag_io import COMPRESSED_FORMATS
     from dima_planner.ros.conversions import ns_to_stamp
 
-    cmd = [sys.executable, "-m", "dima_planner.ros.planner_node", "--ros-args",
-           "--params-file", str(REPO / "params" / "ros" / "planner.yaml"),
-           "-p", f"checkpoint:={args.checkpoint}", "-p", "extrinsics_source:=rig",
-           "-p", f"warmup_width:={args.width}", "-p", f"warmup_height:={args.height}"]
+    overrides = {"checkpoint": args.checkpoint, "extrinsics_source": "rig", "warmup_width": args.width,
+                 "warmup_height": args.height}
     for c in CAMERAS:
-        cmd += ["-p", f"cameras.{c}.transport:=compressed", "-p", f"cameras.{c}.topic:=/{c.lower()}/image_raw/compressed"]
+        overrides |= {f"cameras.{c}.transport": "compressed", f"cameras.{c}.topic": f"/{c.lower()}/image_raw/compressed"}
+    cmd = node_command("dima_planner.ros.planner_node", [REPO / "params" / "ros" / "planner.yaml"], overrides)
     log = Path(args.json).with_suffix(".node.log") if args.json else Path(os.devnull)
     log.parent.mkdir(parents=True, exist_ok=True)
-    node_proc = subprocess.Popen(cmd, env=dict(os.environ, **env, PYTHONUNBUFFERED="1"), cwd=REPO,
-                                 stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    node_proc = start_node(cmd, dict(os.environ, **env, PYTHONUNBUFFERED="1"), cwd=REPO, log=log)
 
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain)
@@ -230,11 +221,7 @@ def main(argv=None) -> int:
         bar.close()
         stop.set()
         pub_thread.join(5)
-        node_proc.send_signal(2)
-        try:
-            node_proc.wait(30)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
+        stop_node(node_proc, 30.0)
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=context)

@@ -32,7 +32,7 @@ from .bags import bag_eval, bag_io
 from .bags.bag_convert import GT_FORMAT, convert, load_nuscenes, select_scenes
 from .config import add_set_argument, load_yaml, parse_overrides
 from .data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-from .eval.baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp
+from .eval.baselines import ConstantVelocity, EgoMLPConfig, world_ego_mlp
 from .eval.evaluate import evaluate
 from .eval.plots import plot_bev, plot_method_bars
 from .ros.demo_replay import replay_into_nodes
@@ -98,16 +98,8 @@ def _reasoning(run_bag: Path, limit: int) -> list[dict]:
 
 def _ego_mlp(cfg: DemoConfig, world: Path, data_cfg: dict, out: Path, console: Console):
     """The ego-status MLP baseline, fitted on the train split once per world and cached."""
-    mlp_cfg = load_yaml(EgoMLPConfig, _path(cfg.mlp_config))
-    weights, stamp = out / "ego_mlp.safetensors", out / "ego_mlp.world"
-    key = (world / "dima_meta.json").read_text() + repr(mlp_cfg)
-    if weights.exists() and stamp.exists() and stamp.read_text() == key:
-        return EgoMLP.load(weights)
-    console.print("  fitting the ego-status MLP baseline on the train split")
-    mlp = train_ego_mlp(NuScenesPlanningDataset(DatasetConfig(split="train", **data_cfg)), mlp_cfg)
-    mlp.save(weights)
-    stamp.write_text(key)
-    return mlp
+    return world_ego_mlp(world, out, load_yaml(EgoMLPConfig, _path(cfg.mlp_config)),
+                         on_fit=lambda: console.print("  fitting the ego-status MLP baseline on the train split"))
 
 
 def closed_loop_demo(out: Path, checkpoint: Path, world: Path, console, route: RouteSpec | None = None) -> dict:

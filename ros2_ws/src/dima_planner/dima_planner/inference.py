@@ -22,16 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from .backends import graph_model
 from .checkpoint import CheckpointError, load_checkpoint, read_model_config
-from .config import ConfigError, load_yaml
 from .data.ego_motion import CAN_BUS_DIM, PoseHistory
 from .data.inputs import batch_inputs, normalise, prepare_frame
 from .data.sample import AGENT_CLASSES, CAMERAS, MAP_CLASSES, STEP_SECONDS
-from .model.mllm import LLMNotFoundError, MLLMBranch, MLLMConfig
-from .model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
+from .model.mllm import LLMNotFoundError, MLLMBranch
+from .model.mllm.checkpoint import MLLMCheckpointError, load_mllm_weights, read_mllm_config
 from .model.planner import VisionPlanner
 
 
@@ -295,15 +293,11 @@ def load_planner(checkpoint_dir: str | Path, device: str = "cpu", num_threads: i
 def load_mllm_branch(directory: str | Path, device: str | torch.device = "cpu", llm_path: str | None = None):
     """MLLMBranch from an MLLM checkpoint (model.mllm.checkpoint format:
     mllm.yaml + mllm.safetensors; the LLM is loaded from its own folder)."""
-    directory = Path(directory)
-    for name in (MLLM_CONFIG, MLLM_WEIGHTS):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"Dual inference needs an MLLM checkpoint, but {directory} has no {name} "
-                                  "(train stage 2, or pass the MLLM checkpoint directory)")
     try:
-        cfg = load_yaml(MLLMConfig, directory / MLLM_CONFIG)
-    except ConfigError as e:
-        raise CheckpointError(f"MLLM checkpoint config {directory / MLLM_CONFIG} is invalid: {e}") from None
+        cfg = read_mllm_config(directory)
+    except MLLMCheckpointError as e:
+        raise CheckpointError(f"Dual inference needs an MLLM checkpoint: {e} (train stage 2, or pass the "
+                              "MLLM checkpoint directory)") from None
     if llm_path:
         cfg = replace(cfg, llm=replace(cfg.llm, path=llm_path))
     try:
@@ -311,9 +305,9 @@ def load_mllm_branch(directory: str | Path, device: str | torch.device = "cpu", 
     except LLMNotFoundError as e:
         raise CheckpointError(f"the LLM of MLLM checkpoint {directory} is missing: {e}") from None
     try:
-        branch.load_trainable_state_dict(load_file(str(directory / MLLM_WEIGHTS)))
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"MLLM weights {directory / MLLM_WEIGHTS} do not fit their config: {e}") from None
+        load_mllm_weights(branch, directory)
+    except MLLMCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     return branch.to(device).eval()
 
 

@@ -12,6 +12,9 @@ metrics JSON there too. Methods are named `planner` (`planner_dual` with --dual)
 `const_vel`, `ego_mlp`, `ego_mlp_noego`.
 
     dima eval --dataroot DIR --version V --split val --baselines const_vel ego_mlp --json FILE
+
+`--method NAME=CHECKPOINT[:dual] ... --reference NAME [--block K]` compares checkpoints
+instead, with paired moving-block bootstrap CIs (eval/compare.py).
 """
 from __future__ import annotations
 
@@ -92,11 +95,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--qa: ask about every K-th frame only (the temporal BEV still sees every frame)")
     parser.add_argument("--no-free-text", action="store_true",
                         help="--qa: skip the free-text planning reasoning (its well-formedness)")
+    parser.add_argument("--method", action="append", default=[], metavar="NAME=CHECKPOINT[:dual]",
+                        help="compare checkpoints instead (eval/compare.py): per-sample L2 avg of each, paired "
+                             "moving-block bootstrap CIs against every --reference (repeatable)")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME",
+                        help="--method: the method the others are compared with, paired (repeatable)")
+    parser.add_argument("--block", type=int, default=5, help="--method: keyframes per bootstrap block")
+    parser.add_argument("--reuse", action="append", default=[], metavar="JSON",
+                        help="--method: an earlier --json of the same split; methods with the same "
+                             "NAME=CHECKPOINT take their per-sample L2 from it instead of being evaluated again")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.qa:
         return run_qa(args)
+    if args.method:
+        from .compare import run_compare
+
+        return run_compare(args)
     out = Path(args.out)
     conventions = ("vad", "uniad") if args.convention == "both" else (args.convention,)
     if args.checkpoint and args.checkpoint.lower() != "none":
@@ -121,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig, ImageLoadError,  # noqa: N803
          NuScenesPlanningDataset, SplitError, ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp,
          evaluate, format_table, plot_bev, plot_method_bars) -> int:
+    from .baselines import cached_ego_mlp
+
     if shard.main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -137,6 +155,13 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
         methods = {}
         if "const_vel" in args.baselines:
             methods["const_vel"] = ConstantVelocity().predict
+        def fit_mlp(name: str, weights: Path) -> EgoMLP:
+            cfg = load_yaml(EgoMLPConfig, args.mlp_config) if args.mlp_config else EgoMLPConfig()
+            cfg.use_ego_status = name == "ego_mlp"
+            model = train_ego_mlp(dataset(args.train_split, images=False), cfg)
+            print(f"trained {name} on split {args.train_split!r} -> {weights}")
+            return model
+
         for name in ("ego_mlp", "ego_mlp_noego"):
             if name not in args.baselines:
                 continue
@@ -146,16 +171,11 @@ def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig,
             shard.barrier()
             existed = weights.exists()
             shard.barrier()
-            if not existed and shard.main:
-                cfg = load_yaml(EgoMLPConfig, args.mlp_config) if args.mlp_config else EgoMLPConfig()
-                cfg.use_ego_status = name == "ego_mlp"
-                model = train_ego_mlp(dataset(args.train_split, images=False), cfg)
-                weights.parent.mkdir(parents=True, exist_ok=True)
-                model.save(weights)
-                print(f"trained {name} on split {args.train_split!r} -> {weights}")
+            if shard.main:
+                model = cached_ego_mlp(weights, lambda: fit_mlp(name, weights))
             if not existed:
                 shard.barrier()
-            if existed or not shard.main:
+            if not shard.main:
                 model = EgoMLP.load(weights)
             methods[name] = model.predict
         sh = shard if shard.world > 1 else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -137,3 +137,37 @@ def train_ego_mlp(train_set, cfg: EgoMLPConfig | None = None) -> EgoMLP:
             opt.step()
     model.eval()
     return model
+
+
+def cached_ego_mlp(weights: str | Path, fit: Callable[[], EgoMLP], key: str | None = None) -> EgoMLP:
+    """The MLP saved at `weights`, or fit() saved there. With `key` (what the fit depends on:
+    the data and the config) a stamp file beside the weights must match it, else it is refitted."""
+    weights = Path(weights)
+    stamp = weights.with_suffix(".world")
+    if weights.exists() and (key is None or (stamp.exists() and stamp.read_text() == key)):
+        return EgoMLP.load(weights)
+    mlp = fit()
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    mlp.save(weights)
+    if key is not None:
+        stamp.write_text(key)
+    return mlp
+
+
+def world_ego_mlp(world: str | Path, cache_dir: str | Path, cfg: EgoMLPConfig,
+                  on_fit: Callable[[], None] | None = None) -> EgoMLP:
+    """The ego-status MLP of a generated world (`dima eval`'s baseline), fitted on its train
+    split once and cached in `cache_dir` (refitted when the world or the config changes)."""
+    from ..data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
+    from ..data.splits import META_FILE
+
+    meta = (Path(world) / META_FILE).read_text()
+
+    def fit() -> EgoMLP:
+        if on_fit is not None:
+            on_fit()
+        ds = NuScenesPlanningDataset(DatasetConfig(dataroot=str(world), version=json.loads(meta)["version"],
+                                                   split="train", load_images=False))
+        return train_ego_mlp(ds, cfg)
+
+    return cached_ego_mlp(Path(cache_dir) / "ego_mlp.safetensors", fit, meta + repr(cfg))

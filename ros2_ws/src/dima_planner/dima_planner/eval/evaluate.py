@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.nuscenes_dataset import collate
+from ..distributed import Distributed
 from .metrics import aggregate_per_sample, planning_metrics, scene_bootstrap_ci
 
 PredictFn = Callable[[dict[str, Any]], np.ndarray]
@@ -137,47 +138,15 @@ def scene_blocks(scene_tokens: Sequence[str], world: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-class Shard:
-    """This process's share of an evaluation under torchrun (WORLD_SIZE/RANK set):
-    gloo on CPU, nccl when `device` is CUDA (objects are gathered through the group)."""
-
-    def __init__(self, device: str = "cpu"):
-        import os
-
-        import torch.distributed as dist
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.dist = dist
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+class Shard(Distributed):
+    """This process's share of an evaluation under torchrun: a contiguous block of whole
+    scenes (`scene_blocks`); results are gathered on rank 0 (distributed.Distributed)."""
 
     def subset(self, dataset):
         from torch.utils.data import Subset
 
         tokens = [r["scene_token"] for r in dataset.records]
         return Subset(dataset, list(scene_blocks(tokens, self.world)[self.rank]))
-
-    def gather(self, part: dict[str, Any]) -> list[dict[str, Any]] | None:
-        if self.world == 1:
-            return [part]
-        parts = [None] * self.world if self.main else None
-        self.dist.gather_object(part, parts, dst=0)
-        return parts
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and self.dist.is_initialized():
-            self.dist.destroy_process_group()
 
 
 def format_table(results: dict[str, dict[str, Any]], convention: str = "vad", subset: str | None = None) -> str:

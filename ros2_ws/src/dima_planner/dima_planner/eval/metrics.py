@@ -22,6 +22,7 @@ import numpy as np
 from skimage.draw import polygon as sk_polygon
 
 from ..data.occupancy import BX, DX, GRID
+from .stats import block_bootstrap_ci
 
 EGO_LENGTH = 4.084
 EGO_WIDTH = 1.85
@@ -197,16 +198,6 @@ def scene_bootstrap_ci(per: dict[str, np.ndarray], sample_mask: np.ndarray, scen
     names, inv = np.unique(np.asarray(scenes), return_inverse=True)
     counts = np.bincount(inv, weights=sel.astype(float), minlength=len(names))
     used = counts > 0
-    if not used.any():
-        return {k: [float("nan"), float("nan")] for k in keys}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, int(used.sum()), size=(num, int(used.sum())))
-    n = counts[used][idx].sum(1)
-    out = {}
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    for key in keys:
-        vals = np.where(sel, np.nan_to_num(np.asarray(per[key], np.float64)), 0.0)
-        sums = np.bincount(inv, weights=vals, minlength=len(names))[used]
-        rep = sums[idx].sum(1) / np.maximum(n, 1)
-        out[key] = [float(np.quantile(rep, lo_q)), float(np.quantile(rep, hi_q))]
-    return out
+    sums = [np.bincount(inv, weights=np.where(sel, np.nan_to_num(np.asarray(per[key], np.float64)), 0.0),
+                        minlength=len(names))[used] for key in keys]
+    return dict(zip(keys, block_bootstrap_ci(sums, counts[used], num, seed, level)))

@@ -3,8 +3,6 @@ how `dima demo` and `dima sim` start the planner and MLLM nodes."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,35 +10,24 @@ from pathlib import Path
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
+from ..node_process import node_command, start_node, stop_node
+
 
 class NodeProcess:
     """A ROS 2 node's console entry point in its own process, logging to a file."""
 
     def __init__(self, executable: str, params: list[str | Path], overrides: dict[str, object], log: Path):
         """params: parameter files (absolute, or relative to the working directory)."""
-        cmd = [str(Path(sys.executable).with_name(executable)), "--ros-args"]
-        for p in params:
-            cmd += ["--params-file", str(p)]
-        for k, v in overrides.items():
-            cmd += ["-p", f"{k}:={v}"]
+        cmd = node_command("", params, overrides, executable=Path(sys.executable).with_name(executable))
         self.name = executable
         self.log = log
-        self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
-                                     start_new_session=True)
+        self.proc = start_node(cmd, os.environ, log=log, new_session=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
+        stop_node(self.proc, 15.0)
         return self.proc.returncode
 
 

@@ -43,11 +43,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from ..config import ConfigError, load_yaml
 from ..model.mllm import BUILTIN_SMOLLM2, LLMNotFoundError, MLLMBranch, MLLMConfig, load_llm
-from ..model.mllm.checkpoint import MLLM_CONFIG, MLLM_WEIGHTS
+from ..model.mllm.checkpoint import MLLM_WEIGHTS, MLLMCheckpointError, load_mllm_weights, read_mllm_config
 from ..qa.generate import PLANNING_QUESTION, answer_grammar
 from .planner_stats import percentiles_ms
 
@@ -248,17 +246,11 @@ class MLLMEngine:
         self.checkpoint = Path(checkpoint).expanduser() if checkpoint else None
         ckpt_tag = "untrained"
         if self.checkpoint is not None:
-            cfg_path, w_path = self.checkpoint / MLLM_CONFIG, self.checkpoint / MLLM_WEIGHTS
-            if not self.checkpoint.is_dir():
-                raise ModelLoadError(f"MLLM checkpoint {str(self.checkpoint)!r} is not a directory")
-            for p in (cfg_path, w_path):
-                if not p.is_file():
-                    raise ModelLoadError(f"MLLM checkpoint {str(self.checkpoint)!r} has no {p.name}")
             try:
-                cfg = load_yaml(MLLMConfig, cfg_path)
-            except (ConfigError, OSError, ValueError) as e:
-                raise ModelLoadError(f"MLLM checkpoint config {cfg_path} is invalid: {e}") from None
-            ckpt_tag = f"{self.checkpoint.name}:{_sha12(w_path)}"
+                cfg = read_mllm_config(self.checkpoint)
+            except MLLMCheckpointError as e:
+                raise ModelLoadError(str(e)) from None
+            ckpt_tag = f"{self.checkpoint.name}:{_sha12(self.checkpoint / MLLM_WEIGHTS)}"
         else:
             cfg = MLLMConfig()
             cfg = replace(cfg, lora=replace(cfg.lora, enabled=False))
@@ -277,11 +269,9 @@ class MLLMEngine:
         if self.checkpoint is not None:
             branch = self._build(cfg)
             try:
-                state = load_file(str(self.checkpoint / MLLM_WEIGHTS))
-                branch.load_trainable_state_dict(state)
-            except Exception as e:
-                raise ModelLoadError(f"MLLM checkpoint weights {self.checkpoint / MLLM_WEIGHTS} do not fit the "
-                                     f"branch: {type(e).__name__}: {e}") from None
+                load_mllm_weights(branch, self.checkpoint)
+            except MLLMCheckpointError as e:
+                raise ModelLoadError(str(e)) from None
             self._branches[self._key(cfg.token_dim, tuple(cfg.bev_hw), cfg.planner_dim)] = branch
 
     @staticmethod

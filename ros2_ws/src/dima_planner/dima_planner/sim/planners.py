@@ -27,7 +27,6 @@ from dima_planner.data.ego_motion import ego_status_vector
 from dima_planner.data.geometry import ego_matrix, travel_headings
 from dima_planner.data.sample import FUTURE_STEPS, HISTORY_STEPS, STEP_SECONDS
 from dima_planner.synth import agents as ag_mod
-from dima_planner.synth.generate import META_NAME
 
 from .engine import Plan, Simulator, lidar2ego
 
@@ -169,22 +168,8 @@ class EgoMLPPlanner(_BatchPlanner):
 
 def fit_ego_mlp(world: str | Path, cache_dir: str | Path, mlp_config: str | Path):
     """The ego-status MLP of `dima eval`, fitted on the world's train split once and cached."""
-    # Imported here: the dataset and the baselines bring torch (3.4 s of `python -X importtime`
-    # on the 2-core dev machine), which dima_sim_node, importing this module, never needs.
-    from dima_planner.data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-    from dima_planner.eval.baselines import EgoMLP, EgoMLPConfig, train_ego_mlp
+    # Imported here: the baselines bring torch (3.4 s of `python -X importtime` on the 2-core
+    # dev machine), which dima_sim_node, importing this module, never needs.
+    from dima_planner.eval.baselines import EgoMLPConfig, world_ego_mlp
 
-    cfg = load_yaml(EgoMLPConfig, mlp_config)
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    weights, stamp = cache / "ego_mlp.safetensors", cache / "ego_mlp.world"
-    key = (Path(world) / META_NAME).read_text() + repr(cfg)
-    if weights.exists() and stamp.exists() and stamp.read_text() == key:
-        return EgoMLP.load(weights)
-    meta_version = __import__("json").loads((Path(world) / META_NAME).read_text())["version"]
-    ds = NuScenesPlanningDataset(DatasetConfig(dataroot=str(world), version=meta_version, split="train",
-                                               load_images=False))
-    mlp = train_ego_mlp(ds, cfg)
-    mlp.save(weights)
-    stamp.write_text(key)
-    return mlp
+    return world_ego_mlp(world, cache_dir, load_yaml(EgoMLPConfig, mlp_config))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from dima_planner.data.sample import CMD_LEFT, CMD_RIGHT
+from dima_planner.eval.stats import block_bootstrap_ci
 
 from .config import ScoringConfig
 from .engine import SimLog
@@ -131,8 +132,5 @@ def route_bootstrap_ci(scores, paired_with=None, num: int = 10000, seed: int = 0
     x = np.asarray(scores, np.float64)
     if paired_with is not None:
         x = x - np.asarray(paired_with, np.float64)
-    if x.size == 0:
-        return [float("nan"), float("nan")]
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(num, x.size))
-    means = x[idx].mean(1)
-    return [round(float(np.quantile(means, 0.025)), 2), round(float(np.quantile(means, 0.975)), 2)]
+    (lo, hi), = block_bootstrap_ci([x], np.ones(x.size), num, seed)  # one block per route
+    return [round(lo, 2), round(hi, 2)]

@@ -1,13 +1,14 @@
 """Training data: each sample with its temporal queue, per-process batches that resume at any step."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..data.nuscenes_dataset import collate
 from ..data.inputs import batch_inputs
+from ..data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset, collate
 from ..model.joint import future_frames
 
 
@@ -51,13 +52,18 @@ class TemporalPairs(torch.utils.data.Dataset):
         return (*item, nxt)
 
 
-def collate_pairs(items) -> dict[str, Any]:
-    """Batch of TemporalPairs items: the current frames (data.collate) plus `history`, one
-    dict per queue slot (oldest first) with uint8 images (B, 6, 3, H, W), lidar2img,
-    prev2cur (from the slot before), can_bus and valid (B,); a missing frame is filled with
-    the current one and marked invalid (the BEV chain restarts after it)."""
-    cur = [it[0] for it in items]
-    batch = collate(cur)
+def collate_pairs(items, use_ego_status: bool = False, use_can_bus: bool | None = None) -> dict[str, Any]:
+    """Batch of TemporalPairs items, as the step consumes it (CPU tensors):
+
+    inputs   VisionPlanner.forward's keyword arguments (data/inputs.batch_inputs), with
+             `history`: one dict per queue slot, oldest first, of images, lidar2img,
+             prev2cur (from the slot before), can_bus and valid (B,); a missing frame is
+             filled with the current one and marked invalid (the BEV chain restarts after it)
+    targets  the planning losses' targets: every tensor of data.collate but the images
+    samples, future  stage 2 only: the Samples (QA, edits) and the next keyframes' images
+             (float, [0, 1]), lidar2img, can_bus and mask for the future BEV targets, None
+             where no item has a next keyframe."""
+    batch = collate([it[0] for it in items])
     batch["history"] = []
     for k in range(len(items[0][1])):
         frames = [it[1][k] if it[1][k] is not None else it[0] for it in items]
@@ -68,9 +74,26 @@ def collate_pairs(items) -> dict[str, Any]:
             "can_bus": torch.from_numpy(np.stack([s.can_bus for s in frames])),
             "valid": torch.tensor([it[1][k] is not None for it in items]),
         })
-    if len(items[0]) == 3:  # stage 2: the Samples (QA, edits) and the future keyframes
+    out = {"inputs": batch_inputs(batch, "cpu", use_ego_status, use_can_bus),
+           "targets": {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and not k.endswith("images")}}
+    if len(items[0]) == 3:  # stage 2
         steps = max(1, max(len(it[2]) for it in items))
-        batch["stage2"] = future_frames([(it[0], it[2]) for it in items], steps)
+        fut = future_frames([(it[0], it[2]) for it in items], steps)
+        out["samples"] = fut["samples"]
+        out["future"] = None if not bool(fut["mask"].any()) else {
+            "images": fut["images"].float() / 255.0, "lidar2img": fut["lidar2img"].float(), "mask": fut["mask"],
+            "can_bus": fut["can_bus"].float()}
+    return out
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors (nested in dicts and lists) on `device`; everything else as it is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list) and batch and isinstance(batch[0], (dict, torch.Tensor)):
+        return [to_device(v, device) for v in batch]
     return batch
 
 
@@ -102,21 +125,20 @@ class ResumableBatches(torch.utils.data.Sampler):
             yield world_batch[self.rank * self.bs:(self.rank + 1) * self.bs].tolist()
 
 
-def model_inputs(batch: dict[str, Any], device: torch.device, use_ego_status: bool,
-                 use_can_bus: bool | None = None) -> dict[str, torch.Tensor]:
-    """Collated batch -> VisionPlanner.forward keyword arguments (data/inputs.py)."""
-    return batch_inputs(batch, device, use_ego_status, use_can_bus)
+def build_datasets(cfg) -> tuple[NuScenesPlanningDataset, NuScenesPlanningDataset | None]:
+    """cfg.data's train split and validation split (None where val_split is empty)."""
+    size = list(cfg.model.image_size)
+    mk = lambda split: NuScenesPlanningDataset(DatasetConfig(  # noqa: E731
+        dataroot=cfg.data.dataroot, version=cfg.data.version, split=split, image_size=size,
+        image_fit=cfg.model.image_fit))
+    return mk(cfg.data.train_split), (mk(cfg.data.val_split) if cfg.data.val_split else None)
 
 
-def targets(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and not k.endswith("images")}
-
-
-def future_inputs(batch: dict[str, Any], device: torch.device, steps: int) -> dict[str, torch.Tensor] | None:
-    """Stage 2: the next keyframes' images (float, [0, 1]) and validity for future BEV targets."""
-    fut = batch["stage2"]
-    if steps <= 0 or not bool(fut["mask"].any()):
-        return None
-    return {"images": fut["images"][:, :steps].to(device).float() / 255.0,
-            "lidar2img": fut["lidar2img"][:, :steps].to(device).float(), "mask": fut["mask"][:, :steps].to(device),
-            "can_bus": fut["can_bus"][:, :steps].to(device).float()}
+def batches(dataset, cfg, future_steps: int | None, step: int, total: int, rank: int = 0,
+            world: int = 1) -> tuple[TemporalPairs, torch.utils.data.DataLoader]:
+    """This process's batches from `step` to `total` (collate_pairs), and the samples they come from."""
+    pairs = TemporalPairs(dataset, cfg.data.cache_images, future_steps, cfg.data.queue_length)
+    sampler = ResumableBatches(len(pairs), cfg.data.batch_size, cfg.seed, step, total, rank, world)
+    collate_fn = partial(collate_pairs, use_ego_status=cfg.model.use_ego_status, use_can_bus=cfg.model.can_bus)
+    return pairs, torch.utils.data.DataLoader(pairs, batch_sampler=sampler, collate_fn=collate_fn,
+                                              num_workers=cfg.data.num_workers)

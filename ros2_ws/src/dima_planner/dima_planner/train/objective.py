@@ -18,7 +18,7 @@ from torch import nn
 from ..model.augment import augment_inputs
 from ..model.losses import planning_losses
 from ..model.planner import VisionPlanner
-from .data import future_inputs, model_inputs, targets
+from .data import to_device
 
 MLLM_LOSSES = ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "dual_plan", "total")
 
@@ -37,8 +37,7 @@ class PlannerObjective:
 
     def inputs(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         """Model inputs, augmented (cfg.augment) with draws from (seed, step, rank): resume stays exact."""
-        m = self.cfg.model
-        inp = model_inputs(batch, self.device, m.use_ego_status, m.can_bus)
+        inp = to_device(batch["inputs"], self.device)
         if self.cfg.augment.enabled:
             g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 64 + self.rank)
             inp = augment_inputs(inp, self.cfg.augment, g)
@@ -53,7 +52,8 @@ class PlannerObjective:
             pred, extra = self.predict(batch, step)
         cfg = self.cfg
         terms = planning_losses({k: v.float() if torch.is_tensor(v) else v for k, v in pred.items()},
-                                targets(batch, self.device), cfg.losses, (cfg.model.bev_range_x, cfg.model.bev_range_y))
+                                to_device(batch["targets"], self.device), cfg.losses,
+                                (cfg.model.bev_range_x, cfg.model.bev_range_y))
         return self.combine(terms, extra)
 
     def combine(self, terms: dict[str, torch.Tensor], extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -124,9 +124,8 @@ class DiMAObjective(PlannerObjective):
         # QA subsets and edits drawn from (seed, step, rank): resume stays exact.
         self._step = step
         rng = np.random.default_rng([self.cfg.seed, step, self.rank])
-        return self.forward_module(self.inputs(batch, step),
-                                   batch["stage2"]["samples"], rng, self.cfg.stage2,
-                                   future_inputs(batch, self.device, self.future_steps))
+        return self.forward_module(self.inputs(batch, step), batch["samples"], rng, self.cfg.stage2,
+                                   to_device(batch["future"], self.device))
 
     def combine(self, terms, mterms):
         from ..model.joint import MLLM_TERMS, encoder_grad_norms

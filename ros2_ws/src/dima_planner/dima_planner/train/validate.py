@@ -59,3 +59,21 @@ def evaluate(model: VisionPlanner, dataset, device: torch.device, progress: bool
     if tpred is not None:
         out["teacher_l2_avg"] = planning_metrics(tpred, gt, occ, valid=mask, convention="vad")["l2_avg"]
     return out
+
+
+class Validator:
+    """Validation of a run: due every schedule.val_every steps and at the last one, on the
+    main process; the objective reacts to the scores (stage 2: the distillation gate)."""
+
+    def __init__(self, dataset, cfg, main: bool):
+        self.dataset, self.every, self.main = dataset, cfg.schedule.val_every, main
+
+    def due(self, step: int, total: int) -> bool:
+        return (self.dataset is not None and self.main
+                and (step == total or bool(self.every and step % self.every == 0)))
+
+    def __call__(self, model: VisionPlanner, objective, device: torch.device, step: int, logger) -> dict[str, float]:
+        metrics = evaluate(model, self.dataset, device, mllm=objective.mllm)
+        model.train()
+        logger.validation(step, metrics, objective.after_validation(metrics))
+        return metrics

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Cost of the closed-loop simulator: a frame's parts, and wall time per simulated second.
 
-    .venv/bin/python tools/bench_sim.py [--frames 48] [--loop-seconds 8] [--json out/bench/sim.json]
+Experiment behind BENCHMARKS.md section 8, "Earlier measurements (previous controller and
+scoring)": the step-cost and lockstep tables there. Not a maintained benchmark: `dima sim`
+prints its own wall time per simulated second, and tools/bench_sim_cpu.py measures the
+simulator's CPU time per frame.
+
+    .venv/bin/python tools/experiments/bench_sim.py [--frames 48] [--loop-seconds 8] [--json out/bench/sim.json]
 
 1. Step cost, per frame of route turn_left:101 driven by the expert (in-process, no ROS):
      render6   the six cameras by the generator's renderer (CameraRig.render), at 400x225
@@ -26,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "dima_planner"))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def stats(xs) -> dict:

@@ -1,6 +1,10 @@
 """Ablation: how much of a CAN-bus planner's accuracy comes from the ego-motion input.
 
-    .venv/bin/python tools/ablate_ego_motion.py --dataroot data/bench --checkpoint checkpoints/dima_tiny
+Experiment behind README.md "The ablation that says why, and why the default is not the
+best open-loop row" (the ego-motion input table: L2 and speed error with and without ego
+motion). Not a maintained benchmark.
+
+    .venv/bin/python tools/experiments/ablate_ego_motion.py --dataroot data/bench --checkpoint checkpoints/dima_tiny
 
 Scores the checkpoint on the validation split as `dima eval` does, then again with the
 CAN-bus vector zeroed at every frame (what the model sees at a scene start), and prints L2,

@@ -1,7 +1,11 @@
-"""What a run saves and restores: model checkpoints, optimiser/scheduler/RNG state, processes."""
+"""What a run saves and restores: model checkpoints, optimiser / scheduler / RNG state.
+
+Checkpointer is what the loop sees: it resumes a run from <out_dir>/last, saves there
+when due (whole or not at all: checkpoint.replace_dir writes a temporary directory,
+fsyncs it and renames it into place) and exports the trained model."""
 from __future__ import annotations
 
-import os
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from torch import nn
 from ..checkpoint import CheckpointError, load_checkpoint, recover_dir, replace_dir, save_checkpoint
 from ..config import to_dict
 from ..model.config import ModelConfig
+from ..model.mllm.checkpoint import MLLMCheckpointError, load_mllm_weights
 from ..model.planner import VisionPlanner
 
 TRAIN_STATE = "train_state.pt"
@@ -49,17 +54,6 @@ def load_init(path: str | Path, expect: ModelConfig) -> VisionPlanner:
                               f"({', '.join(diff[:3])}): set `model` to match it or train stage 1 first")
     model, _ = load_checkpoint(path, "cpu", expect=expect)
     return model
-
-
-def read_mllm_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from ..model.mllm.checkpoint import MLLM_WEIGHTS
-
-    path = directory / MLLM_WEIGHTS
-    if not path.is_file():
-        raise CheckpointError(f"cannot resume stage 2: {path} does not exist")
-    return load_file(str(path))
 
 
 def save_model_dir(directory: str | Path, model: VisionPlanner, cfg, mllm: nn.Module | None,
@@ -118,7 +112,10 @@ def load_train_state(run_dir: Path, model: VisionPlanner, cfg, optim, sched, dev
     loaded, _ = load_checkpoint(ckpt, device, expect=cfg.model)
     model.load_state_dict(loaded.state_dict())
     if mllm is not None:
-        mllm.load_trainable_state_dict(read_mllm_weights(ckpt))
+        try:
+            load_mllm_weights(mllm, ckpt)
+        except MLLMCheckpointError as e:
+            raise CheckpointError(f"cannot resume stage 2: {e}") from None
     state = torch.load(ckpt / TRAIN_STATE, map_location=device, weights_only=False)
     optim.load_state_dict(state["optimizer"])  # sharded: the full state; each rank keeps its shard
     sched.load_state_dict(state["scheduler"])
@@ -126,38 +123,51 @@ def load_train_state(run_dir: Path, model: VisionPlanner, cfg, optim, sched, dev
     return int(state["step"])
 
 
-class Distributed:
-    """torchrun environment detection; a no-op in a plain process."""
+OBJECTIVE_STATE = "objective_state.json"  # stage 2: loss weights and the distillation gate
 
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-        if self.enabled and not torch.distributed.is_initialized():
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            torch.distributed.init_process_group(backend)
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+class Checkpointer:
+    """<run_dir>/last of one run: resume from it, save into it when due, export at the end.
+    Only the main process writes; a sharded optimiser is consolidated on every rank first."""
 
-    def device(self, name: str) -> torch.device:
-        if name.startswith("cuda") and self.enabled:
-            return torch.device("cuda", self.local_rank)
-        return torch.device(name)
+    def __init__(self, cfg, dist, stop_after: int | None = None):
+        self.cfg, self.dist, self.stop_after = cfg, dist, stop_after
+        self.run_dir = Path(cfg.out_dir)
 
-    def all_mean(self, x: float) -> float:
-        if not self.enabled:
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world
+    def resume(self, model: VisionPlanner, optim, sched, objective, device: torch.device) -> tuple[int, dict[str, Any]]:
+        """Restore model, MLLM, optimiser, scheduler, RNGs and the objective's state; the step
+        and the last validation before the interruption (a run resumed at its final step, to
+        redo only the work after it, e.g. QA fine-tuning, still exports the planner's scores)."""
+        last = self.run_dir / "last"
+        step = load_train_state(self.run_dir, model, self.cfg, optim, sched, device, objective.mllm)
+        if (last / OBJECTIVE_STATE).is_file():
+            objective.load_state(json.loads((last / OBJECTIVE_STATE).read_text()))
+        metrics: dict[str, Any] = {}
+        if (last / "meta.json").is_file():
+            metrics = dict(json.loads((last / "meta.json").read_text()).get("val") or {})
+        return step, metrics
 
-    def close(self) -> None:
-        if self.enabled and torch.distributed.is_initialized():
-            # Rank 0 writes the checkpoint and the export after the last step; without this
-            # barrier another rank could leave, start a resumed run and read `last` before it
-            # exists (then the ranks disagree on the step and hang in a collective).
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+    def write_config(self) -> None:
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+
+    def interrupted(self, step: int, total: int) -> bool:
+        """--stop-after: leave after this step with a checkpoint, as if interrupted."""
+        return self.stop_after is not None and step >= self.stop_after and step != total
+
+    def maybe_save(self, step: int, total: int, model: VisionPlanner, optim, sched, objective,
+                   metrics: dict[str, Any]) -> None:
+        every = self.cfg.schedule.ckpt_every
+        if not (step == total or self.interrupted(step, total) or bool(every and step % every == 0)):
+            return
+        if is_sharded(optim):
+            optim.consolidate_state_dict(to=0)  # a collective: every rank, before rank 0 saves
+        if self.dist.main:
+            save_train_state(self.run_dir, model, self.cfg, optim, sched, step, metrics, objective.mllm,
+                             {OBJECTIVE_STATE: json.dumps(objective.state())})
+
+    def export(self, model: VisionPlanner, mllm, meta: dict[str, Any]) -> None:
+        """The trained model into cfg.export_dir (planner checkpoint, stage 2 plus the MLLM)."""
+        if self.dist.main and self.cfg.export_dir:
+            save_model_dir(self.cfg.export_dir, model, self.cfg, mllm, meta)
