@@ -29,15 +29,20 @@ def pytest_sessionfinish(session, exitstatus):
         subprocess.run([tool, "shm", "clean"], capture_output=True, timeout=60, check=False)
 
 
-@pytest.fixture(scope="session")
-def training_world(tmp_path_factory):
-    """A tiny generated world (2 scenes of 4 s, keyframes only) for the training tests."""
+def small_world(tmp_path_factory, name: str, **fields):
+    """A small generated world in a fresh temporary folder: two scenes, keyframe cameras only,
+    one per split; `fields` set the rest of its SynthConfig (seed, length, scale, scenarios)."""
     from dima_planner.synth.config import SynthConfig
     from dima_planner.synth.generate import generate
 
-    root = tmp_path_factory.mktemp("training_world")
-    cfg = SynthConfig(seed=1, num_scenes=2, scene_seconds=4.0, scale=0.1, val_fraction=0.5,
-                      traffic_vehicles=3, parked_vehicles=2, pedestrians=2, camera_sweeps=False,
-                      scenarios=("straight", "stop_and_go"))
-    generate(cfg, root, progress=False)
+    root = tmp_path_factory.mktemp(name)
+    generate(SynthConfig(**{"num_scenes": 2, "val_fraction": 0.5, "camera_sweeps": False, **fields}), root,
+             progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def training_world(tmp_path_factory):
+    """A tiny generated world (2 scenes of 4 s, keyframes only) for the training tests."""
+    return small_world(tmp_path_factory, "training_world", seed=1, scene_seconds=4.0, scale=0.1,
+                       traffic_vehicles=3, parked_vehicles=2, pedestrians=2, scenarios=("straight", "stop_and_go"))

@@ -5,6 +5,7 @@ import copy
 
 import numpy as np
 import pytest
+from conftest import small_world
 
 from dima_planner.data.sample import CMD_STRAIGHT
 from dima_planner.sim import RouteSpec, SimConfig, Simulator, build_scenario
@@ -15,15 +16,8 @@ from dima_planner.synth import agents as ag
 @pytest.fixture(scope="module")
 def lane_change_world(tmp_path_factory):
     """Two 12-s scenes whose routes leave the lane without a junction (an overtake) and turn at one."""
-    from dima_planner.synth.config import SynthConfig
-    from dima_planner.synth.generate import generate
-
-    root = tmp_path_factory.mktemp("command_world")
-    cfg = SynthConfig(seed=5, num_scenes=2, scene_seconds=12.0, scale=0.05, val_fraction=0.5,
-                      traffic_vehicles=2, parked_vehicles=2, pedestrians=2, camera_sweeps=False,
-                      scenarios=("overtake", "turn_left"))
-    generate(cfg, root, progress=False)
-    return root
+    return small_world(tmp_path_factory, "command_world", seed=5, scene_seconds=12.0, scale=0.05,
+                       traffic_vehicles=2, parked_vehicles=2, pedestrians=2, scenarios=("overtake", "turn_left"))
 
 
 def test_training_and_simulator_commands_agree_on_the_same_route(lane_change_world):
