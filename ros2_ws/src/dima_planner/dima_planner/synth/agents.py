@@ -368,10 +368,11 @@ class Traffic:
     Two rules react to an external ego (the generator, whose scripted ego follows its own
     path at its own IDM speed, never meets them, so the worlds it writes are unchanged):
 
-    * crossing vehicles yield to where it is going, not only to where it is: its body
-      EXTERNAL_PREVIEW s ahead at its speed counts as an obstacle in their corridor. Braking
-      only for its current body lets a car cross in front of a slow ego and stop with its
-      nose in the ego's lane once the ego closes up;
+    * vehicles crossing its path, or coming from behind it (one changing into its lane),
+      yield to where it is going, not only to where it is: its body EXTERNAL_PREVIEW s
+      ahead at its speed counts as an obstacle in their corridor. Braking only for its
+      current body lets a car cross in front of a slow ego and stop with its nose in the
+      ego's lane once the ego closes up, or change lanes into its rear quarter;
     * a pedestrian stepping out (ped_step_out) starts when the ego, at its current speed and
       acceleration (up to the route's speed limit), would reach the conflict point no
       later than the pedestrian does, and keeps pace with it until it steps into the ego's
@@ -514,8 +515,10 @@ class Traffic:
         return float(np.clip(to_conflict / max(t_ego, 1e-3), *self.STEP_OUT_PACE))
 
     def _yield_to_external(self, gaps: np.ndarray, xy: np.ndarray, yaw: np.ndarray) -> None:
-        """Crossing vehicles treat an external agent's body EXTERNAL_PREVIEW s ahead (at its
-        speed, along its heading) as in their way: gaps[i, j] becomes the nearer of the two."""
+        """Vehicles crossing an external agent's path or behind it treat its body
+        EXTERNAL_PREVIEW s ahead (at its speed, along its heading) as in their way: gaps[i, j]
+        becomes the nearer of the two. Not oncoming ones, nor those ahead of it (a lead car
+        must not brake for where its follower will be)."""
         for j in self.external:
             if self.v[j] < 0.05:
                 continue  # standing: its body now is all there is
@@ -532,7 +535,8 @@ class Traffic:
                 if i in self.external:
                     continue
                 dyaw = abs((yaw[i] - yaw[j] + np.pi) % (2 * np.pi) - np.pi)
-                if lo <= dyaw <= hi:
+                behind = dyaw < lo and (xy[i] - xy[j]) @ d < 0.0  # e.g. changing into its lane from behind
+                if lo <= dyaw <= hi or behind:
                     gaps[i, j] = min(gaps[i, j], self.corridor_gaps(i, self.s[i], centres, radii, owner)[j])
 
     def corridor_gaps(self, i: int, s_i: float, centres, radii, owner) -> np.ndarray:
