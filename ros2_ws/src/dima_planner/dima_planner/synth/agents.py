@@ -497,7 +497,8 @@ class Traffic:
         the ego's time to that point (time_to_cover: its speed and acceleration, up to the
         route's speed limit) is no more than the pedestrian's, and until it steps into the
         ego's lane it keeps pace with the ego as it drives (between STEP_OUT_PACE): one from
-        the far side, with four lanes to cross, is not left behind by an ego that speeds up."""
+        the far side, with three lanes to cross before the ego's, is not left behind by an ego
+        that speeds up."""
         rel = ag.conflict - ego_xy
         d = float(np.linalg.norm(rel))
         if 0 not in self.external:
