@@ -112,7 +112,8 @@ class Simulator:
         p, h = scenario.route.at(scenario.route_s0)
         self.state = VehicleState(float(p[0]), float(p[1]), float(h), float(ego.v0))
         self.traffic = ag_mod.Traffic(scenario.agents, external=(0,))
-        self.traffic.set_external(0, self.state.x, self.state.y, self.state.yaw, self.state.v)
+        self.traffic.set_external(0, self.state.x, self.state.y, self.state.yaw, self.state.v,
+                                         self.state.accel)
         self.t = 0.0
         self.frame = 0
         self.plan: TrackedPlan | None = None
@@ -195,7 +196,8 @@ class Simulator:
                 steer, accel = 0.0, 0.0  # no plan yet: hold the wheel and the speed
             self.traffic.step(self.t, cfg.dt)  # the others react to the ego as it is now
             self.state = vehicle_step(self.state, steer, accel, cfg.dt, cfg.vehicle)
-            self.traffic.set_external(0, self.state.x, self.state.y, self.state.yaw, self.state.v)
+            self.traffic.set_external(0, self.state.x, self.state.y, self.state.yaw, self.state.v,
+                                         self.state.accel)
             self.t = round(self.t + cfg.dt, 9)
             self._record()
         self.frame += 1

@@ -53,7 +53,7 @@ def lidar_track_to_plan(world_lidar_xy: np.ndarray, start_yaw: float, start_lida
 class Expert:
     name = "expert"
     blind = False
-    PREVIEW = (0.5, 1.0, 1.5, 2.0)  # s: where the others will be, along their own paths
+    PREVIEW = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)  # s: where the others will be, along their own paths
 
     def leader(self, sim: Simulator, s: float) -> tuple[float, float]:
         """(gap, leader speed) along the route: the nearest agent in its corridor now or at any

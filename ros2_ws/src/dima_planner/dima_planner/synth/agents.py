@@ -364,9 +364,26 @@ class Traffic:
     `simulate` runs it open loop for the generator; the closed-loop simulator (dima_planner.sim)
     steps it with the ego as an `external` agent whose pose comes from its vehicle model:
     the others see its body and brake for it (they never dodge), pedestrians wait for it.
+
+    Two rules react to an external ego (the generator, whose scripted ego follows its own
+    path at its own IDM speed, never meets them, so the worlds it writes are unchanged):
+
+    * vehicles crossing its path, or coming from behind it (one changing into its lane),
+      yield to where it is going, not only to where it is: its body EXTERNAL_PREVIEW s
+      ahead at its speed counts as an obstacle in their corridor. Braking only for its
+      current body lets a car cross in front of a slow ego and stop with its nose in the
+      ego's lane once the ego closes up, or change lanes into its rear quarter;
+    * a pedestrian stepping out (ped_step_out) starts when the ego, at its current speed and
+      acceleration (up to the route's speed limit), would reach the conflict point no
+      later than the pedestrian does, and keeps pace with it until it steps into the ego's
+      lane: timed on the ego as it actually drives, not on the distance the scripted ego's
+      speed implies (`_step_out_speed`).
     """
 
     LOOK = np.arange(0.0, 40.0, 1.0)
+    EXTERNAL_PREVIEW = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # s
+    CROSSING = (np.radians(30.0), np.radians(150.0))  # |heading difference| of a crossing vehicle
+    STEP_OUT_PACE = (0.6, 2.5)  # m/s, a pedestrian stepping out in closed loop: from a stroll to a jog
 
     def __init__(self, agents: list[Agent], external: tuple[int, ...] = ()):
         self.agents = agents
@@ -376,12 +393,14 @@ class Traffic:
         self.moving_veh = [i for i, ag in enumerate(agents)
                            if (ag.path is not None or i in self.external) and ag.kind != "pedestrian"]
         self._ext_pose: dict[int, tuple[float, float, float]] = {}
+        self._ext_accel: dict[int, float] = {}
         self._stopped_at: dict[int, float] = {}  # scripted brakers: when they came to a stop
         self._released: set[int] = set()
         self._poses: tuple[np.ndarray, np.ndarray] | None = None  # until s or an external pose changes
 
-    def set_external(self, i: int, x: float, y: float, yaw: float, v: float) -> None:
+    def set_external(self, i: int, x: float, y: float, yaw: float, v: float, accel: float = 0.0) -> None:
         self._ext_pose[i] = (x, y, yaw)
+        self._ext_accel[i] = accel
         self.v[i] = v
         self._poses = None
 
@@ -418,6 +437,7 @@ class Traffic:
             if i in self.external:
                 continue
             gaps[i] = self.corridor_gaps(i, s[i], centres, radii, owner)
+        self._yield_to_external(gaps, xy, yaw)
         acc = np.zeros(A)
         for i in moving_veh:
             if i in self.external:
@@ -453,12 +473,8 @@ class Traffic:
                 continue
             if ag.kind == "pedestrian":
                 vi = ag.vmax if t >= ag.start_t else 0.0
-                if ag.step_out_dist is not None and s[i] == 0.0:
-                    # ped_step_out: waits, unseen by the ego's history, until the ego is close and
-                    # would reach the conflict point as the pedestrian does
-                    d = float(np.linalg.norm(xy[0] - ag.conflict))
-                    if d > ag.step_out_dist or d > max(v[0], 0.5) * ag.step_out_tta:
-                        vi = 0.0
+                if ag.step_out_dist is not None:  # ped_step_out: waits, unseen by the ego's history
+                    vi = self._step_out_speed(i, ag, xy[0], yaw[0], v[0])
                 if ag.crossing is not None and abs(s[i] - ag.crossing[0]) < 0.3:
                     # Wait at the kerb while a vehicle approaches the crosswalk.
                     rel = xy[moving_veh] - ag.crossing[1]
@@ -472,6 +488,57 @@ class Traffic:
                 s[i] += v[i] * dt
         self._poses = None
 
+    def _step_out_speed(self, i: int, ag: Agent, ego_xy: np.ndarray, ego_yaw: float, ego_v: float) -> float:
+        """Walking speed of a ped_step_out pedestrian now (0 while it waits at the kerb).
+
+        Generator: it starts when the scripted ego is within step_out_dist and would reach the
+        conflict point (the middle of its lane on the pedestrian's way) at its current speed
+        no sooner than the pedestrian, then walks at its speed. Closed loop: it starts when
+        the ego's time to that point (time_to_cover: its speed and acceleration, up to the
+        route's speed limit) is no more than the pedestrian's, and until it steps into the
+        ego's lane it keeps pace with the ego as it drives (between STEP_OUT_PACE): one from
+        the far side, with three lanes to cross before the ego's, is not left behind by an ego
+        that speeds up."""
+        rel = ag.conflict - ego_xy
+        d = float(np.linalg.norm(rel))
+        if 0 not in self.external:
+            if self.s[i] == 0.0 and (d > ag.step_out_dist or d > max(ego_v, 0.5) * ag.step_out_tta):
+                return 0.0
+            return ag.vmax
+        if rel @ np.array([np.cos(ego_yaw), np.sin(ego_yaw)]) <= 0.0:  # the ego is past it
+            return 0.0 if self.s[i] == 0.0 else ag.vmax
+        t_ego = time_to_cover(d, ego_v, self._ext_accel.get(0, 0.0), max(ego_v, self.agents[0].vmax))
+        if self.s[i] == 0.0 and t_ego > ag.step_out_tta:
+            return 0.0
+        to_conflict = ag.step_out_tta * ag.vmax - self.s[i]
+        if to_conflict <= LANE_W / 2:  # in the ego's lane: no more adjusting
+            return max(float(self.v[i]), ag.vmax) if self.s[i] == 0.0 else float(self.v[i])
+        return float(np.clip(to_conflict / max(t_ego, 1e-3), *self.STEP_OUT_PACE))
+
+    def _yield_to_external(self, gaps: np.ndarray, xy: np.ndarray, yaw: np.ndarray) -> None:
+        """Vehicles crossing an external agent's path or behind it treat its body
+        EXTERNAL_PREVIEW s ahead (at its speed, along its heading) as in their way: gaps[i, j]
+        becomes the nearer of the two. Not oncoming ones, nor those ahead of it (a lead car
+        must not brake for where its follower will be)."""
+        for j in self.external:
+            if self.v[j] < 0.05:
+                continue  # standing: its body now is all there is
+            ag = self.agents[j]
+            d = np.array([np.cos(yaw[j]), np.sin(yaw[j])])
+            ahead = [xy[j] + d * self.v[j] * tau for tau in self.EXTERNAL_PREVIEW]
+            w, l = ag.size[0], ag.size[1]
+            offs = (-(l - w) / 2, 0.0, (l - w) / 2)
+            centres = np.array([p + d * o for p in ahead for o in offs])
+            radii = np.full(len(centres), w / 2)
+            owner = np.full(len(centres), j)
+            lo, hi = self.CROSSING
+            for i in self.moving_veh:
+                if i in self.external:
+                    continue
+                dyaw = abs((yaw[i] - yaw[j] + np.pi) % (2 * np.pi) - np.pi)
+                behind = dyaw < lo and (xy[i] - xy[j]) @ d < 0.0  # e.g. changing into its lane from behind
+                if lo <= dyaw <= hi or behind:
+                    gaps[i, j] = min(gaps[i, j], self.corridor_gaps(i, self.s[i], centres, radii, owner)[j])
 
     def corridor_gaps(self, i: int, s_i: float, centres, radii, owner) -> np.ndarray:
         """(A,) distance along agent i's path (from its front, at path coordinate s_i) to the
@@ -547,6 +614,23 @@ def idm_accel(ag: Agent, s: float, v: float, gap: float, v_lead: float) -> float
         s_star = 2.5 + max(0.0, v * 1.2 + v * (v - v_lead) / (2 * np.sqrt(a_max * b)))
         inter = (s_star / max(gap, 0.1)) ** 2
     return float(np.clip(a_max * (free - inter), -7.0, a_max))
+
+
+def time_to_cover(d: float, v: float, a: float, v_max: float) -> float:
+    """Seconds to travel d metres from speed v at constant acceleration a, the speed held
+    within [0, v_max]; inf if it stops first."""
+    if a > 1e-6 and v < v_max:
+        t_cap = (v_max - v) / a
+        d_cap = v * t_cap + 0.5 * a * t_cap ** 2
+        if d <= d_cap:
+            return (-v + np.sqrt(v * v + 2 * a * d)) / a
+        return t_cap + (d - d_cap) / v_max
+    if a < -1e-6:
+        disc = v * v + 2 * a * d
+        if disc < 0:
+            return np.inf
+        return (v - np.sqrt(disc)) / -a
+    return d / v if v > 1e-6 else np.inf
 
 
 def simulate(agents: list[Agent], seconds: float) -> np.ndarray:
