@@ -31,7 +31,8 @@ from ..config import load_yaml
 from ..data.nuscenes_dataset import DataRootError, DatasetConfig, ImageLoadError, NuScenesPlanningDataset
 from ..data.sample import COMMAND_RULE, STEP_SECONDS
 from ..data.splits import SplitError
-from ..eval.baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp
+from ..eval.baselines import ConstantVelocity, EgoMLP, EgoMLPConfig, cached_ego_mlp, train_ego_mlp
+from ..eval.compare import run_compare
 from ..eval.evaluate import Shard, evaluate, format_table
 from ..eval.plots import plot_bev, plot_method_bars
 from ..eval.qa import constant_answers, evaluate_qa, scene_frames, teacher_forced
@@ -110,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
     if args.qa:
         return run_qa(args)
     if args.method:
-        from .compare import run_compare
-
         return run_compare(args)
     out = Path(args.out)
     conventions = ("vad", "uniad") if args.convention == "both" else (args.convention,)
@@ -137,8 +136,6 @@ def run(args: argparse.Namespace) -> int:
 def _run(args, out, conventions, shard, load_yaml, DataRootError, DatasetConfig, ImageLoadError,  # noqa: N803
          NuScenesPlanningDataset, SplitError, ConstantVelocity, EgoMLP, EgoMLPConfig, train_ego_mlp,
          evaluate, format_table, plot_bev, plot_method_bars) -> int:
-    from .baselines import cached_ego_mlp
-
     if shard.main:
         out.mkdir(parents=True, exist_ok=True)
 
