@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dima_planner.train", "train the planner (stage 1) or DiMA (stage 2)"),
     "eval": ("dima_planner.eval.cli", "score a checkpoint and the baselines on a dataset"),
     "export": ("dima_planner.export", "write the LLM-free planner alone for deployment"),
+    "dagger": ("dima_planner.dagger.cli", "on-policy training: DAgger with the privileged expert as labeller"),
     "sim": ("dima_planner.sim.cli", "closed loop: drive routes of the generated world and score them"),
     "demo": ("dima_planner.demo", "the main job: world -> bag -> planner node -> metrics"),
 }
