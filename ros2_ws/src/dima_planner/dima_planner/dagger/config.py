@@ -38,7 +38,8 @@ class DaggerConfig:
     from there; write the drives as a nuScenes world with those labels; fine-tune the learner
     on the benchmark world's training split plus every iteration's drives so far (aggregation)
     for `steps_per_iteration`; score it in closed loop on `eval_routes` (validation towns:
-    the bench's held-out towns stay unseen)."""
+    the bench's held-out towns stay unseen). `export_dir` gets the iteration that scored best
+    there."""
     train: TrainConfig = field(default_factory=TrainConfig)  # what each fine-tune runs (schedule.steps ignored)
     sim: SimConfig = field(default_factory=SimConfig)
     routes: RoutesConfig = field(default_factory=lambda: RoutesConfig(towns="train", first_index=2000))

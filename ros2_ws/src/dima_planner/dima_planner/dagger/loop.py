@@ -201,11 +201,20 @@ def run_dagger(cfg: DaggerConfig, progress: bool = True) -> dict:
                                          for k in ("none", "offset", "rest", "fast")},
                               "drive_write_s": round(t_drive, 1), "train_s": round(t_train, 1)})
     if cfg.export_dir:
-        from ..checkpoint import replace_dir
         import shutil
 
-        replace_dir(cfg.export_dir, lambda tmp: shutil.copytree(learner, tmp, dirs_exist_ok=True))
-        note(f"exported {learner} to {cfg.export_dir}")
+        from ..checkpoint import replace_dir
+
+        # DAgger returns the best of its policies on validation (Ross et al., 2011), not the
+        # last: the validation towns' closed-loop score picks it (ties: the later iteration).
+        rows = [r for r in log["iterations"] if 0 <= r["iteration"] < cfg.iterations]
+        best = max(rows, key=lambda r: (r["mean_driving_score"], r["iteration"]))
+        chosen = out / f"iter_{best['iteration']:02d}" / "model"
+        replace_dir(cfg.export_dir, lambda tmp: shutil.copytree(chosen, tmp, dirs_exist_ok=True))
+        log["exported"] = {"iteration": best["iteration"], "to": str(cfg.export_dir)}
+        progress_path.write_text(json.dumps(log, indent=1))
+        note(f"exported iteration {best['iteration']} (best validation-town DS {best['mean_driving_score']:.1f}) "
+             f"to {cfg.export_dir}")
     if tb is not None:
         tb.close()
     return log
