@@ -8,7 +8,7 @@ DIMA := $(VENV)/bin/dima
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 
-.PHONY: setup demo test test-all world bench checkpoint checkpoint-camera-only checkpoint-ego checkpoint-stage2 eval-bench sim-bench export clean help
+.PHONY: setup demo test test-all world bench checkpoint checkpoint-camera-only checkpoint-ego checkpoint-stage2 checkpoint-dagger eval-bench sim-bench export clean help
 
 help:
 	@echo "make demo      set up, then run the main job (world -> bag -> planner node -> metrics)"
@@ -18,6 +18,7 @@ help:
 	@echo "make checkpoint  retrain the default checkpoint (stage 1, ego motion) on the benchmark world"
 	@echo "make checkpoint-camera-only  the strictly camera-only variant (model.can_bus: false)"
 	@echo "make checkpoint-ego  ego motion also into the ego query (model.ego_can_bus; stage 2 starts here)"
+	@echo "make checkpoint-dagger  on-policy training (DAgger, expert-labelled closed-loop drives) from dima_tiny"
 	@echo "make eval-bench  score both and the baselines on the benchmark validation split, with CIs"
 	@echo "make sim-bench  closed loop: every planner on the benchmark routes (params/sim/bench.yaml)"
 	@echo "make checkpoint-stage2  DiMA joint training (stage 2) from it"
@@ -49,6 +50,9 @@ checkpoint-camera-only: bench
 
 checkpoint-ego: bench
 	$(DIMA) train --config params/train/tiny_cpu_ego.yaml
+
+checkpoint-dagger: bench
+	$(DIMA) dagger --config params/train/dagger_tiny_cpu.yaml
 
 eval-bench: bench
 	$(DIMA) eval --dataroot data/bench --version v1.0-dima --split val --baselines const_vel ego_mlp \

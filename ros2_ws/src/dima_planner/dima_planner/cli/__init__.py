@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dima_planner.train", "train the planner (stage 1) or DiMA (stage 2)"),
     "eval": ("dima_planner.cli.eval", "score a checkpoint and the baselines on a dataset"),
     "export": ("dima_planner.export", "write the LLM-free planner alone for deployment"),
+    "dagger": ("dima_planner.dagger.cli", "on-policy training: DAgger with the privileged expert as labeller"),
     "sim": ("dima_planner.cli.sim", "closed loop: drive routes of the generated world and score them"),
     "demo": ("dima_planner.demo", "the main job: world -> bag -> planner node -> metrics"),
 }

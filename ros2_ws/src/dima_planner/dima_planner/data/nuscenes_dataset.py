@@ -214,6 +214,35 @@ class CanBusSource:
         return can_bus_override(vector, float(m["vel"][0]), m["accel"][:2], float(m["rotation_rate"][2]), lidar2ego)
 
 
+PLAN_LABELS_FILE = "dima_plan_labels.json"
+
+
+def load_plan_labels(dataroot: str | Path) -> dict[str, np.ndarray] | None:
+    """A world's labelled plans (<dataroot>/dima_plan_labels.json: sample token -> the 6
+    future LiDAR-frame positions, the format of ego_fut_traj), or None where it has none.
+
+    On-policy worlds (dima_planner.dagger) are driven by the learner, so their recorded ego
+    future is not a demonstration: each keyframe's target is the privileged expert's plan from
+    the state the learner reached. The file replaces the recorded future as the ground truth
+    (and the command follows it by the one rule, route_command); everything else of the
+    sample (cameras, poses, agents, map) is read as for any other world."""
+    path = Path(dataroot) / PLAN_LABELS_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as e:
+        raise DataRootError(f"{path}: not JSON ({e})") from None
+    out = {}
+    for tok, xy in raw.items():
+        a = np.asarray(xy, np.float32)
+        if a.shape != (FUTURE_STEPS, 2) or not np.isfinite(a).all():
+            raise DataRootError(f"{path}: the label of sample {tok} must be {FUTURE_STEPS} finite (x, y) "
+                                f"positions, got shape {a.shape}")
+        out[tok] = a
+    return out
+
+
 def _box_in_lidar(nusc, ann_token: str, global2lidar: np.ndarray):
     box = nusc.get_box(ann_token)
     box.rotate(Quaternion(matrix=global2lidar[:3, :3], atol=1e-6))
@@ -222,7 +251,7 @@ def _box_in_lidar(nusc, ann_token: str, global2lidar: np.ndarray):
 
 
 def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene_tags: dict,
-                  canbus: "CanBusSource | None" = None) -> dict:
+                  canbus: "CanBusSource | None" = None, plan_labels: dict[str, np.ndarray] | None = None) -> dict:
     scene = nusc.get("scene", sample["scene_token"])
     location = nusc.get("log", scene["log_token"])["location"]
     lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
@@ -243,6 +272,11 @@ def _build_record(nusc, sample: dict, cfg: DatasetConfig, maps: MapSource, scene
     fut_mask[: len(fut)] = 1.0
     last = fut[-1] if fut else np.zeros(2)
     ego_fut = np.array(fut + [last] * (FUTURE_STEPS - len(fut)), np.float32).reshape(FUTURE_STEPS, 2)
+    if plan_labels is not None:
+        if sample["token"] not in plan_labels:
+            raise DataRootError(f"{PLAN_LABELS_FILE} of {cfg.dataroot} has no label for sample {sample['token']}")
+        ego_fut = plan_labels[sample["token"]].copy()
+        fut_mask[:] = 1.0
     hist = [rel_xy(s) for s in _chain(nusc, "sample", sample["token"], "prev", HISTORY_STEPS)]
     hist_mask = np.zeros(HISTORY_STEPS, np.float32)
     hist_mask[: len(hist)] = 1.0
@@ -369,7 +403,7 @@ def occupancy_of(rec: dict) -> np.ndarray:
 def _cache_key(cfg: DatasetConfig) -> str:
     root = Path(cfg.dataroot).resolve()
     stats = {}
-    watched = [root / cfg.version / f"{t}.json" for t in TABLES] + [root / META_FILE]
+    watched = [root / cfg.version / f"{t}.json" for t in TABLES] + [root / META_FILE, root / PLAN_LABELS_FILE]
     vec_dir = root / "maps" / "dima_vectors"
     if vec_dir.is_dir():
         watched += sorted(vec_dir.glob("*.json"))
@@ -401,6 +435,7 @@ def build_records(cfg: DatasetConfig, nusc=None) -> list[dict]:
     tags = {name: rec.get("tags", []) for name, rec in scene_meta(meta).items()}
     maps = MapSource(cfg.dataroot)
     canbus = CanBusSource.find(cfg.dataroot)
+    labels = load_plan_labels(cfg.dataroot)
     samples = []
     for scene in nusc.scene:
         if scene["name"] not in chosen:
@@ -410,7 +445,7 @@ def build_records(cfg: DatasetConfig, nusc=None) -> list[dict]:
             s = nusc.get("sample", tok)
             samples.append(s)
             tok = s["next"]
-    return [_build_record(nusc, s, cfg, maps, tags, canbus)
+    return [_build_record(nusc, s, cfg, maps, tags, canbus, labels)
             for s in tqdm(samples, desc=f"annotations {cfg.split}", unit="sample", leave=False)]
 
 
@@ -419,9 +454,10 @@ def scene_records(nusc, scene: dict, cfg: DatasetConfig, maps: MapSource | None 
     maps = maps or MapSource(cfg.dataroot)
     tags = {name: rec.get("tags", []) for name, rec in scene_meta(load_meta(cfg.dataroot)).items()}
     records, tok = [], scene["first_sample_token"]
+    labels = load_plan_labels(cfg.dataroot)
     while tok:
         s = nusc.get("sample", tok)
-        records.append(_build_record(nusc, s, cfg, maps, tags, CanBusSource.find(cfg.dataroot)))
+        records.append(_build_record(nusc, s, cfg, maps, tags, CanBusSource.find(cfg.dataroot), labels))
         tok = s["next"]
     return records
 

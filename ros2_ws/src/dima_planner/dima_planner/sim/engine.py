@@ -106,11 +106,13 @@ def box_polygon(x: float, y: float, yaw: float, length: float, width: float):
 
 
 class Simulator:
-    def __init__(self, scenario: Scenario, cfg: SimConfig):
+    def __init__(self, scenario: Scenario, cfg: SimConfig, start: VehicleState | None = None):
+        """start: the ego's initial state (default: on the route at route_s0, at the scripted
+        ego's speed); perturbed starts (off-centre, misaligned, at rest) give it."""
         self.sc, self.cfg = scenario, cfg
         ego = scenario.agents[0]
         p, h = scenario.route.at(scenario.route_s0)
-        self.state = VehicleState(float(p[0]), float(p[1]), float(h), float(ego.v0))
+        self.state = start or VehicleState(float(p[0]), float(p[1]), float(h), float(ego.v0))
         self.traffic = ag_mod.Traffic(scenario.agents, external=(0,))
         self.traffic.set_external(0, self.state.x, self.state.y, self.state.yaw, self.state.v,
                                          self.state.accel)

@@ -77,6 +77,11 @@ class Expert:
         return gap, v_lead
 
     def plan(self, sim: Simulator) -> Plan:
+        xy, _ = sim.sc.route.at(self.route_s(sim))
+        return Plan(sim.t, TIMES.copy(), xy, self.name)
+
+    def route_s(self, sim: Simulator) -> np.ndarray:
+        """Route coordinates of the plan's centre track at TIMES (IDM along the route)."""
         ego = sim.sc.agents[0]
         s, v = sim.s_route, sim.state.v
         gap, v_lead = (np.inf, 0.0) if self.blind else self.leader(sim, s)
@@ -90,8 +95,7 @@ class Expert:
             v = v_new
             if k % int(round(STEP_SECONDS / dt)) == 0:
                 out_s.append(s)
-        xy, _ = sim.sc.route.at(np.array(out_s))
-        return Plan(sim.t, TIMES.copy(), xy, self.name)
+        return np.array(out_s)
 
 
 class RouteFollower(Expert):

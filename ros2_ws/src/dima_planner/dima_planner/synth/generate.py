@@ -248,14 +248,24 @@ class _Generator:
         rng = np.random.default_rng([cfg.seed, 7, i])
         agents = ag_mod.make_scene_agents(self.net, cfg, scenario, rng)
         times = ag_mod.simulate(agents, cfg.scene_seconds + 0.5)
-        ego, others = agents[0], agents[1:]
         log = self._log_record(log_idx, self.places)
-        cs_tok = {ch: tok("calibrated_sensor", log["token"], ch) for ch in (*CAMERA_CHANNELS, "LIDAR_TOP")}
-        scene_tok = tok("scene", i)
         t_us0 = EPOCH_US + i * 3_600_000_000 + int(rng.integers(0, 1_000_000))
         n_kf = int(round(cfg.scene_seconds / KEYFRAME_S))
         t0 = 0.1  # first lidar keyframe, seconds into the simulation (cameras fire just before)
         kf_t = [t0 + KEYFRAME_S * k + float(rng.uniform(-0.0015, 0.0015)) for k in range(n_kf)]
+        return self.write_scene(i, log, agents, times, scenario, kf_t, t_us0, rng, bar)
+
+    def write_scene(self, i: int, log: dict, agents: list, times: np.ndarray, scenario: str, kf_t: list[float],
+                    t_us0: int, rng: np.random.Generator, bar=None, name: str = "") -> list[str]:
+        """Write scene i (its files and table rows) from recorded trajectories: agents[0] is the
+        ego, every agent carries xy / yaw / speed on `times`; keyframes (LiDAR) at kf_t seconds,
+        cameras just before each, timestamps from t_us0. `dima synth` writes its scripted
+        scenes through this, `dima dagger` the closed-loop drives it records."""
+        cfg, tok = self.cfg, self.tok
+        ego, others = agents[0], agents[1:]
+        cs_tok = {ch: tok("calibrated_sensor", log["token"], ch) for ch in (*CAMERA_CHANNELS, "LIDAR_TOP")}
+        scene_tok = tok("scene", i)
+        n_kf = len(kf_t)
         us = lambda t: t_us0 + int(round(t * 1e6))  # noqa: E731
         sample_toks = [tok("sample", i, k) for k in range(n_kf)]
         for k in range(n_kf):
@@ -315,9 +325,9 @@ class _Generator:
                         bar.update(1)
         for ch in CAMERA_CHANNELS:
             self._chain(cam_recs[ch])
-        tags = ag_mod.scene_tags(ego, times, cfg.scene_seconds, scenario)
+        tags = ag_mod.scene_tags(ego, times, kf_t[-1] if name else cfg.scene_seconds, scenario)
         self.tables["scene"].append({
-            "token": scene_tok, "log_token": log["token"], "nbr_samples": n_kf, "name": f"scene-{i + 1:04d}",
+            "token": scene_tok, "log_token": log["token"], "nbr_samples": n_kf, "name": name or f"scene-{i + 1:04d}",
             "first_sample_token": sample_toks[0], "last_sample_token": sample_toks[-1],
             "description": f"synthetic {scenario.replace('_', ' ')}; " + ", ".join(tags)})
         return tags
