@@ -52,7 +52,7 @@ checkpoint-ego: bench
 	$(DIMA) train --config params/train/tiny_cpu_ego.yaml
 
 checkpoint-dagger: bench
-	$(DIMA) dagger --config params/train/dagger_tiny_cpu.yaml
+	$(DIMA) dagger --config params/dagger/tiny_cpu.yaml
 
 eval-bench: bench
 	$(DIMA) eval --dataroot data/bench --version v1.0-dima --split val --baselines const_vel ego_mlp \

@@ -34,6 +34,7 @@ def test_expert_label_on_route_is_the_trajectory_it_then_drives(world):
     """On the route with the road free, the expert's plan from a state is where the car then
     goes: the label equals the drive's own future LiDAR positions (the dataset's GT rule)."""
     sc = build_scenario(RouteSpec(kind="straight", index=2000, town="train", seconds=8.0), world)
+    sc = replace(sc, agents=sc.agents[:1])  # the road free: the ego alone (traffic reacts to the ego)
     d = drive("straight", sc, _sim(world), 1.0, None, Start(), 2.0, np.random.default_rng(0))
     l2e, sim = lidar2ego(), d.sim
     checked = 0
@@ -60,7 +61,7 @@ def test_drives_are_written_as_a_world_whose_ground_truth_is_the_expert_label(wo
     from dima_planner.sim.scenario import world_config
     from dima_planner.train.data import TemporalPairs, collate_pairs
 
-    cfg = load_yaml(DaggerConfig, REPO / "params/train/dagger_tiny_cpu.yaml", {"sim.world": str(world)})
+    cfg = load_yaml(DaggerConfig, REPO / "params/dagger/tiny_cpu.yaml", {"sim.world": str(world)})
     drives = [drive(f"r{k}", build_scenario(RouteSpec(kind="straight", index=2010 + k, town="train", seconds=4.0), world),
                     replace(_sim(world), timeout_slack=1.0), 1.0, None, start, 2.0, np.random.default_rng(k))
               for k, start in enumerate([Start(), Start("offset", 1.0, 0.3), Start("rest", speed=0.0)])]
@@ -77,7 +78,7 @@ def test_drives_are_written_as_a_world_whose_ground_truth_is_the_expert_label(wo
     agg = ConcatPlanningDataset([dataset(world, cfg), ds])
     pairs = TemporalPairs(agg, False, None, cfg.train.data.queue_length)
     batch = collate_pairs([pairs[len(agg) - 1], pairs[0]])
-    assert batch["images"].shape[0] == 2 and len(batch["history"]) == cfg.train.data.queue_length - 1
+    assert batch["inputs"]["images"].shape[0] == 2 and len(batch["inputs"]["history"]) == cfg.train.data.queue_length - 1
 
 
 def test_expert_label_from_an_off_centre_misaligned_state_leads_back_to_the_route(world):
@@ -116,7 +117,7 @@ def test_perturbed_starts_draw_offsets_rests_and_fast_starts(world):
 
 
 def _config(world, tmp_path, init: Path) -> DaggerConfig:
-    cfg = load_yaml(DaggerConfig, REPO / "params/train/dagger_tiny_cpu.yaml", {
+    cfg = load_yaml(DaggerConfig, REPO / "params/dagger/tiny_cpu.yaml", {
         "iterations": 1, "betas": [0.5], "steps_per_iteration": 2, "out_dir": str(tmp_path / "dagger"),
         "export_dir": str(tmp_path / "exported"), "init_from": str(init), "sim.world": str(world),
         "sim.image_scale": 0.1, "segment_s": 1.0,
@@ -144,7 +145,7 @@ def test_one_tiny_dagger_iteration_writes_expert_labelled_frames_that_train_and_
     from dima_planner.model.planner import VisionPlanner
     from dima_planner.train.data import TemporalPairs, collate_pairs
 
-    assert load_yaml(DaggerConfig, REPO / "params/train/dagger_tiny_cpu.yaml").train.model.bev_range_y >= 45.0
+    assert load_yaml(DaggerConfig, REPO / "params/dagger/tiny_cpu.yaml").train.model.bev_range_y >= 45.0
     cfg = _config(world, tmp_path, tmp_path / "init30")
     init = save_checkpoint(tmp_path / "init30", VisionPlanner(replace(cfg.train.model, bev_range_y=30.0)))
     assert cfg.init_from == str(init)
@@ -172,7 +173,7 @@ def test_one_tiny_dagger_iteration_writes_expert_labelled_frames_that_train_and_
     agg = ConcatPlanningDataset([dataset(world, cfg), ds])
     pairs = TemporalPairs(agg, False, None, cfg.train.data.queue_length)
     batch = collate_pairs([pairs[len(agg) - 1], pairs[0]])
-    assert batch["images"].shape[0] == 2 and len(batch["history"]) == cfg.train.data.queue_length - 1
+    assert batch["inputs"]["images"].shape[0] == 2 and len(batch["inputs"]["history"]) == cfg.train.data.queue_length - 1
 
     # Rerun: every stage is done, nothing is redone (the world's files stay as they were).
     mtime = (world0 / "dima_plan_labels.json").stat().st_mtime_ns
@@ -184,6 +185,6 @@ def test_dagger_config_refuses_what_it_cannot_do(tmp_path):
     from dima_planner.config import ConfigError
 
     with pytest.raises(ConfigError, match="betas"):
-        load_yaml(DaggerConfig, REPO / "params/train/dagger_tiny_cpu.yaml", {"iterations": 2})
+        load_yaml(DaggerConfig, REPO / "params/dagger/tiny_cpu.yaml", {"iterations": 2})
     with pytest.raises(ConfigError, match="perturb.weights"):
-        load_yaml(DaggerConfig, REPO / "params/train/dagger_tiny_cpu.yaml", {"perturb.weights": {"spin": 1.0}})
+        load_yaml(DaggerConfig, REPO / "params/dagger/tiny_cpu.yaml", {"perturb.weights": {"spin": 1.0}})

@@ -31,6 +31,7 @@ setup(
         ("share/" + package_name + "/params/ros", _rel("params/ros/*.yaml")),
         ("share/" + package_name + "/params/train", _rel("params/train/*.yaml")),
         ("share/" + package_name + "/params/sim", _rel("params/sim/*.yaml")),
+        ("share/" + package_name + "/params/dagger", _rel("params/dagger/*.yaml")),
         # The checkpoints, so that `ros2 launch` works on an installed workspace: the default
         # planner (stage 1, benchmark world) and stage-2 DiMA with its MLLM branch.
         ("share/" + package_name + "/checkpoints/dima_tiny_stage2", _rel("checkpoints/dima_tiny_stage2/*")),

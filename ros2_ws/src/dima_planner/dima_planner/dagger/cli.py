@@ -1,6 +1,6 @@
 """`dima dagger`: on-policy training with the privileged expert as labeller (DAgger).
 
-    dima dagger --config params/train/dagger_tiny_cpu.yaml        # make checkpoint-dagger
+    dima dagger --config params/dagger/tiny_cpu.yaml        # make checkpoint-dagger
     dima dagger --config ... --set iterations=1 betas=[0.5]       # fewer iterations
 
 Rerunning the same command resumes at the first unfinished stage (drive, fine-tune, score).
@@ -16,7 +16,7 @@ from .config import DaggerConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="params/train/dagger_tiny_cpu.yaml", help="DaggerConfig YAML")
+    parser.add_argument("--config", default="params/dagger/tiny_cpu.yaml", help="DaggerConfig YAML")
     add_set_argument(parser)
 
 
