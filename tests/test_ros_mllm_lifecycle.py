@@ -49,7 +49,7 @@ def test_random_lifecycle_requests_never_end_the_mllm_node():
 
     feeder = threading.Thread(target=feed, daemon=True)
     try:
-        ok = drv.wait(lambda: (s := model_status()) and s[1].startswith("loaded"), CONFIGURE_S)
+        ok = drv.wait(lambda: (s := model_status()) and s[1].startswith("loaded") and s, CONFIGURE_S)
         assert ok, f"the node never became active: {model_status()}\n{stop_node_process(proc)[-3000:]}"
         assert ok[0]["lifecycle_state"] == "active"
         feeder.start()
