@@ -472,6 +472,9 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
         # the planner's graph has the MLLM node (and this driver) as subscribers of its scene tokens
         two = drv.wait(lambda: (d := drv.diag_values("peers")) and d[0].get("subscribers./dima/scene_tokens") == "2", 60.0)
         assert two, f"the MLLM node never subscribed: {drv.diag_values('peers')}"
+        # ... and this driver's graph has it too (a lifecycle node has more endpoints to discover),
+        # so that the wait below for its disappearance means something
+        assert drv.wait(lambda: drv.node.count_subscribers("/dima/scene_tokens") == 2, 60.0, poll=0.2)
         for action in (signal.SIGSTOP, signal.SIGKILL):
             os.kill(mllm.pid, action)
             time.sleep(0.3)
