@@ -197,8 +197,12 @@ class MLLMNode(LifecycleNode):
     def _autostart(self) -> None:
         self._autostart_timer.cancel()
         self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+        try:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+        except RuntimeError:  # Ctrl-C while the model loads: rcl cannot publish the transition any more
+            if self.context.ok():
+                raise
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the model on the generation thread (niced like the generations) and wait for
@@ -216,10 +220,14 @@ class MLLMNode(LifecycleNode):
         while worker.state == "loading" and not self._closing and self.context.ok():
             time.sleep(0.05)
         if worker.state != "ready":
-            self._model_error = worker.load_error or "the node shut down while the model was loading"
-            self.get_logger().error(f"MLLM not loaded: {self._model_error} (the node stays up, unconfigured; "
-                                    "fix it and configure again, or restart the node to change a parameter)")
-            self._release()
+            if worker.state == "error":
+                self._model_error = worker.load_error
+                self.get_logger().error(f"MLLM not loaded: {self._model_error} (the node stays up, unconfigured; "
+                                        "fix it and configure again, or restart the node to change a parameter)")
+                self._release()
+            else:  # shutting down mid-load: do not wait for the load (a daemon thread) to finish
+                self._model_error = "the node shut down while the model was loading"
+                self._release(wait_s=0.0)
             return TransitionCallbackReturn.FAILURE
         self._state = "inactive"
         return TransitionCallbackReturn.SUCCESS
@@ -248,7 +256,7 @@ class MLLMNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def _release(self) -> None:
+    def _release(self, wait_s: float = 30.0) -> None:
         """Stop the generation thread and drop the model (and its memory once collected)."""
         worker, self._worker = self._worker, None
         self._state = "unconfigured"
@@ -256,7 +264,7 @@ class MLLMNode(LifecycleNode):
         if worker is not None:
             # A generation in progress finishes first (no tensor op can be interrupted); the
             # thread is a daemon and exits after it even if the join gives up.
-            if not worker.stop(timeout=30.0):
+            if not worker.stop(timeout=wait_s) and wait_s > 0:
                 self.get_logger().warning("the generation thread is still finishing a generation; it exits after it")
             worker.model = None
 
