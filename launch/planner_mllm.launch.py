@@ -3,14 +3,16 @@
     ros2 launch dima_planner planner_mllm.launch.py checkpoint:=/ckpt/dima_tiny device:=cuda
     ros2 launch dima_planner planner_mllm.launch.py namespace:=car1
 
-The planner is planner.launch.py's (every argument passed on); the MLLM node starts beside it.
+The planner is planner.launch.py's (every argument passed on); the MLLM node starts beside it,
+also a lifecycle node: `autostart` applies to both (false: a lifecycle manager drives
+<namespace>/dima_planner/change_state and <namespace>/dima_mllm/change_state).
 Environment and namespace as in planner.launch.py: set for this file's processes only.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node, PushRosNamespace
+from launch_ros.actions import LifecycleNode, PushRosNamespace
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
@@ -50,11 +52,13 @@ def generate_launch_description():
         GroupAction(scoped=True, actions=[
             PushRosNamespace(LaunchConfiguration("namespace")),
             OpaqueFunction(function=launch_process_environment),
-            Node(
-                package="dima_planner", executable="dima_mllm_node", name="dima_mllm", output="screen",
+            LifecycleNode(
+                package="dima_planner", executable="dima_mllm_node", name="dima_mllm", namespace="",
+                output="screen",
                 parameters=[LaunchConfiguration("mllm_params_file"), {
                     "checkpoint": LaunchConfiguration("mllm_checkpoint"),
                     "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                    "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
                 }],
                 arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
             ),

@@ -7,13 +7,15 @@ real separate process (its console module) on the same domain, loopback only.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import rclpy
-from lifecycle_msgs.srv import GetState
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
 from rclpy.executors import SingleThreadedExecutor
 
 from dima_planner.node_process import node_command, start_node, stop_node
@@ -96,3 +98,58 @@ def lifecycle_state(probe: TestNode, node: str, timeout: float) -> str | None:
                     return label
         time.sleep(0.5)
     return label
+
+
+# Lifecycle fuzzing (tests/test_lifecycle_fuzz.py, tests/test_ros_mllm_lifecycle.py). Ids a
+# client can send: the primary transitions, CREATE/DESTROY, transition-state ids (callback
+# results) and ids no state machine has. Shutdown comes only at the end of a test.
+FUZZ_IDS = [Transition.TRANSITION_CREATE, Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_CLEANUP,
+            Transition.TRANSITION_ACTIVATE, Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_DESTROY,
+            Transition.TRANSITION_ON_CONFIGURE_SUCCESS, Transition.TRANSITION_ON_ACTIVATE_FAILURE, 99, 255]
+FUZZ_LABELS = ["configure", "cleanup", "activate", "deactivate", "bogus", "transition_success", "CONFIGURE"]
+
+
+def fuzz_transition(rng: random.Random, allowed: dict[int, str]) -> Transition:
+    """40 % a transition the current state has (not shutdown), by id or label; else any id or label."""
+    r = rng.random()
+    if r < 0.4:  # a valid one: keeps the node cycling through its states
+        tid = rng.choice([t for t, lab in allowed.items() if lab != "shutdown"])
+        return Transition(id=tid) if rng.random() < 0.5 else Transition(label=allowed[tid])
+    if r < 0.75:
+        return Transition(id=rng.choice(FUZZ_IDS))
+    return Transition(label=rng.choice(FUZZ_LABELS))
+
+
+def transition_allowed(tr: Transition, allowed: dict[int, str]) -> bool:
+    """Whether rclpy runs `tr` in a state with `allowed` transitions (a label wins over the id)."""
+    return (tr.label in allowed.values()) if tr.label else tr.id in allowed
+
+
+def call_service(client, request, timeout: float = 30.0):
+    """The response of one service call (asserting the service exists and answers in time)."""
+    assert client.wait_for_service(timeout_sec=60.0), f"service {client.srv_name} not available"
+    fut = client.call_async(request)
+    deadline = time.monotonic() + timeout
+    while not fut.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fut.done(), f"{client.srv_name} did not answer within {timeout} s"
+    return fut.result()
+
+
+class LifecycleClient:
+    """ChangeState / GetState / GetAvailableTransitions of one lifecycle node, from a TestNode."""
+
+    def __init__(self, probe: TestNode, node: str):
+        self.change = probe.node.create_client(ChangeState, f"{node}/change_state")
+        self.get = probe.node.create_client(GetState, f"{node}/get_state")
+        self.avail = probe.node.create_client(GetAvailableTransitions, f"{node}/get_available_transitions")
+
+    def state(self) -> str:
+        return call_service(self.get, GetState.Request()).current_state.label
+
+    def available(self) -> dict[int, str]:
+        res = call_service(self.avail, GetAvailableTransitions.Request())
+        return {t.transition.id: t.transition.label for t in res.available_transitions}
+
+    def request(self, tr: Transition, timeout: float = 30.0) -> bool:
+        return call_service(self.change, ChangeState.Request(transition=tr), timeout).success

@@ -15,21 +15,13 @@ import time
 import pytest
 
 from dima_planner.ros.env import pid_domain_id
-from dds_harness import stop_node_process
+from dds_harness import fuzz_transition, stop_node_process, transition_allowed
 from test_ros_node import Driver, _call, checkpoint, now_ns, start_node  # noqa: F401 - checkpoint is a fixture
 
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(300)]
-
-# Ids a client can send: the primary transitions, CREATE/DESTROY, transition-state ids
-# (callback results) and ids no state machine has. Shutdown comes only at the end.
-IDS = [Transition.TRANSITION_CREATE, Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_CLEANUP,
-       Transition.TRANSITION_ACTIVATE, Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_DESTROY,
-       Transition.TRANSITION_ON_CONFIGURE_SUCCESS, Transition.TRANSITION_ON_ACTIVATE_FAILURE, 99, 255]
-LABELS = ["configure", "cleanup", "activate", "deactivate", "bogus", "transition_success", "CONFIGURE"]
-
 
 def test_random_lifecycle_requests_never_end_the_node(checkpoint):  # noqa: F811
     domain = pid_domain_id(89)
@@ -56,23 +48,14 @@ def test_random_lifecycle_requests_never_end_the_node(checkpoint):  # noqa: F811
             res = _call(drv, avail, GetAvailableTransitions.Request())
             return {t.transition.id: t.transition.label for t in res.available_transitions}
 
-        def request(rng: random.Random, allowed: dict[int, str]) -> Transition:
-            r = rng.random()
-            if r < 0.4:  # a valid one: keeps the node cycling through its states
-                tid = rng.choice([t for t, lab in allowed.items() if lab != "shutdown"])
-                return Transition(id=tid) if rng.random() < 0.5 else Transition(label=allowed[tid])
-            if r < 0.75:
-                return Transition(id=rng.choice(IDS))
-            return Transition(label=rng.choice(LABELS))
-
         rng = random.Random(23)
         answered = {True: 0, False: 0}
         seen_states = set()
         planned_while_active = 0
         for i in range(40):
             allowed = available()
-            req = request(rng, allowed)
-            expected = (req.label in allowed.values()) if req.label else req.id in allowed
+            req = fuzz_transition(rng, allowed)
+            expected = transition_allowed(req, allowed)
             state = _call(drv, get, GetState.Request()).current_state.label
             seen_states.add(state)
             if state == "active":  # planning goes on between requests

@@ -44,7 +44,7 @@ from dima_msgs.msg import DrivingCommand, PlannedTrajectory  # noqa: E402
 from dima_planner.data.sample import CAMERAS  # noqa: E402
 from dima_planner.data.geometry import RIG_HW, load_rig, matrix_to_quat_xyzw, scale_intrinsics  # noqa: E402
 from dima_planner.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns  # noqa: E402
-from dds_harness import TestNode, start_node_process, stop_node_process  # noqa: E402
+from dds_harness import TestNode, call_service, start_node_process, stop_node_process  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 
@@ -321,13 +321,7 @@ def test_node_plans_rejects_bad_input_and_recovers(checkpoint):
 
 
 def _call(drv: Driver, client, request, timeout: float = 30.0):
-    assert client.wait_for_service(timeout_sec=60.0), f"service {client.srv_name} not available"
-    fut = client.call_async(request)
-    deadline = time.monotonic() + timeout
-    while not fut.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fut.done(), f"{client.srv_name} did not answer"
-    return fut.result()
+    return call_service(client, request, timeout)
 
 
 def test_lifecycle_and_sim_time(checkpoint, tmp_path):
@@ -472,6 +466,9 @@ def test_planner_keeps_planning_when_the_mllm_node_stalls_or_dies(checkpoint):
         # the planner's graph has the MLLM node (and this driver) as subscribers of its scene tokens
         two = drv.wait(lambda: (d := drv.diag_values("peers")) and d[0].get("subscribers./dima/scene_tokens") == "2", 60.0)
         assert two, f"the MLLM node never subscribed: {drv.diag_values('peers')}"
+        # ... and this driver's graph has it too (a lifecycle node has more endpoints to discover),
+        # so that the wait below for its disappearance means something
+        assert drv.wait(lambda: drv.node.count_subscribers("/dima/scene_tokens") == 2, 60.0, poll=0.2)
         for action in (signal.SIGSTOP, signal.SIGKILL):
             os.kill(mllm.pid, action)
             time.sleep(0.3)

