@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_checkpoint, recover_dir, replace_dir, save_checkpoint
+from ..checkpoint import (CheckpointError, load_checkpoint, read_model_config, recover_dir, replace_dir,
+                          save_checkpoint, sha256_file)
 from ..config import to_dict
 from ..model.config import ModelConfig
-from ..model.mllm.checkpoint import MLLMCheckpointError, load_mllm_weights
+from ..model.mllm.checkpoint import MLLM_WEIGHTS, MLLMCheckpointError, load_mllm_weights, save_mllm_checkpoint
 from ..model.planner import VisionPlanner
 
 TRAIN_STATE = "train_state.pt"
@@ -44,8 +45,6 @@ def seed_everything(seed: int) -> None:
 
 def load_init(path: str | Path, expect: ModelConfig) -> VisionPlanner:
     """The planner of `init_from`, which must have been built with the same model config."""
-    from ..checkpoint import read_model_config
-
     theirs = read_model_config(path) if Path(path).is_dir() else None
     if theirs is not None and theirs != expect:
         diff = [f"{k} {getattr(theirs, k)!r} != {getattr(expect, k)!r}" for k in vars(expect)
@@ -68,9 +67,6 @@ def _write_model_dir(directory: Path, model: VisionPlanner, cfg, mllm: nn.Module
                      meta: dict[str, Any]) -> Path:
     meta = {"stage": cfg.stage, **meta}
     if mllm is not None:
-        from ..checkpoint import sha256_file
-        from ..model.mllm.checkpoint import MLLM_WEIGHTS, save_mllm_checkpoint
-
         save_mllm_checkpoint(directory, mllm)
         meta["mllm_sha256"] = sha256_file(Path(directory) / MLLM_WEIGHTS)
         meta["mllm_trainable_parameters"] = sum(p.numel() for p in mllm.trainable_parameters())

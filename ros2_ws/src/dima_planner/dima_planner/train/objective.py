@@ -15,9 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..eval.qa import scene_frames
+from ..inference import Planner
 from ..model.augment import augment_inputs
+from ..model.joint import DiMAJoint, LossBalancer, MLLM_TERMS, encoder_grad_norms, encoder_parameters
 from ..model.losses import planning_losses
-from ..model.planner import VisionPlanner
+from ..model.mllm import MLLMBranch
+from ..model.mllm.dual_tune import DualTuneData, requires_grad, tune_dual
+from ..model.mllm.qa_tune import stack_beams, tune_qa
+from ..model.planner import VisionPlanner, count_parameters
+from ..qa.drivelm import load_drivelm
 from .data import to_device
 
 MLLM_LOSSES = ("qa", "plan", "bev_recon", "bev_future", "edit_qa", "edit_plan", "distill", "dual_plan", "total")
@@ -93,13 +100,9 @@ class DiMAObjective(PlannerObjective):
     def __init__(self, model: VisionPlanner, mllm, cfg, device: torch.device, rank: int = 0,
                  train_tokens: list[str] | None = None):
         super().__init__(model, cfg, device, rank)
-        from ..model.joint import DiMAJoint, LossBalancer, encoder_parameters
-
         self.mllm = mllm
         drivelm = None
         if cfg.stage2.drivelm_path:
-            from ..qa.drivelm import load_drivelm
-
             drivelm = load_drivelm(cfg.stage2.drivelm_path)
             if rank == 0:
                 covered = sum(t in drivelm for t in (train_tokens or []))
@@ -128,8 +131,6 @@ class DiMAObjective(PlannerObjective):
                                    to_device(batch["future"], self.device))
 
     def combine(self, terms, mterms):
-        from ..model.joint import MLLM_TERMS, encoder_grad_norms
-
         s2 = self.cfg.stage2
         terms["planner_loss"] = terms["loss"]
         self.encoder_norms = {}
@@ -188,9 +189,6 @@ class DiMAObjective(PlannerObjective):
         s2 = self.cfg.stage2
         if s2.qa_tune.steps <= 0 and s2.dual_tune.steps <= 0:
             return meta
-        from ..inference import Planner
-        from ..eval.qa import scene_frames
-
         frames = scene_frames(Planner(self.model, self.device), train_ds, progress=self.cfg.logging.progress)
         self.model.train()
         writer = None
@@ -212,8 +210,6 @@ class DiMAObjective(PlannerObjective):
 
     def describe(self) -> str:
         m = self.mllm
-        from ..model.planner import count_parameters
-
         return (f" + MLLM {sum(p.numel() for p in m.trainable_parameters()):,} trainable of "
                 f"{count_parameters(m):,} (LLM loaded in {m.llm_load_seconds:.1f} s)")
 
@@ -222,8 +218,6 @@ def qa_finetune(mllm, frames: list, cfg, writer=None) -> dict[str, Any]:
     """QA fine-tuning (model/mllm/qa_tune.py): the MLLM branch learns QA on the trained
     planner's BEAM tokens of `frames` (eval.qa.scene_frames); the planner is frozen.
     Returns what the run did."""
-    from ..model.mllm.qa_tune import tune_qa
-
     t0 = time.perf_counter()
     k = cfg.stage2.qa_tune.free_text_per_sample
 
@@ -244,9 +238,6 @@ def dual_calibrate(model: VisionPlanner, mllm, frames: list, cfg, writer=None) -
     frame is computed once, then only the MLLM's ego projection and planning head learn;
     the planner's parameters are frozen for the duration. Returns the metrics before and
     after on the training frames."""
-    from ..model.mllm.dual_tune import DualTuneData, requires_grad, tune_dual
-    from ..model.mllm.qa_tune import stack_beams
-
     t0 = time.perf_counter()
     dev, dt = mllm.device, mllm.dtype
     beams = [f.beam for f in frames]
@@ -268,8 +259,6 @@ def dual_calibrate(model: VisionPlanner, mllm, frames: list, cfg, writer=None) -
 
 def build_mllm(cfg, device: torch.device):
     """The MLLM branch (loads the LLM: LLMNotFoundError names a missing folder)."""
-    from ..model.mllm import MLLMBranch
-
     return MLLMBranch(cfg).to(device)
 
 

@@ -8,6 +8,7 @@ import sys
 from torch import nn
 
 from ..distributed import Distributed
+from ..model.mllm.llm import shard_llm
 
 
 def shard_states(cfg, dist: Distributed) -> bool:
@@ -24,8 +25,6 @@ def apply_fsdp(objective, cfg, dist: Distributed) -> None:
     if not dist.enabled:
         print("note: mllm.llm.fsdp ignored: not a distributed run (world size 1)", file=sys.stderr)
         return
-    from ..model.mllm.llm import shard_llm
-
     shard_llm(objective.mllm.llm)  # DDP (apply_ddp) leaves the LLM alone
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from ..data.nuscenes_dataset import collate, occupancy_of
+from ..eval.metrics import planning_metrics
+from ..eval.qa import scene_frames
+from ..inference import Planner
 from ..model.planner import VisionPlanner
 
 
 @torch.no_grad()
 def predict_sequential(model: VisionPlanner, dataset, device: torch.device, progress: bool = False) -> np.ndarray:
     """(N, 6, 2) commanded trajectories, frames in dataset order, BEV chained within a scene."""
-    from tqdm import tqdm
-
-    from ..data.nuscenes_dataset import collate
-    from ..inference import Planner
-
     planner = Planner(model, device)
     preds = [planner.predict(collate([dataset[i]]))[0]
              for i in tqdm(range(len(dataset)), desc="val", leave=False, disable=not progress)]
@@ -26,9 +26,6 @@ def predict_sequential(model: VisionPlanner, dataset, device: torch.device, prog
 def teacher_predictions(model: VisionPlanner, mllm, dataset, device: torch.device) -> np.ndarray:
     """(N, 6, 2) plans of the MLLM planning head (the distillation teacher) from the BEAM
     tokens the planner makes along the split (the reasoning node's path, eval/qa.py)."""
-    from ..inference import Planner
-    from ..eval.qa import scene_frames
-
     frames = scene_frames(Planner(model, device), dataset, progress=False)
     was = mllm.training
     mllm.eval()
@@ -45,9 +42,6 @@ def evaluate(model: VisionPlanner, dataset, device: torch.device, progress: bool
              mllm=None) -> dict[str, float]:
     """VAD-convention L2 / collision of the model on `dataset` (valid samples only); with
     `mllm` also the MLLM planning head's L2 as "teacher_l2_avg" (the distillation gate)."""
-    from ..data.nuscenes_dataset import occupancy_of
-    from ..eval.metrics import planning_metrics
-
     was = model.training
     pred = predict_sequential(model, dataset, device, progress)
     tpred = teacher_predictions(model, mllm, dataset, device) if mllm is not None else None
