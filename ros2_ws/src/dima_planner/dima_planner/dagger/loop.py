@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import load_checkpoint, read_model_config, replace_dir
 from ..config import to_dict
+from ..data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
+from ..inference import load_planner
+from ..model.planner import VisionPlanner
+from ..sim.runner import expert_log, route_result
+from ..sim.scenario import bench_routes, build_scenario, world_config
+from ..train.checkpoint import save_model_dir
+from ..train.loop import train
 from .config import DaggerConfig
 
 GEOMETRY_ONLY = ("bev_range_x", "bev_range_y")  # model fields that change no weight's shape
@@ -56,8 +64,6 @@ class ConcatPlanningDataset:
 
 
 def dataset(dataroot: str | Path, cfg: DaggerConfig, split: str = "train"):
-    from ..data.nuscenes_dataset import DatasetConfig, NuScenesPlanningDataset
-
     m = cfg.train.model
     # Agents are supervised over the whole BEV ahead (VAD's +/-30 m would leave a 45-m BEV's far
     # part without targets); map vectors keep the dataset's range.
@@ -69,10 +75,6 @@ def dataset(dataroot: str | Path, cfg: DaggerConfig, split: str = "train"):
 def prepare_init(cfg: DaggerConfig, out: Path) -> Path:
     """init_from as a checkpoint of train.model: itself when the configs are equal; re-saved
     when they differ only in the BEV's metric range (same weights, another cell size)."""
-    from ..checkpoint import load_checkpoint, read_model_config
-    from ..model.planner import VisionPlanner
-    from ..train.checkpoint import save_model_dir
-
     src = Path(cfg.init_from)
     theirs, ours = read_model_config(src), cfg.train.model
     if theirs == ours:
@@ -96,8 +98,6 @@ def drive_routes(cfg: DaggerConfig, routes_cfg, ckpt: Path | None, beta: float, 
     """Drive every route of routes_cfg (learner from ckpt, or the expert alone)."""
     from tqdm import tqdm
 
-    from ..inference import load_planner
-    from ..sim.scenario import bench_routes, build_scenario
     from .rollout import Start, draw_start, drive
 
     planner = load_planner(ckpt, num_threads=cfg.train.threads or None) if ckpt is not None else None
@@ -111,9 +111,6 @@ def drive_routes(cfg: DaggerConfig, routes_cfg, ckpt: Path | None, beta: float, 
 
 def closed_loop_score(cfg: DaggerConfig, ckpt: Path, desc: str) -> dict:
     """The learner alone (beta 0, unperturbed) on eval_routes, scored as the bench scores."""
-    from ..sim.runner import expert_log, route_result
-    from ..sim.scenario import build_scenario, bench_routes
-
     t0 = time.monotonic()
     drives = drive_routes(cfg, cfg.eval_routes, ckpt, 0.0, np.random.default_rng(0), False, desc)
     rows = []
@@ -126,8 +123,6 @@ def closed_loop_score(cfg: DaggerConfig, ckpt: Path, desc: str) -> dict:
 
 
 def run_dagger(cfg: DaggerConfig, progress: bool = True) -> dict:
-    from ..train.loop import train
-    from ..sim.scenario import world_config
     from .world import write_world
 
     out = Path(cfg.out_dir)
@@ -202,8 +197,6 @@ def run_dagger(cfg: DaggerConfig, progress: bool = True) -> dict:
                               "drive_write_s": round(t_drive, 1), "train_s": round(t_train, 1)})
     if cfg.export_dir:
         import shutil
-
-        from ..checkpoint import replace_dir
 
         # DAgger returns the best of its policies on validation (Ross et al., 2011), not the
         # last: the validation towns' closed-loop score picks it (ties: the later iteration).
