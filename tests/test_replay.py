@@ -103,6 +103,7 @@ def _front_stamps(bag: Path) -> set[int]:
 
 
 @pytest.mark.ros
+@pytest.mark.slow  # 42 s with its bag; test_demo replays a keyframes bag into the node in `make test`
 @pytest.mark.timeout(400)
 def test_compressed_nuscenes_bag_replays_and_every_keyframe_is_planned(compressed_keyframe_bag, tmp_path):
     from dima_msgs.msg import PlannedTrajectory

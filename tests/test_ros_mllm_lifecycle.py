@@ -23,7 +23,9 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 
 from dima_planner.ros.conversions import stamp_to_ns  # noqa: E402
 
-pytestmark = [pytest.mark.ros, pytest.mark.timeout(600)]
+# slow (31 s: each configure loads the LLM): test_lifecycle_fuzz.py covers the same guard
+# (ros/lifecycle_guard.py) on the planner in `make test`.
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(600)]
 CONFIGURE_S = 180.0  # a configure loads the LLM; the shared test machine can be slow
 
 

@@ -46,7 +46,8 @@ def _creep(sim: Simulator) -> Plan:
     return Plan(sim.t, TIMES.copy(), xy, "creep")
 
 
-@pytest.mark.parametrize("kind, index", [("straight", 100), ("lead_brake", 102)])
+# lead_brake (12 s) is slow: straight covers the ranking in `make test`.
+@pytest.mark.parametrize("kind, index", [("straight", 100), pytest.param("lead_brake", 102, marks=pytest.mark.slow)])
 def test_standing_still_or_creeping_ranks_below_every_planner_that_drives(world, kind, index):
     cfg = _cfg(world)
     res = {}

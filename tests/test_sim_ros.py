@@ -62,6 +62,7 @@ def test_planner_node_drives_the_first_seconds_of_a_route(tmp_path):
     assert results[0]["driving_score"] == results[1]["driving_score"]
 
 
+@pytest.mark.slow  # 13 s; test_planner_node_drives_the_first_seconds_of_a_route covers the node in the loop
 @pytest.mark.skipif(not (CKPT / "mllm.safetensors").exists(), reason="stage-2 checkpoint not present")
 def test_dual_planner_node_drives_over_dds(tmp_path):
     """DiMA Dual in the loop: the planner node with dual_mode (MLLM branch in its process,
