@@ -24,7 +24,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from dima_planner.data.sample import CAMERAS
-from dima_planner.bags import replay
+from dima_planner.bags import bag_io, replay
 from dima_planner.resources import DEFAULT_CHECKPOINT
 from dima_planner.ros.env import launch_process_environment
 
@@ -33,11 +33,11 @@ def _planner(context, share):
     """planner.launch.py with sim.yaml and the image transport the simulator publishes. It is
     included inside this file's group, so the namespace and the remaps above apply to it."""
     transport = LaunchConfiguration("transport").perform(context)
-    suffix = "/compressed" if transport == "compressed" else ""
     cameras = {}
     for cam in CAMERAS:
         cameras[f"cameras.{cam}.transport"] = transport
-        cameras[f"cameras.{cam}.topic"] = f"{cam.lower()}/image_raw{suffix}"
+        # relative (the namespace applies), named as the bag converter and the simulator name them
+        cameras[f"cameras.{cam}.topic"] = bag_io.image_topic(cam, transport == "compressed").lstrip("/")
     return [IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "planner.launch.py"])),
         launch_arguments={"overlay_params_file": PathJoinSubstitution([share, "params", "ros", "sim.yaml"]),
