@@ -96,7 +96,7 @@ def _reasoning(run_bag: Path, limit: int) -> list[dict]:
     return out[:limit] if limit else out
 
 
-def _ego_mlp(cfg: DemoConfig, world: Path, data_cfg: dict, out: Path, console: Console):
+def _ego_mlp(cfg: DemoConfig, world: Path, out: Path, console: Console):
     """The ego-status MLP baseline, fitted on the train split once per world and cached."""
     return world_ego_mlp(world, out, load_yaml(EgoMLPConfig, _path(cfg.mlp_config)),
                          on_fit=lambda: console.print("  fitting the ego-status MLP baseline on the train split"))
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     val = NuScenesPlanningDataset(DatasetConfig(split=cfg.split, **data_cfg))
     index = [i for i, t in enumerate(val.tokens) if t in node_plans]
     subset = Subset(val, index)
-    mlp = _ego_mlp(cfg, world, data_cfg, out, console)
+    mlp = _ego_mlp(cfg, world, out, console)
     methods = {
         "DiMA (node)": lambda b: np.stack([node_plans[t] for t in b["token"]]),
         "const. velocity": ConstantVelocity().predict,
